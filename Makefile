@@ -1,0 +1,32 @@
+# Two commands set everything up on a fresh machine:
+#   make train   -- the main job on the embedded default
+#   make test    -- the test suite
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+
+.PHONY: train test bench clean
+
+$(VENV)/bin/python:
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+
+$(VENV)/.core: pyproject.toml | $(VENV)/bin/python
+	$(PY) -m pip install -q -e .
+	touch $@
+
+$(VENV)/.test: pyproject.toml | $(VENV)/bin/python
+	$(PY) -m pip install -q -e '.[test,bench,notebooks]'
+	touch $(VENV)/.core $@
+
+train: $(VENV)/.core
+	$(VENV)/bin/jaxrl-lm train $(ARGS)
+
+test: $(VENV)/.test
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+bench: $(VENV)/.test
+	$(VENV)/bin/jaxrl-lm bench envs
+
+clean:
+	rm -rf $(VENV) runs

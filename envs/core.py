@@ -1,0 +1,191 @@
+"""The environment protocol shared by every env in this package.
+
+Functional and pgx-like: an `Env` is a frozen (hashable) dataclass of static
+options, so `jax.jit` caches on it; all dynamic data lives in the `State`.
+
+    env = envs.make("tictactoe", opponent="minimax")
+    state = env.init(key)                     # jittable, vmappable
+    state = env.step(state, action, key)      # state.reward, state.done, ...
+
+Shared semantics, enforced once here:
+  * terminal states are absorbing: stepping a done state returns it unchanged
+    with reward 0;
+  * illegal actions (outside [0, num_actions) or masked out by
+    `legal_action_mask`) follow `illegal`:
+      "end"    -> reward `illegal_penalty` and the episode ends;
+      "random" -> reward `illegal_penalty` plus the reward of a uniformly
+                  random legal action played instead (RLFT's rule);
+  * `step_count` counts agent steps; `max_steps` truncates (done=True).
+
+Each env subclasses `Env` and implements `_init(key)` and `_step(state,
+action, key)`; `_step` only ever sees legal actions of non-terminal states.
+Single-agent from the learner's side: opponents live inside `_step`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, ClassVar
+
+import jax
+import jax.numpy as jnp
+from flax import struct
+
+ILLEGAL_RULES = ("end", "random")
+
+
+@struct.dataclass
+class State:
+    """Fields every env state carries. Envs subclass this and add their own.
+
+    reward: f32[]            reward of the transition that produced this state
+    done: bool[]             episode over (terminal or truncated)
+    legal_action_mask: bool[num_actions]
+    step_count: i32[]        agent steps taken in this episode
+    """
+
+    reward: jax.Array
+    done: jax.Array
+    legal_action_mask: jax.Array
+    step_count: jax.Array
+
+
+def base_fields(num_actions: int) -> dict[str, jax.Array]:
+    """Initial values of the shared `State` fields."""
+    return dict(
+        reward=jnp.zeros((), jnp.float32),
+        done=jnp.zeros((), jnp.bool_),
+        legal_action_mask=jnp.ones((num_actions,), jnp.bool_),
+        step_count=jnp.zeros((), jnp.int32),
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class Env:
+    """Base class. Subclasses are frozen dataclasses whose fields are options."""
+
+    illegal: str = "end"  # what an illegal action does: "end" | "random"
+    illegal_penalty: float = -1.0  # reward for an illegal action
+
+    name: ClassVar[str] = "env"
+
+    def __post_init__(self):
+        check_choice(self, "illegal", ILLEGAL_RULES)
+
+    # --- to implement -----------------------------------------------------
+    @property
+    def num_actions(self) -> int:
+        raise NotImplementedError
+
+    @property
+    def max_steps(self) -> int:
+        """Agent steps after which an episode is truncated."""
+        raise NotImplementedError
+
+    def _init(self, key: jax.Array) -> State:
+        raise NotImplementedError
+
+    def _step(self, state: State, action: jax.Array, key: jax.Array) -> State:
+        raise NotImplementedError
+
+    # --- shared semantics -------------------------------------------------
+    def init(self, key: jax.Array) -> State:
+        return self._init(key)
+
+    def step(self, state: State, action: jax.Array, key: jax.Array) -> State:
+        action = jnp.asarray(action, jnp.int32)
+        in_range = (action >= 0) & (action < self.num_actions)
+        legal = in_range & state.legal_action_mask[jnp.clip(action, 0, self.num_actions - 1)]
+        key_move, key_step = jax.random.split(key)
+        if self.illegal == "random":
+            logits = jnp.where(state.legal_action_mask, 0.0, -jnp.inf)
+            fallback = jax.random.categorical(key_move, logits).astype(jnp.int32)
+            action = jnp.where(legal, action, fallback)
+        else:
+            action = jnp.where(legal, action, 0)
+        new = self._step(state, action, key_step)
+        penalty = jnp.where(legal, 0.0, self.illegal_penalty).astype(jnp.float32)
+        if self.illegal == "random":
+            reward = new.reward + penalty
+            done = new.done
+        else:
+            reward = jnp.where(legal, new.reward, penalty)
+            done = new.done | ~legal
+        step_count = state.step_count + 1
+        done = done | (step_count >= self.max_steps)
+        new = new.replace(reward=reward.astype(jnp.float32), done=done, step_count=step_count)
+        # Absorbing terminal: a done state stays as it is, with reward 0.
+        frozen = state.replace(reward=jnp.zeros_like(state.reward))
+        return jax.tree.map(lambda a, b: jnp.where(state.done, a, b), frozen, new)
+
+
+@dataclasses.dataclass(frozen=True)
+class AutoReset:
+    """Wraps an env for rollouts: an episode that ends is replaced at once.
+
+    `step` returns a state whose `reward` and `done` describe the transition
+    just taken (as gymnax does); when `done` is True the rest of the state is
+    already a fresh `init` of the next episode. Its `done` flag is cleared on
+    the next `step`, so the wrapped env never sees it as absorbing.
+    """
+
+    env: Env
+
+    @property
+    def num_actions(self) -> int:
+        return self.env.num_actions
+
+    def init(self, key: jax.Array) -> State:
+        return self.env.init(key)
+
+    def step(self, state: State, action: jax.Array, key: jax.Array) -> State:
+        key_step, key_reset = jax.random.split(key)
+        state = state.replace(done=jnp.zeros_like(state.done))
+        new = self.env.step(state, action, key_step)
+        fresh = self.env.init(key_reset).replace(reward=new.reward, done=new.done)
+        return jax.tree.map(lambda a, b: jnp.where(new.done, a, b), fresh, new)
+
+
+def check_choice(obj: Any, field: str, allowed) -> None:
+    """Raise a clear ValueError if `obj.field` is not one of `allowed`."""
+    value = getattr(obj, field)
+    if value not in allowed:
+        raise ValueError(
+            f"{type(obj).__name__}.{field}={value!r} is not allowed; "
+            f"choose one of {sorted(allowed) if not isinstance(allowed, range) else allowed}"
+        )
+
+
+def check_range(obj: Any, field: str, lo=None, hi=None) -> None:
+    """Raise a clear ValueError if `obj.field` is outside [lo, hi]."""
+    value = getattr(obj, field)
+    if (lo is not None and value < lo) or (hi is not None and value > hi):
+        bounds = f"[{'-inf' if lo is None else lo}, {'inf' if hi is None else hi}]"
+        raise ValueError(f"{type(obj).__name__}.{field}={value!r} must lie in {bounds}")
+
+
+_REGISTRY: dict[str, type[Env]] = {}
+
+
+def register(cls: type[Env]) -> type[Env]:
+    """Class decorator: make an env available to `make(cls.name)`."""
+    _REGISTRY[cls.name] = cls
+    return cls
+
+
+def registered() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def make(name: str, **options) -> Env:
+    """Build a registered env. Unknown names or options raise a ValueError."""
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown env {name!r}; available: {', '.join(registered())}")
+    cls = _REGISTRY[name]
+    fields = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(options) - fields)
+    if unknown:
+        raise ValueError(
+            f"unknown option(s) {unknown} for env {name!r}; allowed: {sorted(fields)}"
+        )
+    return cls(**options)

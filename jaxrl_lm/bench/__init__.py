@@ -1,0 +1,1 @@
+"""Benchmarks run by `jaxrl-lm bench NAME`: each module has `main(argv)`."""

@@ -1,0 +1,39 @@
+"""The `jaxrl-lm` command line: train, eval, bench, plot."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+BENCHES = {
+    "envs": "jaxrl_lm.bench.envs",
+    "sampler": "jaxrl_lm.bench.sampler",
+    "logprobs-memory": "jaxrl_lm.bench.logprobs_memory",
+}
+
+
+def _bench(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="jaxrl-lm bench", description="Run a benchmark.")
+    parser.add_argument("name", choices=sorted(BENCHES), help="which benchmark")
+    args, rest = parser.parse_known_args(argv)
+    module = importlib.import_module(BENCHES[args.name])
+    return module.main(rest) or 0
+
+
+COMMANDS = {"bench": _bench}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
+        print("usage: jaxrl-lm {" + ",".join(sorted(COMMANDS)) + "} ...", file=sys.stderr)
+        if argv and argv[0] not in ("-h", "--help"):
+            print(f"jaxrl-lm: unknown command {argv[0]!r}", file=sys.stderr)
+            return 2
+        return 0
+    return COMMANDS[argv[0]](argv[1:])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

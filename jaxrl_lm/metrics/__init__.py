@@ -1,0 +1,1 @@
+"""jaxrl_lm.metrics"""
