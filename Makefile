@@ -9,14 +9,13 @@ PY := $(VENV)/bin/python
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
 
 $(VENV)/.core: pyproject.toml | $(VENV)/bin/python
 	$(PY) -m pip install -q -e .
 	touch $@
 
 $(VENV)/.test: pyproject.toml | $(VENV)/bin/python
-	$(PY) -m pip install -q -e '.[test,bench,notebooks]'
+	$(PY) -m pip install -q -e '.[test,bench]'
 	touch $(VENV)/.core $@
 
 train: $(VENV)/.core
