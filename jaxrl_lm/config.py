@@ -1,0 +1,398 @@
+"""Typed run configuration: frozen nested dataclasses, YAML presets, overrides.
+
+    cfg = load_config("launch/configs/tiny.yaml", ["--algo.beta", "0.04"])
+
+Every field is validated in `__post_init__`; a bad value raises `ConfigError`
+(a ValueError) naming the field and what is allowed. Checks that need the
+outside world (the env registry, the device count) live in `check_runtime`,
+which the CLI calls before anything is compiled. (Levanter / Flax gemma style.)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import typing
+from typing import Any
+
+import yaml
+
+DTYPES = ("float32", "bfloat16", "float16")
+OPTIMIZERS = ("adamw", "adafactor", "lion")
+SCHEDULES = ("cosine", "constant")
+ALGORITHMS = ("sft", "grpo", "dr_grpo", "ppo", "opo", "rloo")
+KL_KINDS = ("k1", "k2", "k3")
+AGG_MODES = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum",
+             "seq-mean-token-sum-norm")
+MODEL_SOURCES = ("default", "hf")
+DATA_SOURCES = ("sorting", "env")
+
+
+class ConfigError(ValueError):
+    """An invalid configuration; the CLI prints it as `error: <message>`."""
+
+
+def _fail(obj: Any, field: str, msg: str) -> None:
+    raise ConfigError(f"{_SECTION_OF.get(type(obj), type(obj).__name__)}.{field}"
+                      f"={getattr(obj, field)!r}: {msg}")
+
+
+def _choice(obj: Any, field: str, allowed: tuple) -> None:
+    if getattr(obj, field) not in allowed:
+        _fail(obj, field, f"must be one of {', '.join(map(str, allowed))}")
+
+
+def _at_least(obj: Any, field: str, lo: float, strict: bool = False) -> None:
+    v = getattr(obj, field)
+    if (v <= lo) if strict else (v < lo):
+        _fail(obj, field, f"must be {'>' if strict else '>='} {lo}")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSection:
+    source: str = "default"  # "default" (embedded tiny policy) | "hf" (a local HF folder)
+    path: str | None = None  # HF folder when source == "hf"
+    dtype: str = "float32"  # activation dtype: float32 | bfloat16 | float16
+    param_dtype: str = "float32"  # master parameter dtype
+
+    def __post_init__(self):
+        _choice(self, "source", MODEL_SOURCES)
+        _choice(self, "dtype", DTYPES)
+        _choice(self, "param_dtype", DTYPES)
+        if self.source == "hf" and not self.path:
+            _fail(self, "path", "must name a local HF folder when model.source is 'hf'")
+
+
+@dataclasses.dataclass(frozen=True)
+class MeshSection:
+    data: int = -1  # data-parallel size; -1 = the devices left over
+    fsdp: int = 1  # parameter/optimizer sharding size; -1 allowed (once)
+    tensor: int = 1  # tensor-parallel size; -1 allowed (once)
+    coordinator_address: str | None = None  # host:port of process 0 (multi-host)
+    num_processes: int | None = None  # processes in a multi-host run
+    process_id: int | None = None  # this process's index
+
+    def __post_init__(self):
+        sizes = (self.data, self.fsdp, self.tensor)
+        for name in ("data", "fsdp", "tensor"):
+            v = getattr(self, name)
+            if v == 0 or v < -1:
+                _fail(self, name, "must be a positive size or -1 (the rest of the devices)")
+        if sizes.count(-1) > 1:
+            raise ConfigError(f"mesh: at most one of data/fsdp/tensor may be -1, got {sizes}")
+        if (self.num_processes is None) != (self.process_id is None):
+            raise ConfigError("mesh.num_processes and mesh.process_id must be given together")
+        if self.num_processes is not None:
+            _at_least(self, "num_processes", 1)
+            if not 0 <= self.process_id < self.num_processes:
+                _fail(self, "process_id", f"must lie in [0, {self.num_processes})")
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return (self.data, self.fsdp, self.tensor)
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimSection:
+    name: str = "adamw"  # adamw | adafactor | lion
+    lr: float = 1e-3  # peak learning rate
+    schedule: str = "cosine"  # after warmup: cosine decay | constant
+    warmup_steps: int = 0  # linear warmup from 0 to lr
+    min_lr_ratio: float = 0.1  # cosine ends at lr * min_lr_ratio
+    b1: float = 0.9  # first-moment decay (adamw, lion)
+    b2: float = 0.999  # second-moment decay (adamw, lion)
+    eps: float = 1e-8  # adamw denominator epsilon
+    weight_decay: float = 0.0  # decoupled weight decay
+    max_grad_norm: float = 1.0  # global-norm clipping; 0 disables
+
+    def __post_init__(self):
+        _choice(self, "name", OPTIMIZERS)
+        _choice(self, "schedule", SCHEDULES)
+        _at_least(self, "lr", 0.0, strict=True)
+        _at_least(self, "warmup_steps", 0)
+        if not 0.0 <= self.min_lr_ratio <= 1.0:
+            _fail(self, "min_lr_ratio", "must lie in [0, 1]")
+        for name in ("b1", "b2"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                _fail(self, name, "must lie in [0, 1)")
+        _at_least(self, "eps", 0.0, strict=True)
+        _at_least(self, "weight_decay", 0.0)
+        _at_least(self, "max_grad_norm", 0.0)
+
+
+@dataclasses.dataclass(frozen=True)
+class AlgoSection:
+    name: str = "sft"  # sft | grpo | dr_grpo | ppo | opo | rloo
+    group_size: int = 1  # responses per prompt (contiguous in the batch)
+    beta: float = 0.0  # KL coefficient towards the frozen reference policy
+    kl_kind: str = "k3"  # KL estimator: k1 | k2 | k3
+    clip_low: float = 0.2  # PPO ratio clip below 1
+    clip_high: float | None = None  # PPO ratio clip above 1 (None = clip_low)
+    loss_agg: str = "token-mean"  # how per-token losses are reduced
+    max_new_tokens: int = 8  # completion length budget per turn
+    temperature: float = 1.0  # sampling temperature for rollouts
+
+    def __post_init__(self):
+        _choice(self, "name", ALGORITHMS)
+        _choice(self, "kl_kind", KL_KINDS)
+        _choice(self, "loss_agg", AGG_MODES)
+        _at_least(self, "group_size", 1)
+        _at_least(self, "beta", 0.0)
+        if not 0.0 <= self.clip_low < 1.0:
+            _fail(self, "clip_low", "must lie in [0, 1)")
+        if self.clip_high is not None:
+            _at_least(self, "clip_high", 0.0)
+        _at_least(self, "max_new_tokens", 1)
+        _at_least(self, "temperature", 0.0, strict=True)
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainSection:
+    steps: int = 100  # optimizer steps in the run
+    batch_size: int = 16  # sequences per step (all processes together)
+    micro_batches: int = 1  # gradient-accumulation chunks per step
+    max_len: int = 64  # token length of every training sequence
+    seed: int = 0  # root of every random key in the run
+    data: str = "sorting"  # data source: sorting (synthetic SFT) | env (scripted env play)
+    log_every: int = 1  # steps between metric lines
+    ckpt_every: int = 50  # steps between checkpoints (and one at the end)
+    keep_checkpoints: int = 3  # checkpoints kept on disk
+    progress: bool = True  # show a rich progress bar
+
+    def __post_init__(self):
+        _choice(self, "data", DATA_SOURCES)
+        for name in ("steps", "batch_size", "micro_batches", "max_len", "log_every",
+                     "ckpt_every", "keep_checkpoints"):
+            _at_least(self, name, 1)
+        _at_least(self, "seed", 0)
+        if self.batch_size % self.micro_batches:
+            _fail(self, "micro_batches", f"must divide train.batch_size={self.batch_size}")
+
+
+@dataclasses.dataclass(frozen=True)
+class EnvSection:
+    name: str = "tictactoe"  # a registered env (envs.registered())
+    options: dict = dataclasses.field(default_factory=dict)  # passed to envs.make
+    max_prompt_len: int = 32  # fixed length of rendered prompts, in tokens
+    max_turns: int = 9  # turns per episode in a rollout
+
+    def __post_init__(self):
+        _at_least(self, "max_prompt_len", 1)
+        _at_least(self, "max_turns", 1)
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalSection:
+    episodes: int = 64  # episodes per evaluation
+    every: int = 0  # steps between evaluations; 0 = only at the end
+    greedy: bool = True  # argmax decoding during evaluation
+
+    def __post_init__(self):
+        _at_least(self, "episodes", 1)
+        _at_least(self, "every", 0)
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    model: ModelSection = dataclasses.field(default_factory=ModelSection)  # policy to train
+    mesh: MeshSection = dataclasses.field(default_factory=MeshSection)  # device mesh
+    optim: OptimSection = dataclasses.field(default_factory=OptimSection)  # optimizer
+    algo: AlgoSection = dataclasses.field(default_factory=AlgoSection)  # training objective
+    train: TrainSection = dataclasses.field(default_factory=TrainSection)  # the outer loop
+    env: EnvSection = dataclasses.field(default_factory=EnvSection)  # environment
+    eval: EvalSection = dataclasses.field(default_factory=EvalSection)  # evaluation
+
+    def __post_init__(self):
+        t, a, o = self.train, self.algo, self.optim
+        if t.batch_size % a.group_size:
+            raise ConfigError(f"algo.group_size={a.group_size} must divide "
+                              f"train.batch_size={t.batch_size}")
+        if (t.batch_size // t.micro_batches) % a.group_size:
+            raise ConfigError(f"algo.group_size={a.group_size} must divide the micro-batch "
+                              f"train.batch_size/train.micro_batches="
+                              f"{t.batch_size // t.micro_batches}")
+        if o.warmup_steps > t.steps:
+            raise ConfigError(f"optim.warmup_steps={o.warmup_steps} must be <= "
+                              f"train.steps={t.steps}")
+        needs_env = a.name != "sft" or t.data == "env"
+        if needs_env and t.max_len < self.env.max_prompt_len + a.max_new_tokens:
+            raise ConfigError(
+                f"train.max_len={t.max_len} is shorter than env.max_prompt_len + "
+                f"algo.max_new_tokens = {self.env.max_prompt_len + a.max_new_tokens}")
+
+
+_SECTION_OF = {ModelSection: "model", MeshSection: "mesh", OptimSection: "optim",
+               AlgoSection: "algo", TrainSection: "train", EnvSection: "env",
+               EvalSection: "eval", Config: "config"}
+
+
+def _coerce(value: Any, hint: Any, where: str) -> Any:
+    """Check/convert one YAML or command-line value to the field's type."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(value, inner[0], where)
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+    elif hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+    elif hint is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif hint is str:
+        if isinstance(value, str):
+            return value
+    elif hint is dict or origin is dict:
+        if isinstance(value, dict):
+            return value
+    else:  # pragma: no cover - every field uses one of the types above
+        return value
+    name = getattr(hint, "__name__", str(hint))
+    raise ConfigError(f"{where}={value!r}: expected a value of type {name}")
+
+
+def _build(cls: type, data: dict, where: str):
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(data) - set(names))
+    if unknown:
+        raise ConfigError(f"unknown key(s) {', '.join(f'{where}.{k}'.lstrip('.') for k in unknown)};"
+                          f" allowed in {where or 'the top level'}: {', '.join(names)}")
+    kwargs = {}
+    for k, v in data.items():
+        path = f"{where}.{k}".lstrip(".")
+        hint = hints[k]
+        if dataclasses.is_dataclass(hint):
+            kwargs[k] = _build(hint, v if v is not None else {}, path)
+        else:
+            kwargs[k] = _coerce(v, hint, path)
+    return cls(**kwargs)
+
+
+def from_dict(data: dict | None) -> Config:
+    """Build a validated Config from nested plain data (as YAML gives it)."""
+    return _build(Config, data or {}, "")
+
+
+def to_dict(cfg: Config) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def parse_overrides(args: list[str]) -> dict:
+    """`["--algo.beta", "0.04", "--train.steps=5"]` -> {"algo": {"beta": 0.04}, ...}.
+
+    Values are parsed as YAML scalars (so `none`/`null`, `true`, `1e-3` work) and
+    then coerced to the field's declared type when the config is built.
+    """
+    out: dict = {}
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if not arg.startswith("--") or len(arg) == 2:
+            raise ConfigError(f"override {arg!r}: expected --section.field VALUE")
+        key, eq, raw = arg[2:].partition("=")
+        if not eq:
+            if i + 1 >= len(args):
+                raise ConfigError(f"override --{key}: missing a value")
+            raw, i = args[i + 1], i + 1
+        i += 1
+        parts = key.split(".")
+        if len(parts) != 2 or not all(parts):
+            raise ConfigError(f"override --{key}: expected the form --section.field")
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError:
+            value = raw
+        if isinstance(value, str) and _looks_numeric(value):
+            value = float(value)  # YAML 1.1 reads "1e-3" as a string
+        elif isinstance(value, str) and value.lower() == "none":
+            value = None
+        out.setdefault(parts[0], {})
+        if not isinstance(out[parts[0]], dict):
+            raise ConfigError(f"override --{key}: {parts[0]} is not a section")
+        out[parts[0]][parts[1]] = value
+    return out
+
+
+def _looks_numeric(s: str) -> bool:
+    try:
+        return math.isfinite(float(s))
+    except ValueError:
+        return False
+
+
+def _merge(base: dict, extra: dict) -> dict:
+    out = dict(base)
+    for k, v in extra.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict) and k != "options":
+            out[k] = _merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def load_config(path: str | None = None, overrides: list[str] | None = None) -> Config:
+    """Read a YAML preset (or the defaults), apply `--a.b value` overrides, validate."""
+    data: dict = {}
+    if path is not None:
+        try:
+            with open(path) as f:
+                data = yaml.safe_load(f) or {}
+        except OSError as e:
+            raise ConfigError(f"cannot read config {path!r}: {e.strerror}") from None
+        except yaml.YAMLError as e:
+            raise ConfigError(f"config {path!r} is not valid YAML: {e}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"config {path!r}: expected a mapping at the top level")
+    data = _merge(data, parse_overrides(list(overrides or [])))
+    return from_dict(data)
+
+
+def dump_yaml(cfg: Config) -> str:
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)
+
+
+def check_runtime(cfg: Config, device_count: int) -> None:
+    """Checks against the world outside the file: env registry and devices."""
+    needs_env = cfg.algo.name != "sft" or cfg.train.data == "env"
+    if needs_env:
+        import envs  # lazily: importing every env costs time
+
+        if cfg.env.name not in envs.registered():
+            raise ConfigError(f"env.name={cfg.env.name!r}: unknown env; choose one of "
+                              f"{', '.join(envs.registered())}")
+        try:
+            envs.make(cfg.env.name, **cfg.env.options)
+        except (TypeError, ValueError) as e:
+            raise ConfigError(f"env.options: {e}") from None
+    shape = resolve_mesh_shape(cfg.mesh.shape, device_count)
+    per_micro = cfg.train.batch_size // cfg.train.micro_batches
+    if per_micro % (shape[0] * shape[1]):
+        raise ConfigError(
+            f"train.batch_size/train.micro_batches={per_micro} must be divisible by "
+            f"mesh.data*mesh.fsdp={shape[0] * shape[1]} (batch rows are split over them)")
+
+
+def resolve_mesh_shape(shape: tuple[int, ...], device_count: int) -> tuple[int, ...]:
+    """Replace the one -1 by the devices left over; check the product."""
+    known = math.prod(s for s in shape if s != -1)
+    if -1 in shape:
+        if device_count % known:
+            raise ConfigError(
+                f"mesh {dict(zip(('data', 'fsdp', 'tensor'), shape))}: the fixed sizes "
+                f"(product {known}) do not divide the {device_count} devices")
+        shape = tuple(device_count // known if s == -1 else s for s in shape)
+    if math.prod(shape) != device_count:
+        raise ConfigError(
+            f"mesh {dict(zip(('data', 'fsdp', 'tensor'), shape))} has {math.prod(shape)} "
+            f"devices but jax.device_count() is {device_count}; make the product match "
+            f"or set one size to -1")
+    return shape

@@ -1,0 +1,186 @@
+"""The jitted, sharded train step: exact micro-batch accumulation, optax, a
+non-finite guard, and an optional frozen reference policy.
+
+A loss plugs in as `loss_fn(model, batch) -> ((loss_sum, denom), metrics)`
+(or `loss_fn(model, batch, ref_model)` when reference params are given): the
+unreduced sum and its denominator (e.g. a token count), so that over k
+micro-batches the step minimises exactly
+
+    L = sum_i loss_sum_i / sum_i denom_i,   grad L = sum_i grad(loss_sum_i) / sum_i denom_i
+
+the same value and gradient as one pass over the whole batch (Tunix's
+accumulation). Params are Flax NNX state split off a module; the module is
+merged back inside the jitted function (the NNX jit-boundary pattern).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from jaxrl_lm.config import OptimSection
+from jaxrl_lm.train import mesh as mesh_lib
+
+LossFn = Callable[..., tuple[tuple[jax.Array, jax.Array], dict[str, jax.Array]]]
+
+
+class TrainState(NamedTuple):
+    step: jax.Array  # i32[]: steps taken, skipped ones included
+    params: nnx.State  # trainable nnx.Param state
+    opt_state: Any  # optax state over `params`
+    rng: jax.Array  # u32[2]: the run's root key (legacy raw key, checkpointable)
+    skipped: jax.Array  # i32[]: steps skipped by the non-finite guard
+
+
+def make_schedule(cfg: OptimSection, total_steps: int) -> optax.Schedule:
+    """Linear warmup 0 -> lr over `warmup_steps`, then cosine to lr*min_lr_ratio or constant."""
+    warm = cfg.warmup_steps
+    if cfg.schedule == "cosine":
+        after = optax.cosine_decay_schedule(cfg.lr, max(total_steps - warm, 1), alpha=cfg.min_lr_ratio)
+    else:
+        after = optax.constant_schedule(cfg.lr)
+    if warm == 0:
+        return after
+    return optax.join_schedules([optax.linear_schedule(0.0, cfg.lr, warm), after], [warm])
+
+
+def make_optimizer(cfg: OptimSection, total_steps: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
+    """optax chain from the config: global-norm clipping then the optimizer."""
+    sched = make_schedule(cfg, total_steps)
+    if cfg.name == "adamw":
+        opt = optax.adamw(sched, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps, weight_decay=cfg.weight_decay)
+    elif cfg.name == "lion":
+        opt = optax.lion(sched, b1=cfg.b1, b2=cfg.b2, weight_decay=cfg.weight_decay)
+    elif cfg.name == "adafactor":
+        opt = optax.adafactor(sched, weight_decay_rate=cfg.weight_decay or None)
+    else:
+        raise ValueError(f"optim.name={cfg.name!r}: must be one of adamw, adafactor, lion")
+    parts = [optax.clip_by_global_norm(cfg.max_grad_norm)] if cfg.max_grad_norm > 0 else []
+    return optax.chain(*parts, opt), sched
+
+
+def _all_finite(tree: Any) -> jax.Array:
+    leaves = [jnp.isfinite(x).all() for x in jax.tree.leaves(tree)]
+    return jnp.stack(leaves).all() if leaves else jnp.array(True)
+
+
+@dataclasses.dataclass
+class Engine:
+    """Holds what the step is compiled from; `step` jits once per batch layout.
+
+    Args:
+      model: an NNX module whose nnx.Param variables carry logical axis names.
+      loss_fn: `(model, batch[, ref_model]) -> ((loss_sum, denom), metrics)`.
+      optimizer, schedule: from `make_optimizer`.
+      mesh: a ("data", "fsdp", "tensor") mesh from `mesh.make_mesh`.
+      micro_batches: k; the batch's rows are cut into k contiguous chunks.
+    """
+
+    model: nnx.Module
+    loss_fn: LossFn
+    optimizer: optax.GradientTransformation
+    schedule: optax.Schedule
+    mesh: jax.sharding.Mesh
+    micro_batches: int = 1
+
+    def __post_init__(self):
+        if self.micro_batches < 1:
+            raise ValueError(f"micro_batches={self.micro_batches} must be >= 1")
+        self.graphdef, params, self.rest = nnx.split(self.model, nnx.Param, ...)
+        self.param_sh = mesh_lib.param_shardings(params, self.mesh)
+        self.opt_sh = mesh_lib.opt_state_shardings(self.optimizer, params, self.param_sh, self.mesh)
+        rep = mesh_lib.replicated(self.mesh)
+        self.state_sh = TrainState(rep, self.param_sh, self.opt_sh, rep, rep)
+        self.rest = jax.device_put(self.rest, rep)
+        self._compiled: dict = {}
+
+    def init_state(self, seed: int = 0, params: nnx.State | None = None) -> TrainState:
+        """Place params (the module's own unless given) and a fresh optimizer state."""
+        if params is None:
+            params = nnx.state(self.model, nnx.Param)
+        params = mesh_lib.place(params, self.param_sh)
+        opt_state = jax.jit(self.optimizer.init, out_shardings=self.opt_sh)(params)
+        rep = mesh_lib.replicated(self.mesh)
+        return TrainState(jax.device_put(jnp.zeros((), jnp.int32), rep), params, opt_state,
+                          jax.device_put(jax.random.PRNGKey(seed), rep),
+                          jax.device_put(jnp.zeros((), jnp.int32), rep))
+
+    def place_batch(self, batch: dict) -> dict:
+        return mesh_lib.place_batch(batch, self.mesh)
+
+    def step(self, state: TrainState, batch: dict, ref_params: nnx.State | None = None):
+        """One optimizer step. `state` is donated: use the returned one."""
+        layout = (tuple(sorted((k, v.ndim) for k, v in batch.items())), ref_params is not None)
+        if layout not in self._compiled:
+            self._compiled[layout] = self._build(batch, ref_params is not None)
+        with jax.set_mesh(self.mesh):
+            return self._compiled[layout](state, batch, self.rest, ref_params)
+
+    def _build(self, batch: dict, with_ref: bool):
+        batch_sh = {k: mesh_lib.batch_sharding(self.mesh, v.ndim) for k, v in batch.items()}
+        rep = mesh_lib.replicated(self.mesh)
+        ref_sh = self.param_sh if with_ref else None
+        metrics_sh = rep
+        return jax.jit(self._step_fn,
+                       in_shardings=(self.state_sh, batch_sh, rep, ref_sh),
+                       out_shardings=(self.state_sh, metrics_sh),
+                       donate_argnums=(0,))
+
+    def _grads(self, params, batch, rest, ref_params):
+        """Summed loss, denominator and gradient over k contiguous micro-batches."""
+        k = self.micro_batches
+
+        def split(x):
+            mb = x.reshape(k, x.shape[0] // k, *x.shape[1:])
+            spec = P(None, ("data", "fsdp"), *([None] * (x.ndim - 1)))
+            return jax.lax.with_sharding_constraint(mb, NamedSharding(self.mesh, spec))
+
+        mbs = jax.tree.map(split, batch)
+        ref_model = None
+        if ref_params is not None:
+            ref_model = nnx.merge(self.graphdef, jax.lax.stop_gradient(ref_params), rest)
+
+        def sum_loss(p, mb):
+            model = nnx.merge(self.graphdef, p, rest)
+            args = (model, mb) if ref_model is None else (model, mb, ref_model)
+            (loss_sum, denom), metrics = self.loss_fn(*args)
+            return loss_sum, (jax.lax.stop_gradient(denom), metrics)
+
+        grad_fn = jax.value_and_grad(sum_loss, has_aux=True)
+
+        def body(carry, mb):
+            g_acc, l_acc, d_acc = carry
+            (loss_sum, (denom, metrics)), g = grad_fn(params, mb)
+            g_acc = jax.tree.map(jnp.add, g_acc, g)
+            return (g_acc, l_acc + loss_sum, d_acc + denom), metrics
+
+        zeros = jax.tree.map(jnp.zeros_like, params)
+        init = (zeros, jnp.zeros((), jnp.float32), jnp.zeros((), jnp.float32))
+        (g_sum, l_sum, d_sum), metrics_k = jax.lax.scan(body, init, mbs)
+        return g_sum, l_sum, d_sum, jax.tree.map(lambda m: m.mean(0), metrics_k)
+
+    def _step_fn(self, state: TrainState, batch, rest, ref_params):
+        g_sum, l_sum, d_sum, metrics = self._grads(state.params, batch, rest, ref_params)
+        denom = jnp.maximum(d_sum, 1e-8)  # an empty batch gives loss 0, not NaN
+        loss = l_sum / denom
+        grads = jax.tree.map(lambda g: g / denom, g_sum)
+        finite = jnp.isfinite(loss) & _all_finite(grads)
+        updates, new_opt = self.optimizer.update(grads, state.opt_state, state.params)
+        new_params = optax.apply_updates(state.params, updates)
+        # The guard: a non-finite step keeps the old params and moments exactly.
+        keep = lambda new, old: jnp.where(finite, new, old)  # noqa: E731
+        params = jax.tree.map(keep, new_params, state.params)
+        opt_state = jax.tree.map(keep, new_opt, state.opt_state)
+        skipped = state.skipped + (~finite).astype(jnp.int32)
+        out = dict(metrics)
+        out.update(loss=loss, denom=d_sum, grad_norm=optax.global_norm(grads),
+                   lr=self.schedule(state.step - state.skipped),
+                   finite=finite.astype(jnp.float32), skipped=skipped)
+        new_state = TrainState(state.step + 1, params, opt_state, state.rng, skipped)
+        return new_state, out
