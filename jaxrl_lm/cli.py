@@ -21,7 +21,19 @@ def _bench(argv: list[str]) -> int:
     return module.main(rest) or 0
 
 
-COMMANDS = {"bench": _bench}
+def _train(argv: list[str]) -> int:
+    from jaxrl_lm.train.run import main_train
+
+    return main_train(argv)
+
+
+def _plot(argv: list[str]) -> int:
+    from jaxrl_lm.train.run import main_plot
+
+    return main_plot(argv)
+
+
+COMMANDS = {"bench": _bench, "train": _train, "plot": _plot}
 
 
 def main(argv: list[str] | None = None) -> int:

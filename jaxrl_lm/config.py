@@ -45,7 +45,7 @@ def _choice(obj: Any, field: str, allowed: tuple) -> None:
 def _at_least(obj: Any, field: str, lo: float, strict: bool = False) -> None:
     v = getattr(obj, field)
     if (v <= lo) if strict else (v < lo):
-        _fail(obj, field, f"must be {'>' if strict else '>='} {lo}")
+        _fail(obj, field, f"must be {'>' if strict else '>='} {lo:g}")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,0 +1,155 @@
+"""The run directory: config.yaml, metrics.jsonl, TensorBoard events, a live
+progress bar, and PNG plots of the main curves.
+
+    RUN_DIR/config.yaml      the resolved config
+    RUN_DIR/metrics.jsonl    one JSON object per logged step, flushed as written
+    RUN_DIR/events/          TensorBoard (tensorboardX) event files
+    RUN_DIR/plots/*.png      main curves, drawn at the end or by `jaxrl-lm plot`
+
+Only process 0 of a multi-process run writes.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from typing import Any
+
+import numpy as np
+
+# Curves drawn when present, in this order; anything with "reward" or "win" too.
+MAIN_CURVES = ("loss", "reward", "grad_norm", "lr", "tokens_per_s", "kl", "entropy", "skipped")
+
+
+def _scalar(v: Any) -> float | int | None:
+    a = np.asarray(v)
+    if a.size != 1:
+        return None
+    x = a.reshape(()).item()
+    if isinstance(x, bool):
+        return int(x)
+    if isinstance(x, float) and not math.isfinite(x):
+        return None if math.isnan(x) else x
+    return x
+
+
+def read_metrics(run_dir: str) -> list[dict]:
+    """All complete lines of RUN_DIR/metrics.jsonl (a torn last line is ignored)."""
+    path = os.path.join(run_dir, "metrics.jsonl")
+    out = []
+    with open(path) as f:
+        for line in f:
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError:
+                break
+    return out
+
+
+class RunLogger:
+    """Writes one run directory. `log(step, metrics)`; `close()` draws plots.
+
+    Args:
+      run_dir: the run directory (created).
+      config_yaml: the resolved config as YAML text.
+      total_steps: for the progress bar.
+      start_step: on resume, metric lines after it are dropped (they are redone).
+      progress: show a rich progress bar.
+      enabled: False on processes other than 0.
+    """
+
+    def __init__(self, run_dir: str, config_yaml: str, *, total_steps: int, start_step: int = 0,
+                 progress: bool = True, enabled: bool = True):
+        self.run_dir, self.enabled = run_dir, enabled
+        self._progress = self._task = self._tb = self._file = None
+        if not enabled:
+            return
+        os.makedirs(run_dir, exist_ok=True)
+        with open(os.path.join(run_dir, "config.yaml"), "w") as f:
+            f.write(config_yaml)
+        path = os.path.join(run_dir, "metrics.jsonl")
+        kept = []
+        if start_step > 0 and os.path.exists(path):
+            kept = [m for m in read_metrics(run_dir) if m.get("step", 0) <= start_step]
+        with open(path, "w") as f:  # rewrite: drop steps that will be redone
+            f.writelines(json.dumps(m) + "\n" for m in kept)
+        self._file = open(path, "a")
+        from tensorboardX import SummaryWriter
+
+        self._tb = SummaryWriter(os.path.join(run_dir, "events"), purge_step=start_step + 1)
+        if progress:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+            self._progress = Progress(TextColumn("step"), MofNCompleteColumn(), BarColumn(),
+                                      TextColumn("{task.fields[info]}"), TimeRemainingColumn())
+            self._progress.start()
+            self._task = self._progress.add_task("train", total=total_steps, completed=start_step,
+                                                 info="")
+        self._last_time = time.perf_counter()
+
+    def log(self, step: int, metrics: dict[str, Any], *, tokens: int | None = None) -> dict:
+        """Record one step; `tokens` processed since the last call gives tokens/s."""
+        now = time.perf_counter()
+        row: dict[str, Any] = {"step": int(step)}
+        for k, v in metrics.items():
+            x = _scalar(v)
+            if x is not None:
+                row[k] = x
+        if tokens is not None:
+            row["tokens_per_s"] = tokens / max(now - self._last_time, 1e-9)
+        self._last_time = now
+        if not self.enabled:
+            return row
+        self._file.write(json.dumps(row) + "\n")
+        self._file.flush()  # a killed run keeps every line it logged
+        for k, v in row.items():
+            if k != "step":
+                self._tb.add_scalar(k, v, step)
+        if self._progress is not None:
+            info = "  ".join(f"{k} {row[k]:.4g}" for k in ("reward", "loss", "tokens_per_s")
+                             if k in row).replace("tokens_per_s", "tok/s")
+            self._progress.update(self._task, completed=step, info=info)
+        return row
+
+    def close(self, *, plots: bool = True) -> None:
+        if not self.enabled:
+            return
+        if self._progress is not None:
+            self._progress.stop()
+        self._file.close()
+        self._tb.close()
+        if plots:
+            plot_run(self.run_dir)
+
+
+def plot_run(run_dir: str) -> list[str]:
+    """Draw RUN_DIR/plots/<metric>.png for the main curves; returns the paths."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = read_metrics(run_dir)
+    keys = [k for k in MAIN_CURVES if any(k in r for r in rows)]
+    keys += sorted({k for r in rows for k in r if ("reward" in k or "win" in k) and k not in keys})
+    out_dir = os.path.join(run_dir, "plots")
+    os.makedirs(out_dir, exist_ok=True)
+    paths = []
+    for k in keys:
+        pts = [(r["step"], r[k]) for r in rows if isinstance(r.get(k), (int, float))]
+        if not pts:
+            continue
+        fig, ax = plt.subplots(figsize=(5, 3.2))
+        ax.plot(*zip(*pts), lw=1.2)
+        ax.set_xlabel("step")
+        ax.set_ylabel(k)
+        ax.set_title(f"{k} ({os.path.basename(os.path.abspath(run_dir))})", fontsize=9)
+        ax.grid(alpha=0.3)
+        fig.tight_layout()
+        path = os.path.join(out_dir, f"{k}.png")
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+        paths.append(path)
+    return paths

@@ -1,0 +1,140 @@
+"""Config: every kind of invalid configuration is rejected with its message;
+overrides parse and coerce; YAML presets load; the CLI prints `error:`."""
+
+import glob
+import os
+import subprocess
+import sys
+
+import pytest
+
+from jaxrl_lm import config as C
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# (kind, nested override data, substring the message must contain)
+INVALID = [
+    ("unknown section", {"trainer": {"steps": 3}}, "unknown key(s) trainer"),
+    ("unknown field", {"optim": {"learning_rate": 0.1}}, "unknown key(s) optim.learning_rate"),
+    ("group size does not divide batch", {"train": {"batch_size": 6}, "algo": {"group_size": 4}},
+     "algo.group_size=4 must divide train.batch_size=6"),
+    ("group size does not divide micro-batch",
+     {"train": {"batch_size": 8, "micro_batches": 4}, "algo": {"group_size": 4}},
+     "must divide the micro-batch"),
+    ("negative learning rate", {"optim": {"lr": -0.001}}, "optim.lr=-0.001: must be > 0"),
+    ("max length shorter than prompt",
+     {"algo": {"name": "grpo"}, "env": {"max_prompt_len": 60}, "train": {"max_len": 64}},
+     "train.max_len=64 is shorter than env.max_prompt_len + algo.max_new_tokens = 68"),
+    ("unknown algorithm", {"algo": {"name": "reinforce++"}}, "algo.name='reinforce++': must be one of sft"),
+    ("bad dtype", {"model": {"dtype": "float8"}}, "model.dtype='float8': must be one of float32"),
+    ("bad optimizer", {"optim": {"name": "sgd"}}, "optim.name='sgd': must be one of adamw, adafactor, lion"),
+    ("bad schedule", {"optim": {"schedule": "linear"}}, "optim.schedule='linear': must be one of cosine"),
+    ("warmup longer than run", {"optim": {"warmup_steps": 20}, "train": {"steps": 10}},
+     "optim.warmup_steps=20 must be <= train.steps=10"),
+    ("micro-batches do not divide batch", {"train": {"batch_size": 10, "micro_batches": 3}},
+     "train.micro_batches=3: must divide train.batch_size=10"),
+    ("two -1 in mesh", {"mesh": {"data": -1, "fsdp": -1}}, "at most one of data/fsdp/tensor may be -1"),
+    ("zero mesh size", {"mesh": {"tensor": 0}}, "mesh.tensor=0: must be a positive size or -1"),
+    ("wrong type", {"train": {"steps": "many"}}, "train.steps='many': expected a value of type int"),
+    ("negative KL coefficient", {"algo": {"beta": -0.1}}, "algo.beta=-0.1: must be >= 0"),
+    ("bad KL estimator", {"algo": {"kl_kind": "k4"}}, "algo.kl_kind='k4': must be one of k1, k2, k3"),
+    ("bad loss aggregation", {"algo": {"loss_agg": "mean"}}, "algo.loss_agg='mean': must be one of"),
+    ("keep no checkpoints", {"train": {"keep_checkpoints": 0}}, "train.keep_checkpoints=0: must be >= 1"),
+    ("bad Adam beta", {"optim": {"b2": 1.0}}, "optim.b2=1.0: must lie in [0, 1)"),
+    ("hf without a path", {"model": {"source": "hf"}}, "model.path=None: must name a local HF folder"),
+    ("half a multi-host spec", {"mesh": {"num_processes": 2}}, "must be given together"),
+    ("section that is not a mapping", {"optim": 3}, "optim: expected a mapping"),
+    ("unknown data source", {"train": {"data": "web"}}, "train.data='web': must be one of sorting, env"),
+]
+
+
+@pytest.mark.parametrize("kind,data,message", INVALID, ids=[k for k, _, _ in INVALID])
+def test_invalid_config_is_rejected(kind, data, message):
+    with pytest.raises(C.ConfigError) as e:
+        C.from_dict(data)
+    assert message in str(e.value), str(e.value)
+
+
+def test_mesh_product_must_match_devices():
+    cfg = C.from_dict({"mesh": {"data": 2, "fsdp": 2, "tensor": 1}})
+    with pytest.raises(C.ConfigError, match=r"has 4 devices but jax.device_count\(\) is 8"):
+        C.check_runtime(cfg, 8)
+    cfg = C.from_dict({"mesh": {"data": -1, "fsdp": 3}})
+    with pytest.raises(C.ConfigError, match="do not divide the 8 devices"):
+        C.check_runtime(cfg, 8)
+    assert C.resolve_mesh_shape((-1, 2, 2), 8) == (2, 2, 2)
+    assert C.resolve_mesh_shape((1, -1, 1), 1) == (1, 1, 1)
+
+
+def test_batch_must_split_over_data_and_fsdp():
+    cfg = C.from_dict({"mesh": {"data": 4, "fsdp": 2}, "train": {"batch_size": 12}})
+    with pytest.raises(C.ConfigError, match="must be divisible by mesh.data\\*mesh.fsdp=8"):
+        C.check_runtime(cfg, 8)
+
+
+def test_unknown_env_checked_against_registry():
+    import envs
+
+    cfg = C.from_dict({"algo": {"name": "grpo"}, "env": {"name": "chess", "max_prompt_len": 8},
+                       "train": {"max_len": 32}})
+    with pytest.raises(C.ConfigError, match="env.name='chess': unknown env; choose one of") as e:
+        C.check_runtime(cfg, 8)
+    assert ", ".join(envs.registered()) in str(e.value)
+
+
+def test_unknown_env_option_checked():
+    import envs
+
+    name = envs.registered()[0]
+    cfg = C.from_dict({"algo": {"name": "grpo"}, "env": {"name": name, "options": {"zzz": 1},
+                       "max_prompt_len": 8}, "train": {"max_len": 32}})
+    with pytest.raises(C.ConfigError, match="env.options: unknown option"):
+        C.check_runtime(cfg, 8)
+
+
+def test_overrides_parse_and_coerce():
+    got = C.parse_overrides(["--algo.beta", "0.04", "--train.steps=7", "--optim.lr", "1e-4",
+                             "--train.progress", "false", "--algo.clip_high", "none"])
+    assert got == {"algo": {"beta": 0.04, "clip_high": None}, "train": {"steps": 7, "progress": False},
+                   "optim": {"lr": 1e-4}}
+    cfg = C.from_dict(got)
+    assert cfg.algo.beta == 0.04 and isinstance(cfg.train.steps, int) and cfg.optim.lr == 1e-4
+    # an int given for a float field becomes a float
+    assert isinstance(C.from_dict({"algo": {"beta": 1}}).algo.beta, float)
+    for bad in (["--algo"], ["algo.beta", "1"], ["--beta", "1"], ["--algo.beta"]):
+        with pytest.raises(C.ConfigError, match="override"):
+            C.parse_overrides(bad)
+
+
+def test_presets_load_and_round_trip(tmp_path):
+    paths = sorted(glob.glob(os.path.join(ROOT, "launch", "configs", "*.yaml")))
+    assert any(p.endswith("tiny.yaml") for p in paths)
+    for p in paths:
+        cfg = C.load_config(p)
+        out = tmp_path / "c.yaml"
+        out.write_text(C.dump_yaml(cfg))
+        assert C.load_config(str(out)) == cfg
+    cfg = C.load_config(os.path.join(ROOT, "launch", "configs", "tiny.yaml"), ["--train.steps", "30"])
+    assert cfg.train.steps == 30
+
+
+def test_cli_prints_error_without_traceback(tmp_path):
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    r = subprocess.run([sys.executable, "-m", "jaxrl_lm.cli", "train", "--config",
+                        os.path.join(ROOT, "launch", "configs", "tiny.yaml"), "--optim.lr", "-1",
+                        "--out", str(tmp_path / "run")], capture_output=True, text=True, env=env,
+                       timeout=120)
+    assert r.returncode == 2
+    assert r.stderr.strip() == "error: optim.lr=-1.0: must be > 0", r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_cli_mesh_error_before_compiling(tmp_path):
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    r = subprocess.run([sys.executable, "-m", "jaxrl_lm.cli", "train", "--config",
+                        os.path.join(ROOT, "launch", "configs", "tiny.yaml"), "--mesh.data", "3",
+                        "--out", str(tmp_path / "run")], capture_output=True, text=True, env=env,
+                       timeout=120)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert r.stderr.startswith("error: mesh {'data': 3, 'fsdp': 1, 'tensor': 1} has 3 devices"), r.stderr
+    assert not (tmp_path / "run").exists()
