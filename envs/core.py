@@ -88,6 +88,37 @@ class Env:
     def _step(self, state: State, action: jax.Array, key: jax.Array) -> State:
         raise NotImplementedError
 
+    @property
+    def reward_range(self) -> tuple[float, float]:
+        """(lo, hi) bounding every reward `step` can return, the illegal
+        penalty included; the shared API test checks it."""
+        raise NotImplementedError
+
+    # --- text hooks (turned into token tables by envs/text.py) -------------
+    def action_strings(self) -> tuple[str, ...]:
+        """Text of each action as written after `ACTION=`: num_actions
+        distinct, non-empty ASCII strings without whitespace."""
+        raise NotImplementedError
+
+    def text_pieces(self) -> tuple[str, ...]:
+        """The finite list of strings every render is concatenated from."""
+        raise NotImplementedError
+
+    @property
+    def max_render_pieces(self) -> int:
+        """Upper bound on the number of pieces in one render."""
+        raise NotImplementedError
+
+    def render_pieces(self, state: State) -> jax.Array:
+        """i32[max_render_pieces] indices into `text_pieces`, -1 = empty slot
+        (anywhere); their concatenation in order is the prompt. Jittable."""
+        raise NotImplementedError
+
+    def render_text(self, state: State) -> str:
+        """Host reference for one unbatched state, written independently of
+        `render_pieces` (plain Python on numpy values); must equal it."""
+        raise NotImplementedError
+
     # --- shared semantics -------------------------------------------------
     def init(self, key: jax.Array) -> State:
         return self._init(key)
@@ -96,8 +127,11 @@ class Env:
         action = jnp.asarray(action, jnp.int32)
         in_range = (action >= 0) & (action < self.num_actions)
         legal = in_range & state.legal_action_mask[jnp.clip(action, 0, self.num_actions - 1)]
-        key_move, key_step = jax.random.split(key)
+        key_step = key
         if self.illegal == "random":
+            # Split only when the fallback needs its own key: random bits
+            # dominate the cost of small envs on CPU.
+            key_move, key_step = jax.random.split(key)
             logits = jnp.where(state.legal_action_mask, 0.0, -jnp.inf)
             fallback = jax.random.categorical(key_move, logits).astype(jnp.int32)
             action = jnp.where(legal, action, fallback)
@@ -144,6 +178,20 @@ class AutoReset:
         new = self.env.step(state, action, key_step)
         fresh = self.env.init(key_reset).replace(reward=new.reward, done=new.done)
         return jax.tree.map(lambda a, b: jnp.where(new.done, a, b), fresh, new)
+
+
+def digit_pieces(n: jax.Array, num_digits: int, zero_piece: int) -> jax.Array:
+    """Pieces spelling the non-negative int `n` in decimal, for render_pieces.
+
+    Returns i32[num_digits]: `zero_piece + d` for each digit d (pieces
+    "0".."9" must sit at consecutive indices from `zero_piece`), with -1 for
+    the leading zeros, so `str(n)` is spelled exactly (`n` < 10**num_digits).
+    """
+    pow10 = 10 ** jnp.arange(num_digits - 1, -1, -1, dtype=jnp.int32)
+    n = jnp.asarray(n, jnp.int32)
+    digit = (n // pow10) % 10
+    keep = (n >= pow10) | (jnp.arange(num_digits) == num_digits - 1)
+    return jnp.where(keep, zero_piece + digit, -1).astype(jnp.int32)
 
 
 def check_choice(obj: Any, field: str, allowed) -> None:
