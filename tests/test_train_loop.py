@@ -1,0 +1,100 @@
+"""Outer loop and run directory: metrics.jsonl (valid, flushed), TensorBoard
+events, plots, `jaxrl-lm plot`, resume in-process, SFT loss vs numpy."""
+
+import json
+import os
+
+import jax
+import numpy as np
+import pytest
+
+from jaxrl_lm import config as C
+from jaxrl_lm.cli import main as cli_main
+from jaxrl_lm.train import loop, sft
+from jaxrl_lm.train.logging import RunLogger, read_metrics
+from tests.test_train_step import T, V, toy_model
+
+
+def toy_data(batch_size):
+    def data_fn(step, key):
+        k1, k2 = jax.random.split(key)
+        tokens = np.asarray(jax.random.randint(k1, (batch_size, T), 0, V), np.int32)
+        lengths = np.asarray(jax.random.randint(k2, (batch_size,), 3, T + 1))
+        mask = (np.arange(T)[None] < lengths[:, None]).astype(np.float32)
+        mask[:, :2] = 0  # a two-token "prompt"
+        return {"tokens": tokens, "loss_mask": mask}
+    return data_fn
+
+
+def tiny_cfg(**train):
+    base = dict(steps=6, batch_size=8, micro_batches=2, max_len=T, ckpt_every=3, log_every=1,
+                progress=False)
+    base.update(train)
+    return C.from_dict({"train": base, "optim": {"lr": 0.05, "warmup_steps": 1},
+                        "mesh": {"data": 2, "fsdp": 2, "tensor": 2}})
+
+
+def test_logger_flushes_each_line(tmp_path):
+    log = RunLogger(str(tmp_path), "a: 1\n", total_steps=3, progress=False)
+    log.log(1, {"loss": np.float32(2.5), "vec": np.zeros(3), "ok": np.bool_(True)}, tokens=100)
+    rows = read_metrics(str(tmp_path))  # read while the file is still open
+    assert rows[0]["step"] == 1 and rows[0]["loss"] == 2.5 and rows[0]["ok"] == 1
+    assert "vec" not in rows[0] and rows[0]["tokens_per_s"] > 0
+    log.close(plots=False)
+
+
+def test_run_dir_contents_and_plot_command(tmp_path):
+    run = str(tmp_path / "run")
+    res = loop.train(tiny_cfg(), run, model=toy_model(), loss_fn=sft.sft_loss, data_fn=toy_data(8))
+    assert int(res.state.step) == 6
+    with open(os.path.join(run, "metrics.jsonl")) as f:
+        rows = [json.loads(line) for line in f]
+    assert [r["step"] for r in rows] == list(range(1, 7))
+    assert all(np.isfinite(r["loss"]) and "token_accuracy" in r and "tokens_per_s" in r for r in rows)
+    assert rows[-1]["loss"] < rows[0]["loss"]
+    assert C.load_config(os.path.join(run, "config.yaml")) == tiny_cfg()
+    assert any(f.startswith("events.out.tfevents") for f in os.listdir(os.path.join(run, "events")))
+    assert sorted(os.listdir(os.path.join(run, "checkpoints"))) == ["3", "6"]
+    for name in ("loss", "grad_norm", "lr", "tokens_per_s"):
+        path = os.path.join(run, "plots", f"{name}.png")
+        with open(path, "rb") as f:
+            assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+        os.remove(path)
+    assert cli_main(["plot", run]) == 0
+    assert os.path.exists(os.path.join(run, "plots", "loss.png"))
+    assert cli_main(["plot", str(tmp_path / "nothing")]) == 2
+
+
+def test_resume_in_process_drops_redone_lines(tmp_path):
+    run = str(tmp_path / "run")
+    full = loop.train(tiny_cfg(), str(tmp_path / "full"), model=toy_model(), loss_fn=sft.sft_loss,
+                      data_fn=toy_data(8))
+    loop.train(tiny_cfg(steps=6), run, model=toy_model(), loss_fn=sft.sft_loss, data_fn=toy_data(8))
+    # pretend the run died after step 4: checkpoint 3 is the newest intact one
+    import shutil
+
+    shutil.rmtree(os.path.join(run, "checkpoints", "6"))
+    res = loop.train(tiny_cfg(), run, model=toy_model(), loss_fn=sft.sft_loss, data_fn=toy_data(8),
+                     resume=True)
+    assert res.resumed_from == 3
+    assert [r["step"] for r in read_metrics(run)] == list(range(1, 7))
+    for a, b in zip(jax.tree.leaves(full.state.params), jax.tree.leaves(res.state.params)):
+        assert np.array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_sft_loss_matches_numpy():
+    model = toy_model()
+    batch = toy_data(4)(0, jax.random.PRNGKey(1))
+    (s, d), m = sft.sft_loss(model, batch)
+    logits = np.asarray(model(batch["tokens"][:, :-1]), np.float64)
+    logp = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+    tgt, mask = batch["tokens"][:, 1:], batch["loss_mask"][:, 1:]
+    nll = -np.take_along_axis(logp, tgt[..., None], -1)[..., 0]
+    np.testing.assert_allclose(float(s), (nll * mask).sum(), rtol=1e-5)
+    assert float(d) == mask.sum()
+
+
+def test_pack_masks_only_answers():
+    out = sft.pack([([1, 2], [3, 4]), ([5], [6, 7, 8, 9])], max_len=4, pad_id=0)
+    assert out["tokens"].tolist() == [[1, 2, 3, 4], [5, 6, 7, 8]]
+    assert out["loss_mask"].tolist() == [[0, 0, 1, 1], [0, 1, 1, 1]]
