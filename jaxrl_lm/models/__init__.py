@@ -1,1 +1,14 @@
-"""jaxrl_lm.models"""
+"""jaxrl_lm.models: the NNX decoder (Llama / Qwen2 / Gemma by config).
+
+    cfg = ModelConfig(vocab_size=..., hidden_size=..., ...)
+    model = Decoder(cfg, rngs=nnx.Rngs(0))
+    logits = model(tokens_bt, positions_bt)
+"""
+
+from jaxrl_lm.models.config import ModelConfig
+from jaxrl_lm.models.decoder import Decoder
+from jaxrl_lm.models.layers import KVCache
+
+__all__ = ["ModelConfig", "Decoder", "KVCache"]
+
+# HF interop and the embedded default (hf.py / default.py) are exported below.

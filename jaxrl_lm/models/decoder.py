@@ -1,0 +1,180 @@
+"""The NNX decoder shared by the Llama, Qwen2 and Gemma families.
+
+Module tree and parameters (paths as in `nnx.state(model)`; logical axis names
+in the `out_sharding` metadata, read by `nnx.get_partition_spec`):
+
+    embed                  [V, D]          ("vocab", "embed")
+    layers.attn_norm       [L, D]          ("layers", "norm")
+    layers.q_proj          [L, D, H, Hd]   ("layers", "embed", "heads", "head_dim")
+    layers.k_proj          [L, D, K, Hd]   ("layers", "embed", "kv_heads", "head_dim")
+    layers.v_proj          [L, D, K, Hd]   ("layers", "embed", "kv_heads", "head_dim")
+    layers.q_bias          [L, H, Hd]      ("layers", "heads", "head_dim")     if attention_bias
+    layers.k_bias          [L, K, Hd]      ("layers", "kv_heads", "head_dim")  if attention_bias
+    layers.v_bias          [L, K, Hd]      ("layers", "kv_heads", "head_dim")  if attention_bias
+    layers.o_proj          [L, H, Hd, D]   ("layers", "heads", "head_dim", "embed")
+    layers.o_bias          [L, D]          ("layers", "embed")                 if attention_out_bias
+    layers.mlp_norm        [L, D]          ("layers", "norm")
+    layers.gate_proj       [L, D, F]       ("layers", "embed", "mlp")
+    layers.up_proj         [L, D, F]       ("layers", "embed", "mlp")
+    layers.down_proj       [L, F, D]       ("layers", "mlp", "embed")
+    final_norm             [D]             ("norm",)
+    lm_head                [D, V]          ("embed", "vocab")                  unless tie_embeddings
+    value_head.kernel      [D]             ("embed",)                          if value_head
+    value_head.bias        []              ()                                  if value_head
+
+Layers are stacked on a leading L axis and run with `lax.scan` (one compiled
+block, fast compiles for deep models). HF mapping: `q_proj.weight` [H*Hd, D]
+is `q_proj[l].reshape(D, H*Hd).T`; `o_proj.weight` [D, H*Hd] is
+`o_proj[l].reshape(H*Hd, D).T`; MLP/lm_head weights are transposed; norm
+weights are copied as stored (Gemma's are stored as w - 1, used as 1 + w).
+
+Calls (positions are explicit; rows are right-padded; see `layers.block`):
+
+    model(tokens[B,T] i32, positions[B,T] i32)            -> logits [B, T, V] f32
+    model(tokens, positions, cache=KVCache)               -> (logits [B,T,V] f32, KVCache)
+    model.hidden_states(tokens, positions[, cache=...])   -> h [B,T,D] (after final norm)
+                                                             [, KVCache]
+    model.logits_from_hidden(h)                           -> [..., V] f32
+    model.values(tokens, positions)                       -> [B, T] f32 (value head)
+    model.init_cache(batch, length)                       -> zero KVCache, S = length
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from jaxrl_lm.models.config import ModelConfig
+from jaxrl_lm.models.layers import KVCache, block, rms_norm
+
+
+def _param(key: jax.Array, shape: tuple[int, ...], names: tuple, dtype, std: float | None):
+    """A Param with logical axis names; std None means zeros, "ones" via std=-1."""
+    if std is None:
+        value = jnp.zeros(shape, dtype)
+    elif std < 0:
+        value = jnp.ones(shape, dtype)
+    else:
+        value = (std * jax.random.normal(key, shape, jnp.float32)).astype(dtype)
+    # eager_sharding=False: names are metadata only; placement is the train engine's job.
+    return nnx.Param(value, out_sharding=names, eager_sharding=False)
+
+
+class LayerStack(nnx.Module):
+    """All decoder blocks' parameters, stacked on a leading "layers" axis."""
+
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+        L, D, F = cfg.num_layers, cfg.hidden_size, cfg.intermediate_size
+        H, K, Hd = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+        dt, std = cfg.storage_dtype, cfg.init_std
+        norm_std = None if cfg.norm_offset == 1 else -1.0  # identity scale at init
+        mk = functools.partial(_param, dtype=dt)
+        self.attn_norm = mk(None, (L, D), ("layers", "norm"), std=norm_std)
+        self.q_proj = mk(rngs.params(), (L, D, H, Hd), ("layers", "embed", "heads", "head_dim"), std=std)
+        self.k_proj = mk(rngs.params(), (L, D, K, Hd), ("layers", "embed", "kv_heads", "head_dim"), std=std)
+        self.v_proj = mk(rngs.params(), (L, D, K, Hd), ("layers", "embed", "kv_heads", "head_dim"), std=std)
+        if cfg.attention_bias:
+            self.q_bias = mk(None, (L, H, Hd), ("layers", "heads", "head_dim"), std=None)
+            self.k_bias = mk(None, (L, K, Hd), ("layers", "kv_heads", "head_dim"), std=None)
+            self.v_bias = mk(None, (L, K, Hd), ("layers", "kv_heads", "head_dim"), std=None)
+        self.o_proj = mk(rngs.params(), (L, H, Hd, D), ("layers", "heads", "head_dim", "embed"), std=std)
+        if cfg.attention_out_bias:
+            self.o_bias = mk(None, (L, D), ("layers", "embed"), std=None)
+        self.mlp_norm = mk(None, (L, D), ("layers", "norm"), std=norm_std)
+        self.gate_proj = mk(rngs.params(), (L, D, F), ("layers", "embed", "mlp"), std=std)
+        self.up_proj = mk(rngs.params(), (L, D, F), ("layers", "embed", "mlp"), std=std)
+        self.down_proj = mk(rngs.params(), (L, F, D), ("layers", "mlp", "embed"), std=std)
+
+    def arrays(self) -> dict[str, jax.Array]:
+        """{name: stacked array}, the xs of the layer scan."""
+        return {k: v[...] for k, v in vars(self).items() if isinstance(v, nnx.Param)}
+
+
+class ValueHead(nnx.Module):
+    """Scalar value v = h . w + b on the final (normed) hidden state."""
+
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+        dt = cfg.storage_dtype
+        self.kernel = _param(rngs.params(), (cfg.hidden_size,), ("embed",), dt, cfg.init_std)
+        self.bias = _param(None, (), (), dt, None)
+
+    def __call__(self, h: jax.Array) -> jax.Array:
+        h32 = h.astype(jnp.float32)
+        return h32 @ self.kernel[...].astype(jnp.float32) + self.bias[...].astype(jnp.float32)
+
+
+class Decoder(nnx.Module):
+    """Decoder-only transformer; see the module docstring for the tree and calls."""
+
+    def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
+        cfg = config
+        self.config = cfg
+        self.embed = _param(rngs.params(), (cfg.vocab_size, cfg.hidden_size),
+                            ("vocab", "embed"), cfg.storage_dtype, cfg.init_std)
+        self.layers = LayerStack(cfg, rngs=rngs)
+        self.final_norm = _param(None, (cfg.hidden_size,), ("norm",), cfg.storage_dtype,
+                                 None if cfg.norm_offset == 1 else -1.0)
+        self.lm_head = nnx.data(None if cfg.tie_embeddings else _param(
+            rngs.params(), (cfg.hidden_size, cfg.vocab_size), ("embed", "vocab"),
+            cfg.storage_dtype, cfg.init_std))
+        self.value_head = nnx.data(ValueHead(cfg, rngs=rngs) if cfg.value_head else None)
+
+    # -- pieces ---------------------------------------------------------------
+    def init_cache(self, batch: int, length: int) -> KVCache:
+        cfg = self.config
+        shape = (cfg.num_layers, batch, length, cfg.num_kv_heads, cfg.head_dim)
+        return KVCache(jnp.zeros(shape, cfg.compute_dtype), jnp.zeros(shape, cfg.compute_dtype))
+
+    def unembedding(self) -> jax.Array:
+        """The [D, V] output matrix (the embedding transposed when tied)."""
+        return self.embed[...].T if self.lm_head is None else self.lm_head[...]
+
+    def logits_from_hidden(self, h: jax.Array) -> jax.Array:
+        """[..., D] final hidden states -> [..., V] float32 logits."""
+        w = self.unembedding()
+        return jnp.einsum("...d,dv->...v", h, w.astype(h.dtype),
+                          preferred_element_type=jnp.float32)
+
+    def value_from_hidden(self, h: jax.Array) -> jax.Array:
+        if self.value_head is None:
+            raise ValueError("this model has no value head; build it with ModelConfig(value_head=True)")
+        return self.value_head(h)
+
+    def hidden_states(self, tokens_bt: jax.Array, positions_bt: jax.Array, *,
+                      cache: KVCache | None = None, remat: bool = False):
+        """Final-normed hidden states [B, T, D] (compute dtype); with a cache, also
+        the updated KVCache. remat=True recomputes each block in the backward pass."""
+        cfg = self.config
+        if tokens_bt.ndim != 2 or positions_bt.shape != tokens_bt.shape:
+            raise ValueError(f"tokens and positions must both be [B, T]; got "
+                             f"{tokens_bt.shape} and {positions_bt.shape}")
+        x = self.embed[...][tokens_bt].astype(cfg.compute_dtype)
+        if cfg.scale_embeddings:
+            x = x * jnp.asarray(cfg.hidden_size ** 0.5, cfg.compute_dtype)
+
+        def step(x, xs):
+            p, kv = xs
+            return block(cfg, x, p, positions_bt, kv)
+
+        if remat:
+            step = jax.checkpoint(step)
+        kv_xs = None if cache is None else (cache.k, cache.v)
+        x, new_kv = jax.lax.scan(step, x, (self.layers.arrays(), kv_xs))
+        h = rms_norm(x, self.final_norm[...], eps=cfg.rms_norm_eps, offset=cfg.norm_offset)
+        return h if cache is None else (h, KVCache(*new_kv))
+
+    # -- calls ----------------------------------------------------------------
+    def __call__(self, tokens_bt: jax.Array, positions_bt: jax.Array, *,
+                 cache: KVCache | None = None):
+        """Logits [B, T, V] float32; with a cache, (logits, updated cache)."""
+        if cache is None:
+            return self.logits_from_hidden(self.hidden_states(tokens_bt, positions_bt))
+        h, cache = self.hidden_states(tokens_bt, positions_bt, cache=cache)
+        return self.logits_from_hidden(h), cache
+
+    def values(self, tokens_bt: jax.Array, positions_bt: jax.Array) -> jax.Array:
+        """Value-head outputs [B, T] float32 (one scalar per position)."""
+        return self.value_from_hidden(self.hidden_states(tokens_bt, positions_bt))
