@@ -26,12 +26,12 @@ def toy_data(batch_size):
     return data_fn
 
 
-def tiny_cfg(**train):
+def tiny_cfg(mesh=(2, 2, 2), **train):
     base = dict(steps=6, batch_size=8, micro_batches=2, max_len=T, ckpt_every=3, log_every=1,
                 progress=False)
     base.update(train)
     return C.from_dict({"train": base, "optim": {"lr": 0.05, "warmup_steps": 1},
-                        "mesh": {"data": 2, "fsdp": 2, "tensor": 2}})
+                        "mesh": dict(zip(("data", "fsdp", "tensor"), mesh))})
 
 
 def test_logger_flushes_each_line(tmp_path):
