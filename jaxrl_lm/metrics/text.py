@@ -29,13 +29,18 @@ def _shift(x: jax.Array, k: int, axes: tuple[int, ...]) -> jax.Array:
 def window_valid(mask_t: jax.Array, n: int) -> jax.Array:
     """[T] bool: the n-gram starting at t lies entirely inside the mask."""
     ok = mask_t.astype(bool)
-    return jnp.stack([_shift(ok, k, (0,)) for k in range(n)]).all(0)
+    out = ok
+    for k in range(1, n):  # a running AND, not a stack: n can be 40 and T in the thousands
+        out = out & _shift(ok, k, (0,))
+    return out
 
 
 def ngram_match(a_t: jax.Array, mask_a: jax.Array, b_s: jax.Array, mask_b: jax.Array, n: int) -> jax.Array:
     """[T, S] bool: a[i:i+n] == b[j:j+n], both windows valid."""
     eq = a_t[:, None] == b_s[None, :]
-    match = jnp.stack([_shift(eq, k, (0, 1)) for k in range(n)]).all(0)
+    match = eq
+    for k in range(1, n):
+        match = match & _shift(eq, k, (0, 1))
     return match & window_valid(mask_a, n)[:, None] & window_valid(mask_b, n)[None, :]
 
 

@@ -1,0 +1,102 @@
+"""Reward shaping against float64 numpy / plain-Python references and hand-worked values."""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxrl_lm import rewards as R
+
+
+def test_cosine_length_reward_matches_formula_and_endpoints():
+    rng = np.random.default_rng(0)
+    L = 100
+    lens = rng.integers(0, 130, 32); corr = rng.random(32) < 0.5
+    got = R.cosine_length_reward(jnp.asarray(corr), jnp.asarray(lens), max_len=L)
+
+    def cos_fn(t, T, lo, hi):
+        return lo + (hi - lo) * (1 + math.cos(math.pi * t / T)) / 2
+
+    want = [-10.0 if n >= L else (cos_fn(n, L, 1.0, 2.0) if c else cos_fn(n, L, 0.0, -10.0))
+            for n, c in zip(lens, corr)]
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    # Endpoints: correct 2 at length 0, wrong -10 at length 0, exceed at max_len; midpoint averages.
+    out = R.cosine_length_reward(jnp.array([True, False, True, False]), jnp.array([0, 0, 100, 50]), max_len=100)
+    np.testing.assert_allclose(out, [2.0, -10.0, -10.0, -5.0], atol=1e-5)
+
+
+def ref_repetition(seq, valid_len, n, pen):
+    out = np.zeros(len(seq))
+    s = list(seq[:valid_len])
+    for i in range(len(s) - n + 1):
+        if any(s[j:j + n] == s[i:i + n] for j in range(i)):
+            out[i:i + n] = pen
+    return out
+
+
+@pytest.mark.parametrize("n", [1, 3])
+def test_repetition_penalty_matches_reference(n):
+    rng = np.random.default_rng(n)
+    toks = rng.integers(0, 3, (6, 14)); lens = rng.integers(0, 15, 6)
+    mask = np.arange(14)[None] < lens[:, None]
+    got = R.repetition_penalty(jnp.asarray(toks), jnp.asarray(mask), ngram=n, penalty=-0.5)
+    want = np.stack([ref_repetition(toks[b], lens[b], n, -0.5) for b in range(6)])
+    assert (want != 0).any() and (want == 0).any()
+    np.testing.assert_allclose(got, want)
+
+
+def test_repetition_penalty_hand_worked():
+    # "1 2 3 9 1 2 3" with n=3: the second "1 2 3" (positions 4..6) is penalised.
+    toks = jnp.array([[1, 2, 3, 9, 1, 2, 3, 7]])
+    mask = jnp.array([[1, 1, 1, 1, 1, 1, 1, 0]])
+    np.testing.assert_allclose(R.repetition_penalty(toks, mask, ngram=3), [[0, 0, 0, 0, -0.05, -0.05, -0.05, 0]])
+
+
+def test_kimi_length_reward_matches_reference():
+    rng = np.random.default_rng(1)
+    lens = rng.integers(5, 50, 12); lens[4:8] = 17  # one group with equal lengths
+    corr = rng.random(12) < 0.5
+    got = R.kimi_length_reward(jnp.asarray(corr), jnp.asarray(lens), 4)
+    want = []
+    for g in range(3):
+        ls, cs = lens[4 * g:4 * g + 4], corr[4 * g:4 * g + 4]
+        for n, c in zip(ls, cs):
+            lam = 0.0 if ls.max() == ls.min() else 0.5 - (n - ls.min()) / (ls.max() - ls.min())
+            want.append(lam if c else min(0.0, lam))
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
+    # Hand-worked: lengths 10, 20, 30 -> lam 0.5, 0, -0.5; a wrong shortest answer gets 0.
+    np.testing.assert_allclose(R.kimi_length_reward(jnp.array([False, True, True]), jnp.array([10, 20, 30]), 3),
+                               [0.0, 0.0, -0.5])
+
+
+def test_overlong_penalty_hand_worked():
+    got = R.overlong_penalty(jnp.array([0, 80, 90, 95, 100, 101]), max_len=100, cache_len=20)
+    np.testing.assert_allclose(got, [0.0, 0.0, -0.5, -0.75, -1.0, -1.0])
+
+
+def test_invalid_action_and_exploration_bonus():
+    np.testing.assert_allclose(R.invalid_action_penalty(jnp.array([True, False])), [0.0, -5.0])
+    a = jnp.array([[0, 0, 2, -1, 2, 1], [1, 1, 1, 0, 0, 3]])
+    m = jnp.array([[1, 1, 1, 1, 1, 1], [1, 0, 1, 1, 1, 1]])
+    got = R.exploration_bonus(a, 3, mask=m)
+    np.testing.assert_allclose(got, [[1, 0, 1, 0, 0, 1], [1, 0, 0, 1, 0, 0]])
+    rng = np.random.default_rng(2)
+    acts = rng.integers(0, 5, (4, 10))
+    want = [[float(acts[b, t] not in acts[b, :t]) for t in range(10)] for b in range(4)]
+    np.testing.assert_allclose(jax.jit(R.exploration_bonus, static_argnums=1)(jnp.asarray(acts), 5), want)
+
+
+def test_bad_arguments_raise():
+    z = jnp.zeros(4)
+    with pytest.raises(ValueError, match="cache_len=0"):
+        R.overlong_penalty(z, max_len=10, cache_len=0)
+    with pytest.raises(ValueError, match="cache_len=20"):
+        R.overlong_penalty(z, max_len=10, cache_len=20)
+    with pytest.raises(ValueError, match="group_size=3 must divide"):
+        R.kimi_length_reward(z, z, 3)
+    with pytest.raises(ValueError, match="max_len=0"):
+        R.cosine_length_reward(z, z, max_len=0)
+    with pytest.raises(ValueError, match="ngram=0"):
+        R.repetition_penalty(jnp.zeros((1, 4)), jnp.zeros((1, 4)), ngram=0)
