@@ -40,14 +40,31 @@ class RunResult:
     resumed_from: int  # the step restored at start (0 if fresh)
 
 
-def maybe_initialize_distributed(cfg: Config) -> None:
-    """jax.distributed.initialize from the config, or from the environment
-    (JAX_COORDINATOR_ADDRESS / SLURM / TPU pod metadata) when asked to."""
-    m = cfg.mesh
-    if m.coordinator_address is not None and m.num_processes is not None:
-        jax.distributed.initialize(m.coordinator_address, m.num_processes, m.process_id)
-    elif os.environ.get("JAXRL_LM_DISTRIBUTED") == "1":
-        jax.distributed.initialize()
+def maybe_initialize_distributed(cfg: Config | None = None) -> bool:
+    """Start jax.distributed when the run spans several processes.
+
+    Sources, first match wins: the config (mesh.coordinator_address,
+    mesh.num_processes, mesh.process_id); the variables JAXRL_LM_COORDINATOR /
+    JAXRL_LM_NUM_PROCESSES / JAXRL_LM_PROCESS_ID (set by
+    launch/local_multiprocess.sh); JAXRL_LM_DISTRIBUTED=1, which lets JAX
+    detect the cluster itself (TPU pod, SLURM). CPU processes talk over gloo.
+    Returns True when it initialized.
+    """
+    m = cfg.mesh if cfg is not None else None
+    env = os.environ
+    if m is not None and m.coordinator_address is not None and m.num_processes is not None:
+        args = (m.coordinator_address, m.num_processes, m.process_id)
+    elif "JAXRL_LM_COORDINATOR" in env:
+        args = (env["JAXRL_LM_COORDINATOR"], int(env["JAXRL_LM_NUM_PROCESSES"]),
+                int(env["JAXRL_LM_PROCESS_ID"]))
+    elif env.get("JAXRL_LM_DISTRIBUTED") == "1":
+        args = ()
+    else:
+        return False
+    if env.get("JAX_PLATFORMS", "").startswith("cpu"):
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(*args)
+    return True
 
 
 def _kill_point() -> int | None:
