@@ -228,3 +228,4 @@ def test_schedule_warmup_then_cosine_or_constant():
             want = 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(t - 4, 10) / 10))
         np.testing.assert_allclose(float(cos(t)), want, rtol=1e-6, atol=1e-7)
         np.testing.assert_allclose(float(const(t)), min(t / 4, 1.0), rtol=1e-6)
+

@@ -59,7 +59,7 @@ def build_data(cfg: Config, tokenizer):
 def _parse_train(argv: list[str]):
     p = argparse.ArgumentParser(
         prog="jaxrl-lm train", description="Train a policy; extra --section.field VALUE "
-        "arguments override the config.")
+        "arguments override the config.", allow_abbrev=False)
     p.add_argument("--config", help="YAML preset (launch/configs/*.yaml); defaults if omitted")
     p.add_argument("--out", required=True, help="run directory")
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint")

@@ -28,14 +28,16 @@ def encode(tokenizer: Any, text: str) -> list[int]:
 
 
 def forward(model: Any, tokens_bt: jax.Array) -> jax.Array:
-    """Logits f32[B, T, V]; passes positions when the model takes them."""
+    """Logits f32[B, T, V] of right-padded rows; passes positions 0..T-1 when
+    the model takes them (the jaxrl_lm Decoder does: `model(tokens, positions)`)."""
     try:
-        takes_positions = "positions" in inspect.signature(model.__call__).parameters
+        params = [p for p in inspect.signature(model.__call__).parameters.values()
+                  if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
     except (TypeError, ValueError):
-        takes_positions = False
-    if takes_positions:
+        params = []
+    if len(params) >= 2 and params[1].name.startswith("positions"):
         pos_bt = jnp.broadcast_to(jnp.arange(tokens_bt.shape[1]), tokens_bt.shape)
-        out = model(tokens_bt, positions=pos_bt)
+        out = model(tokens_bt, pos_bt)
     else:
         out = model(tokens_bt)
     logits = out[0] if isinstance(out, tuple) else out
