@@ -1,0 +1,190 @@
+"""Tic-tac-toe against a built-in opponent (single-agent from the learner's
+side; the opponent moves inside `init` / `step`).
+
+Cells are numbered row-major 0..8 as actions and written "1".."9" in text.
+The agent plays `agent_player` ("x" moves first; with "o" the opponent's
+first move happens inside `init`). After a legal agent move the opponent
+replies unless the game is over. Opponents:
+  random   a uniformly random empty cell;
+  minimax  perfect play read from a table solved once over the whole game
+           tree (envs/_tictactoe_tables.py, depth-aware negamax: wins fast,
+           loses slow), ties between optimal moves broken uniformly at random;
+  mcts     UCT with random rollouts, `mcts_simulations` per move
+           (envs/_tictactoe_mcts.py);
+  noisy    minimax, but a uniformly random empty cell with probability `noise`.
+
+Reward (agent's side), on the step that ends the game: +1 win, 0 draw,
+-1 loss; 0 on every other step. Illegal moves follow envs.core's rule.
+
+The step is branch-free: the board is also kept as a base-3 code
+(sum board[i] 3^i) so the game status and the minimax moves are one gather
+each, and an opponent move is one uint32 hashed from the key (see
+`_tictactoe_tables.key_bits`) turned into a rank
+among the allowed cells.
+
+Prompt (about 130 characters):
+    Tic-tac-toe: get 3 in a row. You are X. Cells 1-9, row by row.
+    X|.|O
+    .|X|.
+    .|.|.
+    Legal: 2 4 6 7 8 9
+    Answer with ACTION=<cell>.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import ClassVar
+
+import jax
+import jax.numpy as jnp
+from flax import struct
+
+from envs import _tictactoe_tables as tables
+from envs._tictactoe_mcts import mcts_move
+from envs.core import Env, State, base_fields, check_choice, check_range, register
+
+OPPONENTS = ("random", "minimax", "mcts", "noisy")
+SYMBOLS = ".XO"  # by board value
+
+
+@struct.dataclass
+class TicTacToeState(State):
+    board: jax.Array  # i8[9] row-major cells: 0 empty, 1 X, 2 O
+    code: jax.Array  # i32[] base-3 board code sum board[i] * 3**i (table index)
+    winner: jax.Array  # i8[] 0 none (ongoing or draw), 1 X, 2 O
+
+
+@register
+@dataclasses.dataclass(frozen=True)
+class TicTacToe(Env):
+    """Tic-tac-toe vs a scripted opponent; see the module docstring."""
+
+    agent_player: str = "x"  # the agent's mark: "x" (moves first) | "o"
+    opponent: str = "random"  # "random" | "minimax" | "mcts" | "noisy"
+    noise: float = 0.2  # noisy opponent: rate of uniformly random moves, [0, 1]
+    mcts_simulations: int = 100  # mcts opponent: simulations per move, 1..10000
+
+    name: ClassVar[str] = "tictactoe"
+
+    def __post_init__(self):
+        super().__post_init__()
+        check_choice(self, "agent_player", ("x", "o"))
+        check_choice(self, "opponent", OPPONENTS)
+        check_range(self, "noise", 0.0, 1.0)
+        check_range(self, "mcts_simulations", 1, 10000)
+
+    @property
+    def me(self) -> int:
+        """The agent's board mark (1 = X, 2 = O)."""
+        return 1 if self.agent_player == "x" else 2
+
+    @property
+    def num_actions(self) -> int:
+        return tables.NUM_CELLS
+
+    @property
+    def max_steps(self) -> int:
+        return 5 if self.agent_player == "x" else 4
+
+    @property
+    def reward_range(self) -> tuple[float, float]:
+        p = self.illegal_penalty
+        if self.illegal == "random":
+            return min(-1.0, p - 1.0), max(1.0, p + 1.0)
+        return min(-1.0, p), max(1.0, p)
+
+    def opponent_move(self, board_9: jax.Array, code: jax.Array, key: jax.Array) -> jax.Array:
+        """i32[]: the opponent's cell (legal whenever the game is not over)."""
+        mark = 3 - self.me
+        if self.opponent == "mcts":
+            return mcts_move(code, mark, key, self.mcts_simulations)
+        bits = tables.key_bits(key, 0)
+        if self.opponent == "random":
+            return tables.pick_cell(tables.empty_bits(board_9), bits)
+        if self.opponent == "minimax":
+            return tables.pick_cell(tables.opt_bits(code), bits)
+        explore = tables.uniform_from_bits(tables.key_bits(key, 1)) < self.noise
+        mask = jnp.where(explore, tables.empty_bits(board_9), tables.opt_bits(code))
+        return tables.pick_cell(mask, bits)
+
+    def _init(self, key: jax.Array) -> TicTacToeState:
+        board, code = jnp.zeros((9,), jnp.int8), jnp.int32(0)
+        if self.agent_player == "o":
+            board, code = tables.place(board, code, self.opponent_move(board, code, key), 1)
+        base = base_fields(9)
+        base["legal_action_mask"] = board == 0
+        return TicTacToeState(**base, board=board, code=code, winner=jnp.int8(0))
+
+    def _step(self, state: TicTacToeState, action: jax.Array, key: jax.Array) -> TicTacToeState:
+        me = self.me
+        board1, code1 = tables.place(state.board, state.code, action, me)
+        cell = self.opponent_move(board1, code1, key)
+        board2, code2 = tables.place(board1, code1, cell, 3 - me)
+        over1 = tables.status_of(code1) != tables.ONGOING
+        board = jnp.where(over1, board1, board2)
+        code = jnp.where(over1, code1, code2)
+        status = tables.status_of(code)
+        reward = (status == me).astype(jnp.float32) - (status == 3 - me).astype(jnp.float32)
+        return state.replace(
+            board=board, code=code, winner=jnp.where(status < tables.DRAW, status, 0).astype(jnp.int8),
+            reward=reward, done=status != tables.ONGOING, legal_action_mask=board == 0)
+
+    # --- text -------------------------------------------------------------
+    def _header(self) -> str:
+        return (f"Tic-tac-toe: get 3 in a row. You are {self.agent_player.upper()}. "
+                "Cells 1-9, row by row.\n")
+
+    def action_strings(self) -> tuple[str, ...]:
+        return tuple(str(i + 1) for i in range(9))
+
+    def text_pieces(self) -> tuple[str, ...]:
+        # 0 header, 1-3 cell symbols by board value, 4 "|", 5 "\n", 6 "Legal:",
+        # 7-15 " 1".." 9", 16 answer format
+        return (self._header(), *SYMBOLS, "|", "\n", "Legal:",
+                *(f" {i + 1}" for i in range(9)), "Answer with ACTION=<cell>.\n")
+
+    @property
+    def max_render_pieces(self) -> int:
+        return 1 + 18 + 1 + 9 + 2
+
+    def render_pieces(self, state: TicTacToeState) -> jax.Array:
+        cells_33 = (1 + state.board.astype(jnp.int32)).reshape(3, 3)
+        sep_33 = jnp.broadcast_to(jnp.asarray([4, 4, 5], jnp.int32), (3, 3))
+        rows = jnp.stack([cells_33, sep_33], axis=-1).reshape(-1)
+        legal = jnp.where(state.legal_action_mask, 7 + jnp.arange(9, dtype=jnp.int32), -1)
+        return jnp.concatenate([jnp.asarray([0], jnp.int32), rows, jnp.asarray([6], jnp.int32),
+                                legal, jnp.asarray([5, 16], jnp.int32)])
+
+    def render_text(self, state: TicTacToeState) -> str:
+        board = [int(v) for v in jax.device_get(state.board)]
+        mask = [bool(v) for v in jax.device_get(state.legal_action_mask)]
+        rows = "".join(
+            f"{SYMBOLS[board[3 * r]]}|{SYMBOLS[board[3 * r + 1]]}|{SYMBOLS[board[3 * r + 2]]}\n"
+            for r in range(3))
+        legal = "".join(f" {i + 1}" for i in range(9) if mask[i])
+        return f"{self._header()}{rows}Legal:{legal}\nAnswer with ACTION=<cell>.\n"
+
+
+# --- scripted players (from the agent's side) ------------------------------
+def minimax(env: TicTacToe, state: TicTacToeState, key: jax.Array) -> jax.Array:
+    """Perfect play: a uniformly random move among the minimax-optimal ones
+    (any empty cell once the game is over, so the pick stays legal)."""
+    del env
+    opt = tables.opt_bits(state.code)
+    mask = jnp.where(opt == 0, tables.empty_bits(state.board), opt)
+    return tables.pick_cell(mask, jax.random.bits(key, (), jnp.uint32))
+
+
+def mcts(env: TicTacToe, state: TicTacToeState, key: jax.Array) -> jax.Array:
+    """UCT with `env.mcts_simulations` simulations for the agent's mark."""
+    return mcts_move(state.code, env.me, key, env.mcts_simulations)
+
+
+def random(env: TicTacToe, state: TicTacToeState, key: jax.Array) -> jax.Array:
+    """A uniformly random empty cell."""
+    del env
+    return tables.pick_cell(tables.empty_bits(state.board), jax.random.bits(key, (), jnp.uint32))
+
+
+BASELINES = {"minimax": minimax, "random": random, "mcts": mcts}
