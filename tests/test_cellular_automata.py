@@ -90,6 +90,6 @@ def test_text_render_matches_host():
             assert len(text) <= 600
     acts = env.action_strings()
     assert acts[110] == "01101110" and len(set(acts)) == 256
-    s = jax.tree.map(lambda x: x[0, 1], tr)
+    s = jax.tree.map(lambda x: x[0, 0], tr)  # after the first guess
     assert s.guesses[0] >= 0 and s.guesses[1] < 0
     assert f"{acts[s.guesses[0]]} right={s.scores[0]}/8\n" in env.render_text(s)
