@@ -22,13 +22,13 @@ def build_policy(cfg: Config):
     from jaxrl_lm import models
 
     if cfg.model.source == "default":
-        if not hasattr(models, "default_policy"):
-            raise ConfigError("model.source='default': jaxrl_lm.models.default_policy is not "
-                              "available in this installation")
-        return models.default_policy()
+        from jaxrl_lm.models.default import default_policy
+
+        return default_policy(cfg.train.seed, dtype=cfg.model.dtype,
+                              param_dtype=cfg.model.param_dtype)
     if not os.path.isdir(cfg.model.path):
         raise ConfigError(f"model.path={cfg.model.path!r}: not a directory")
-    return models.load_hf(cfg.model.path)
+    return models.load_hf(cfg.model.path, dtype=cfg.model.dtype, param_dtype=cfg.model.param_dtype)
 
 
 def _pad_id(tokenizer) -> int:

@@ -1,0 +1,88 @@
+"""SFT data from a scripted player: env states rendered as prompts, the
+player's move written as the answer `ACTION=<move>` plus a newline.
+
+Each example plays a random number of scripted moves from `env.init`, renders
+the state it reached (the Markovian prompt the RL rollout also uses), and asks
+the player for one more move. The default player picks a uniformly random
+legal move: a policy that knows the format and plays badly, the starting point
+the RL stage improves on. Jitted; the batch is a pure function of the key.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxrl_lm.config import Config
+
+# (state, key) -> action i32[]; jittable.
+Player = Callable[[Any, jax.Array], jax.Array]
+
+
+def random_legal_player(state: Any, key: jax.Array) -> jax.Array:
+    logits = jnp.where(state.legal_action_mask, 0.0, -jnp.inf)
+    return jax.random.categorical(key, logits).astype(jnp.int32)
+
+
+def make_example_fn(env: Any, text: Any, *, max_len: int, max_moves: int, stop_ids: list[int],
+                    player: Player = random_legal_player) -> Callable:
+    """key -> (tokens i32[max_len], loss_mask f32[max_len]) for one example."""
+    stop = jnp.asarray(stop_ids, jnp.int32)
+    answers = jnp.concatenate([text.answer_ids, jnp.zeros((text.answer_ids.shape[0], stop.size),
+                                                          jnp.int32)], axis=1)
+    # put the stop ids right after each answer
+    rows = jnp.arange(answers.shape[0])[:, None]
+    cols = text.answer_len[:, None] + jnp.arange(stop.size)[None, :]
+    answers = answers.at[rows, cols].set(jnp.broadcast_to(stop, cols.shape))
+    answer_len = text.answer_len + stop.size
+
+    def one(key):
+        k_init, k_n, k_moves, k_act = jax.random.split(key, 4)
+        start = env.init(k_init)
+        n_moves = jax.random.randint(k_n, (), 0, max_moves + 1)
+
+        def move(i, carry):
+            state, key = carry
+            key, k = jax.random.split(key)
+            nxt = env.step(state, player(state, k), k)
+            go = (i < n_moves) & ~nxt.done  # never stop on a finished board
+            return jax.tree.map(lambda a, b: jnp.where(go, a, b), nxt, state), key
+
+        state, _ = jax.lax.fori_loop(0, max_moves, move, (start, k_moves))
+        action = player(state, k_act)
+        prompt, plen = text.render(state)
+        pos = jnp.arange(max_len)
+        a_idx = jnp.clip(pos - plen, 0, answers.shape[1] - 1)
+        p_idx = jnp.clip(pos, 0, prompt.shape[0] - 1)
+        in_answer = (pos >= plen) & (pos < plen + answer_len[action])
+        tokens = jnp.where(pos < plen, prompt[p_idx],
+                           jnp.where(in_answer, answers[action, a_idx], text.pad_id))
+        return tokens.astype(jnp.int32), in_answer.astype(jnp.float32)
+
+    return one
+
+
+def scripted_env_data(cfg: Config, tokenizer: Any, *, pad_id: int = 0,
+                      player: Player = random_legal_player) -> Callable:
+    """A `loop.DataFn` of scripted-player examples for `cfg.env`."""
+    import envs
+    from envs.text import TextInterface
+
+    from jaxrl_lm.train.sft import encode
+
+    env = envs.make(cfg.env.name, **cfg.env.options)
+    text = TextInterface(env, tokenizer, max_prompt_len=cfg.env.max_prompt_len, pad_id=pad_id)
+    one = make_example_fn(env, text, max_len=cfg.train.max_len, max_moves=cfg.env.max_turns,
+                          stop_ids=encode(tokenizer, "\n"), player=player)
+    batch_fn = jax.jit(jax.vmap(one))
+    b = cfg.train.batch_size
+
+    def data_fn(step: int, key: jax.Array) -> dict:
+        tokens, mask = batch_fn(jax.random.split(key, b))
+        return {"tokens": np.asarray(tokens), "loss_mask": np.asarray(mask)}
+
+    data_fn.text = text  # for inspection / evaluation code
+    return data_fn
