@@ -25,9 +25,14 @@ def reward_range(env: Env, lo: float, hi: float) -> tuple[float, float]:
 
 
 def choose(mask: jax.Array, key: jax.Array) -> jax.Array:
-    """Uniform index among the True entries of bool[A] -> i32[] (0 if none).
+    """Uniform index among the True entries of bool[A] -> i32[] (0 if none)."""
+    return choose_u(mask, jax.random.uniform(key))
 
-    One uniform draw k, then the index of the k-th True entry, found in two
+
+def choose_u(mask: jax.Array, u: jax.Array) -> jax.Array:
+    """`choose` given its uniform draw u in [0, 1) (f32[]).
+
+    k = floor(u * #True), then the index of the k-th True entry, found in two
     levels (blocks of ~sqrt(A)) because XLA's CPU cumsum is quadratic in its
     length, and A Gumbel draws would cost far more random bits.
     """
@@ -37,7 +42,7 @@ def choose(mask: jax.Array, key: jax.Array) -> jax.Array:
     mask_rc = jnp.pad(mask, (0, rows * cols - a)).reshape(rows, cols).astype(jnp.int32)
     n_r = jnp.sum(mask_rc, axis=1)
     n = jnp.sum(n_r)
-    k = jnp.floor(jax.random.uniform(key) * n).astype(jnp.int32)
+    k = jnp.floor(u * n).astype(jnp.int32)
     k = jnp.minimum(k, jnp.maximum(n - 1, 0))
     cum_r = jnp.cumsum(n_r)
     r = jnp.argmax(cum_r > k)
