@@ -1,0 +1,130 @@
+"""Single-turn, exactly verifiable arithmetic: a + b or a * b.
+
+Both operands have exactly `digits` digits (0..9 when digits=1), drawn
+uniformly; the operator is drawn uniformly from `ops`. The answer is the exact
+integer. Actions are the candidate answers 0..max_answer, written in decimal,
+so the shared `ACTION=<n>` parser reads them; num_actions = max_answer + 1 is
+capped at MAX_ACTIONS (20000): 1-4 digit addition and 1-2 digit multiplication
+fit, 3-digit multiplication (answers up to 998001) is refused with a
+ValueError. Completions may carry a scratchpad before the final ACTION=<n>.
+
+Reward: 1 if the answer is exactly right, else 0; the episode always ends after
+one step. Every action is legal.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import ClassVar
+
+import jax
+import jax.numpy as jnp
+from flax import struct
+
+from envs import _puzzle_util as pu
+from envs.core import Env, State, base_fields, check_range, register
+
+MAX_ACTIONS = 20_000
+_OPS = "+*"
+
+
+@struct.dataclass
+class ArithmeticState(State):
+    a: jax.Array  # i32[] left operand
+    b: jax.Array  # i32[] right operand
+    op: jax.Array  # i32[] 0 = "+", 1 = "*"
+    answer: jax.Array  # i32[] the exact result
+    won: jax.Array  # bool[] the answer given was right
+
+
+def max_answer(digits: int, ops: str) -> int:
+    top = 10**digits - 1
+    return max({"+": 2 * top, "*": top * top}[o] for o in ops)
+
+
+@register
+@dataclasses.dataclass(frozen=True)
+class Arithmetic(Env):
+    digits: int = 2  # digits per operand, 1..4
+    ops: str = "+*"  # operators to draw from: a non-empty subset of "+*"
+
+    name: ClassVar[str] = "arithmetic"
+
+    def __post_init__(self):
+        super().__post_init__()
+        check_range(self, "digits", 1, 4)
+        if (not isinstance(self.ops, str) or not self.ops or set(self.ops) - set(_OPS)
+                or len(set(self.ops)) != len(self.ops)):
+            raise ValueError(f"Arithmetic.ops={self.ops!r} must be a non-empty string of "
+                             f"distinct characters from {_OPS!r}, e.g. '+', '*' or '+*'")
+        top = max_answer(self.digits, self.ops)
+        if top + 1 > MAX_ACTIONS:
+            raise ValueError(
+                f"Arithmetic(digits={self.digits}, ops={self.ops!r}) has answers up to {top}, "
+                f"but num_actions (one per answer 0..max) is capped at {MAX_ACTIONS}: "
+                f"use digits<=4 for '+' and digits<=2 for '*'")
+
+    @property
+    def num_actions(self) -> int:
+        return max_answer(self.digits, self.ops) + 1
+
+    @property
+    def max_steps(self) -> int:
+        return 1
+
+    @property
+    def reward_range(self) -> tuple[float, float]:
+        return pu.reward_range(self, 0.0, 1.0)
+
+    def _init(self, key: jax.Array) -> ArithmeticState:
+        k_a, k_b, k_op = jax.random.split(key, 3)
+        lo, hi = (0 if self.digits == 1 else 10 ** (self.digits - 1)), 10**self.digits
+        a = jax.random.randint(k_a, (), lo, hi, jnp.int32)
+        b = jax.random.randint(k_b, (), lo, hi, jnp.int32)
+        codes = jnp.array([_OPS.index(o) for o in self.ops], jnp.int32)
+        op = codes[jax.random.randint(k_op, (), 0, len(self.ops))]
+        return ArithmeticState(
+            **base_fields(self.num_actions), a=a, b=b, op=op,
+            answer=jnp.where(op == 0, a + b, a * b), won=jnp.zeros((), jnp.bool_),
+        )
+
+    def _step(self, state: ArithmeticState, action: jax.Array, key: jax.Array):
+        won = action == state.answer
+        return state.replace(reward=won.astype(jnp.float32), done=jnp.ones((), jnp.bool_),
+                             won=won)
+
+    # --- text hooks -----------------------------------------------------------
+    def action_strings(self) -> tuple[str, ...]:
+        return tuple(str(n) for n in range(self.num_actions))
+
+    _HEAD: ClassVar[str] = "Compute "
+    _FOOT: ClassVar[str] = ".\nWork it out, then answer with ACTION=<number>.\n"
+
+    def text_pieces(self) -> tuple[str, ...]:
+        # 0 head, 1..10 "0".."9", 11 "+", 12 "*", 13 foot
+        return (self._HEAD, *[str(d) for d in range(10)], *_OPS, self._FOOT)
+
+    @property
+    def max_render_pieces(self) -> int:
+        return 3 + 2 * self.digits
+
+    def render_pieces(self, state: ArithmeticState) -> jax.Array:
+        d = self.digits
+        return jnp.concatenate([
+            jnp.array([0]), pu.digit_slots(state.a, d, 1), (11 + state.op)[None],
+            pu.digit_slots(state.b, d, 1), jnp.array([13]),
+        ]).astype(jnp.int32)
+
+    def render_text(self, state: ArithmeticState) -> str:
+        return f"{self._HEAD}{int(state.a)}{_OPS[int(state.op)]}{int(state.b)}{self._FOOT}"
+
+
+def _solver(env: Arithmetic, state: ArithmeticState, key: jax.Array) -> jax.Array:
+    return state.answer.astype(jnp.int32)
+
+
+def _random(env: Arithmetic, state: ArithmeticState, key: jax.Array) -> jax.Array:
+    return jax.random.randint(key, (), 0, env.num_actions, jnp.int32)
+
+
+BASELINES = {"solver": _solver, "random": _random}

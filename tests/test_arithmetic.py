@@ -1,0 +1,66 @@
+"""Arithmetic: answers vs Python integers, reward, options, baselines, text."""
+import re
+
+import jax
+import numpy as np
+import pytest
+
+import envs
+from envs import _puzzle_util as pu
+from envs import arithmetic as ar
+
+
+def _np(tree):
+    return jax.tree.map(np.asarray, tree)
+
+
+@pytest.mark.parametrize("bad,field", [
+    (dict(digits=0), "digits"), (dict(digits=5, ops="+"), "digits"),
+    (dict(digits=3, ops="*"), "capped"), (dict(ops=""), "ops"), (dict(ops="-"), "ops"),
+    (dict(ops="++"), "ops"), (dict(ops=("+",)), "ops")])
+def test_bad_options_raise(bad, field):
+    with pytest.raises(ValueError, match=field):
+        envs.make("arithmetic", **bad)
+
+
+@pytest.mark.parametrize("digits,ops", [(1, "+*"), (2, "+*"), (4, "+"), (2, "*")])
+def test_answers_match_python_integers(digits, ops):
+    env = envs.make("arithmetic", digits=digits, ops=ops)
+    top = 10**digits - 1
+    assert env.num_actions == max(2 * top if "+" in ops else 0, top * top if "*" in ops else 0) + 1
+    s0, tr, acts = _np(pu.play(env, ar.BASELINES["random"], jax.random.key(digits), 1000))
+    lo = 0 if digits == 1 else 10 ** (digits - 1)
+    a, b, op = s0.a.tolist(), s0.b.tolist(), s0.op.tolist()
+    assert min(a + b) >= lo and max(a + b) <= top
+    assert {"+*"[o] for o in op} == set(ops)
+    want = [x + y if o == 0 else x * y for x, y, o in zip(a, b, op)]
+    assert s0.answer.tolist() == want
+    assert tr.done[:, 0].all() and (tr.step_count[:, 0] == 1).all()
+    assert (tr.reward[:, 0] == (acts[:, 0] == np.array(want))).all()
+    solved = _np(pu.play(env, ar.BASELINES["solver"], jax.random.key(digits), 1000))[1]
+    assert (solved.reward[:, 0] == 1.0).all() and solved.won.all()
+
+
+def test_illegal_out_of_range_answer_is_penalised():
+    env = envs.make("arithmetic", digits=1, ops="+")
+    s = env.init(jax.random.key(0))
+    for bad in (-1, env.num_actions):
+        t = env.step(s, bad, jax.random.key(1))
+        assert bool(t.done) and float(t.reward) == env.illegal_penalty
+    assert env.reward_range == (-1.0, 1.0)
+
+
+def test_text_render_matches_host_and_parses_back():
+    env = envs.make("arithmetic", digits=3, ops="+")
+    s0, _, _ = pu.play(env, ar.BASELINES["solver"], jax.random.key(3), 200)
+    render = np.asarray(jax.jit(jax.vmap(env.render_pieces))(s0))
+    pieces, s0, acts = env.text_pieces(), _np(s0), env.action_strings()
+    for e in range(200):
+        text = env.render_text(jax.tree.map(lambda x: x[e], s0))
+        assert "".join(pieces[i] for i in render[e] if i >= 0) == text
+        x, op, y = re.match(r"Compute (\d+)([+*])(\d+)\.\n", text).groups()
+        assert acts[s0.answer[e]] == str(int(x) + int(y) if op == "+" else int(x) * int(y))
+    single = envs.make("arithmetic", digits=1)
+    s = single.init(jax.random.key(0)).replace(a=np.int32(0), b=np.int32(7), op=np.int32(1))
+    text = "".join(single.text_pieces()[i] for i in np.asarray(single.render_pieces(s)) if i >= 0)
+    assert text.startswith("Compute 0*7.\n") and text == single.render_text(s)
