@@ -149,6 +149,9 @@ def test_ppo_hand_worked_and_metrics():
     assert np.isclose(met["dual_clip_frac"], 0.25)
     assert np.isclose(met["ratio_max"], r.max(), rtol=1e-5) and np.isclose(met["ratio_mean"], r.mean(), rtol=1e-5)
     assert np.isclose(met["approx_kl"], np.mean(np.exp(-lr[0]) + lr[0] - 1), rtol=1e-5)
+    # An all-padding micro-batch: loss 0 and finite metrics, not NaN / -inf.
+    loss, met = L.ppo_policy_loss(logp, old, adv, jnp.zeros((1, 4), bool))
+    assert loss == 0 and all(np.isfinite(v) for v in met.values())
 
 
 def test_negative_advantage_above_clip_keeps_its_gradient():

@@ -82,8 +82,9 @@ def masked_mean(x: jax.Array, mask: jax.Array) -> jax.Array:
 
 
 def masked_max(x: jax.Array, mask: jax.Array) -> jax.Array:
-    """Max of `x` over `mask` (-inf when the mask is empty)."""
-    return jnp.where(mask.astype(bool), x, -jnp.inf).max()
+    """Max of `x` over `mask`; 0 when the mask is empty (keeps logged metrics finite)."""
+    m = mask.astype(bool)
+    return jnp.where(m.any(), jnp.where(m, x, -jnp.inf).max(), 0.0)
 
 
 def finish(loss_sum: jax.Array, denom: jax.Array, metrics: dict, return_sum: bool):
