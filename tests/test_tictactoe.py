@@ -14,6 +14,9 @@ from envs import _tictactoe_tables as tables
 from envs._tictactoe_mcts import mcts_move
 from envs.tictactoe import BASELINES
 
+# Small programs, run briefly: XLA's cheapest optimisation level compiles faster.
+jit = functools.partial(jax.jit, compiler_options={"xla_backend_optimization_level": 0})
+
 # Written out independently of envs/_tictactoe_tables.LINES.
 WIN_LINES = ((0, 1, 2), (3, 4, 5), (6, 7, 8), (0, 3, 6), (1, 4, 7), (2, 5, 8), (0, 4, 8), (2, 4, 6))
 
@@ -86,7 +89,7 @@ def play(env, agents, n, seed=0):
         return s0, jax.lax.scan(body, s0, jax.random.split(key, 5))[1]
 
     keys = jax.random.split(jax.random.key(seed), n)
-    s0, traj = jax.jit(jax.vmap(one))(keys, jnp.arange(n) % len(agents))
+    s0, traj = jit(jax.vmap(one))(keys, jnp.arange(n) % len(agents))
     return jax.device_get((s0, jax.tree.map(lambda x: jnp.swapaxes(x, 0, 1), traj)))
 
 
@@ -132,7 +135,7 @@ def test_agrees_with_pgx(side):
         return s.current_player, jax.lax.scan(body, s, moves_9)[1]
 
     first, (board, term, rewards, legal, winner) = jax.device_get(
-        jax.jit(jax.vmap(replay))(jax.random.split(jax.random.key(2), n), moves))
+        jit(jax.vmap(replay))(jax.random.split(jax.random.key(2), n), moves))
     for g, (m, after) in enumerate(games):
         agent_id = first[g] if side == "x" else 1 - first[g]  # pgx: X moves first
         prev = 0
@@ -153,8 +156,8 @@ def test_tables_match_plain_negamax():
     assert len(REACH) == 5478  # the known number of legal tic-tac-toe positions
     boards = list(REACH)
     codes = jnp.asarray([code_of(b) for b in boards], jnp.int32)
-    opt = np.asarray(jax.jit(jax.vmap(tables.opt_bits))(codes))
-    status = np.asarray(jax.jit(jax.vmap(tables.status_of))(codes))
+    opt = np.asarray(jit(jax.vmap(tables.opt_bits))(codes))
+    status = np.asarray(jit(jax.vmap(tables.status_of))(codes))
     for b, o, st in zip(boards, opt, status):
         score, best = ref_negamax(b, REACH[b])
         w = ref_winner(b)
@@ -168,7 +171,7 @@ def test_tables_match_plain_negamax():
 def test_minimax_never_loses(minimax_mark):
     """Every optimal move of minimax vs every reply: from every reachable
     position, its worst outcome equals the game value (never loses unless lost)."""
-    opt = np.asarray(jax.jit(jax.vmap(tables.opt_bits))(jnp.arange(tables.NUM_CODES)))
+    opt = np.asarray(jit(jax.vmap(tables.opt_bits))(jnp.arange(tables.NUM_CODES)))
 
     @functools.lru_cache(maxsize=None)
     def worst(b):  # worst outcome for minimax_mark over the tree below b
@@ -193,7 +196,7 @@ def test_minimax_baseline_picks_every_optimal_move():
     states = envs.make("tictactoe").init(jax.random.key(0))
     states = jax.tree.map(lambda x: jnp.broadcast_to(x, (len(boards),) + x.shape), states)
     states = states.replace(board=jnp.asarray(boards, jnp.int8), code=jnp.asarray(codes, jnp.int32))
-    pick = jax.jit(jax.vmap(jax.vmap(lambda s, k: BASELINES["minimax"](None, s, k), (None, 0)),
+    pick = jit(jax.vmap(jax.vmap(lambda s, k: BASELINES["minimax"](None, s, k), (None, 0)),
                             (0, None)))
     cells = np.asarray(pick(states, jax.random.split(jax.random.key(1), 64)))
     for b, row in zip(boards, cells):
@@ -218,12 +221,12 @@ def test_mcts_opponent_beats_random():
     assert (total == 1).mean() < 0.1 and (total == -1).mean() > 0.6
     # UCT finds an immediate win: O to move at X X . / O O . / . . X wins at cell 5
     board = (1, 1, 0, 2, 2, 0, 0, 0, 1)
-    move = jax.jit(lambda k: mcts_move(code_of(board), 2, k, 64))
+    move = jit(lambda k: mcts_move(code_of(board), 2, k, 64))
     assert int(move(jax.random.key(6))) == 5
 
 
 def opponent_moves(env, b, n, seed=0):
-    mv = jax.jit(jax.vmap(lambda k: env.opponent_move(jnp.asarray(b, jnp.int8), code_of(b), k)))
+    mv = jit(jax.vmap(lambda k: env.opponent_move(jnp.asarray(b, jnp.int8), code_of(b), k)))
     return np.asarray(mv(jax.random.split(jax.random.key(seed), n)))
 
 
@@ -245,7 +248,7 @@ def test_first_move_uniform_even_from_plain_seeds():
     env = envs.make("tictactoe", agent_player="o", opponent="random")
     for keys in (jax.random.split(jax.random.key(7), 9000),
                  jax.vmap(jax.random.key)(jnp.arange(9000))):
-        board = np.asarray(jax.jit(jax.vmap(env.init))(keys).board)
+        board = np.asarray(jit(jax.vmap(env.init))(keys).board)
         assert ((board == 1).sum(1) == 1).all() and (board == 2).sum() == 0
         freq = np.bincount(np.argmax(board, 1), minlength=9) / 9000
         assert np.abs(freq - 1 / 9).max() < 0.015  # ~4.5 sigma
@@ -256,7 +259,7 @@ def test_render_matches_pieces_and_hand_worked_prompt():
     env = envs.make("tictactoe", agent_player="o", opponent="random")
     s0, traj = play(env, RANDOM, 300, seed=1)  # shared with test_agrees_with_pgx
     traj = jax.tree.map(lambda x: x[:, :20], traj)
-    render = jax.jit(jax.vmap(jax.vmap(env.render_pieces)))
+    render = jit(jax.vmap(jax.vmap(env.render_pieces)))
     pieces, text_pieces = np.asarray(render(traj)), env.text_pieces()
     for t in range(5):
         for g in range(20):
@@ -285,7 +288,7 @@ def test_bad_options_raise(bad, field):
 
 def test_illegal_move_and_reward_range():
     env = envs.make("tictactoe", opponent="minimax")
-    step = jax.jit(env.step)
+    step = jit(env.step)
     s = step(env.init(jax.random.key(0)), 4, jax.random.key(1))
     s2 = step(s, 4, jax.random.key(2))  # occupied: penalty, episode ends
     assert bool(s2.done) and float(s2.reward) == -1.0 and env.reward_range == (-1.0, 1.0)
