@@ -1,0 +1,233 @@
+"""Jitted sampling with a preallocated KV cache, logits processing, chunked token log-probs.
+
+    out = sample(model, prompt_ids, prompt_lengths, key, max_new_tokens=64,
+                 temperature=0.8, top_p=0.95, stop_tokens=(eos_id,))
+
+Prompts are RIGHT-padded: row b's prompt is prompt_ids[b, :prompt_lengths[b]],
+the rest is ignored. Cache slot s holds the token at position s, so generated
+token i of row b sits at position prompt_lengths[b] + i and overwrites the
+padding slots (which no query ever attends before they are overwritten).
+
+The model is split into (graphdef, state) at the jit boundary; the sampling
+options are static. Calls with the same shapes, options and model structure
+reuse one compiled program. `sample` is a pure function of (model state,
+arrays, key), so it can also be called inside an outer jit/vmap/scan.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import NamedTuple
+
+import chex
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+NEG_INF = -jnp.inf
+
+
+class Samples(NamedTuple):
+    tokens: jax.Array  # [B, N] int32 generated ids; pad_id after a row's end
+    logp: jax.Array  # [B, N] f32 log-prob of each token under the temperature-scaled model
+    #                  log softmax(logits / T) (T = 1 when greedy): what RL ratios need and
+    #                  what `token_logprobs(..., temperature=T)` recomputes; 0 after the end
+    lengths: jax.Array  # [B] int32 generated tokens, counting the stop token
+    sampling_logp: jax.Array  # [B, N] f32 log-prob under the processed (top-k/p, min-p)
+    #                           distribution actually sampled from; 0 for greedy and after the end
+    done: jax.Array  # [B] bool: the row emitted a stop token (False: hit max_new_tokens)
+
+
+# -- logits processing ---------------------------------------------------------
+
+def _check_options(temperature, top_k, top_p, min_p) -> None:
+    if not isinstance(temperature, (int, float)) or temperature < 0:
+        raise ValueError(f"temperature={temperature!r}: must be a float >= 0 (0 = greedy)")
+    if top_k is not None and (not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < 1):
+        raise ValueError(f"top_k={top_k!r}: must be None or an int >= 1")
+    if top_p is not None and not (isinstance(top_p, (int, float)) and 0.0 < top_p <= 1.0):
+        raise ValueError(f"top_p={top_p!r}: must be None or a float in (0, 1]")
+    if min_p is not None and not (isinstance(min_p, (int, float)) and 0.0 <= min_p <= 1.0):
+        raise ValueError(f"min_p={min_p!r}: must be None or a float in [0, 1]")
+
+
+def process_logits(logits: jax.Array, *, temperature: float = 1.0, top_k: int | None = None,
+                   top_p: float | None = None, min_p: float | None = None) -> jax.Array:
+    """Float32 logits [..., V] of the sampling distribution; -inf outside the kept set.
+
+    Applied in transformers' order, each keeping at least one token:
+      temperature  z / T; T == 0 keeps only the argmax (greedy)
+      top-k        keep z >= the k-th largest (ties at the cut are kept)
+      top-p        (Holtzman et al. 2020) sort ascending, drop tokens whose
+                   cumulative probability is <= 1 - top_p
+      min-p        (Nguyen et al. 2024) keep p >= min_p * max p
+    """
+    _check_options(temperature, top_k, top_p, min_p)
+    z = logits.astype(jnp.float32)
+    if temperature == 0:
+        return jnp.where(jax.nn.one_hot(jnp.argmax(z, -1), z.shape[-1], dtype=bool), z, NEG_INF)
+    z = z / temperature
+    if top_k is not None and top_k < z.shape[-1]:
+        kth = jax.lax.top_k(z, top_k)[0][..., -1:]
+        z = jnp.where(z < kth, NEG_INF, z)
+    if top_p is not None and top_p < 1.0:
+        asc = jnp.sort(z, axis=-1)
+        cum = jnp.cumsum(jax.nn.softmax(asc, axis=-1), axis=-1)
+        # removed tokens form a prefix of the ascending order; the largest is always kept
+        n_drop = jnp.minimum(jnp.sum(cum <= 1.0 - top_p, -1, keepdims=True), z.shape[-1] - 1)
+        z = jnp.where(z < jnp.take_along_axis(asc, n_drop, -1), NEG_INF, z)
+    if min_p is not None and min_p > 0.0:
+        p = jax.nn.softmax(z, axis=-1)
+        z = jnp.where(p < min_p * p.max(-1, keepdims=True), NEG_INF, z)
+    return z
+
+
+def choose_tokens(logits_bv: jax.Array, key: jax.Array, *, temperature: float = 1.0,
+                  top_k: int | None = None, top_p: float | None = None,
+                  min_p: float | None = None):
+    """One sampling step: (token [B] i32, logp [B] under softmax(z / T), sampling_logp [B])."""
+    z = logits_bv.astype(jnp.float32)
+    processed = process_logits(z, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p)
+    if temperature == 0:
+        tok = jnp.argmax(z, -1).astype(jnp.int32)
+        model_lp = jax.nn.log_softmax(z, -1)
+        samp_lp = jnp.zeros(tok.shape, jnp.float32)
+    else:
+        tok = jax.random.categorical(key, processed, axis=-1).astype(jnp.int32)
+        model_lp = jax.nn.log_softmax(z / temperature, -1)
+        samp_lp = jnp.take_along_axis(jax.nn.log_softmax(processed, -1), tok[:, None], -1)[:, 0]
+    return tok, jnp.take_along_axis(model_lp, tok[:, None], -1)[:, 0], samp_lp
+
+
+# -- sampling loop -------------------------------------------------------------
+
+class _Loop(NamedTuple):
+    i: jax.Array  # [] int32 step
+    cache: object  # KVCache [L, B, S, K, Hd]
+    logits: jax.Array  # [B, V] f32 next-token logits
+    tokens: jax.Array  # [B, N] int32
+    logp: jax.Array  # [B, N] f32
+    sampling_logp: jax.Array  # [B, N] f32
+    lengths: jax.Array  # [B] int32
+    done: jax.Array  # [B] bool
+    key: jax.Array
+
+
+def _sample_impl(graphdef, state, prompt_bp, lengths_b, key, *, max_new_tokens, temperature,
+                 top_k, top_p, min_p, stop_tokens, pad_id):
+    options = dict(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p)
+    model = nnx.merge(graphdef, state)
+    b, p = prompt_bp.shape
+    n = max_new_tokens
+    positions = jnp.broadcast_to(jnp.arange(p, dtype=jnp.int32), (b, p))
+    h, cache = model.hidden_states(prompt_bp, positions, cache=model.init_cache(b, p + n))
+    last = model.logits_from_hidden(h[jnp.arange(b), lengths_b - 1])
+    stops = jnp.asarray(stop_tokens, jnp.int32).reshape(-1)
+
+    def body(s: _Loop) -> _Loop:
+        key, sub = jax.random.split(s.key)
+        tok, lp, slp = choose_tokens(s.logits, sub, **options)
+        tok = jnp.where(s.done, pad_id, tok)
+        lp, slp = jnp.where(s.done, 0.0, lp), jnp.where(s.done, 0.0, slp)
+        done = s.done | jnp.any(tok[:, None] == stops[None, :], -1)
+        pos = (lengths_b + s.i)[:, None]
+        logits, cache = model(tok[:, None], pos, cache=s.cache)
+        return _Loop(s.i + 1, cache, logits[:, 0], s.tokens.at[:, s.i].set(tok),
+                     s.logp.at[:, s.i].set(lp), s.sampling_logp.at[:, s.i].set(slp),
+                     s.lengths + (~s.done).astype(jnp.int32), done, key)
+
+    def cond(s: _Loop) -> jax.Array:
+        return (s.i < n) & ~jnp.all(s.done)
+
+    zeros = jnp.zeros((b, n), jnp.float32)
+    init = _Loop(jnp.int32(0), cache, last, jnp.full((b, n), pad_id, jnp.int32), zeros, zeros,
+                 jnp.zeros((b,), jnp.int32), jnp.zeros((b,), bool), key)
+    out = jax.lax.while_loop(cond, body, init)
+    return Samples(out.tokens, out.logp, out.lengths, out.sampling_logp, out.done)
+
+
+# The KV cache and output buffers are allocated inside the program and updated
+# in place by the while_loop; prompts/lengths are the caller's and not donated.
+_sample_jit = jax.jit(_sample_impl, static_argnums=(0,),
+                      static_argnames=("max_new_tokens", "temperature", "top_k", "top_p",
+                                       "min_p", "stop_tokens", "pad_id"))
+
+
+def sample(model, prompt_ids: jax.Array, prompt_lengths: jax.Array, key: jax.Array, *,
+           max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
+           top_p: float | None = None, min_p: float | None = None,
+           stop_tokens: tuple[int, ...] = (), pad_id: int = 0) -> Samples:
+    """Sample up to `max_new_tokens` per right-padded prompt; see `Samples`.
+
+    model: an nnx Decoder or a (graphdef, state) pair. prompt_ids [B, P] int32,
+    prompt_lengths [B] int32 in [1, P]. temperature == 0 is greedy. A row stops
+    after emitting any of `stop_tokens`; later slots hold `pad_id`.
+    """
+    _check_options(temperature, top_k, top_p, min_p)
+    if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens={max_new_tokens!r}: must be an int >= 1")
+    stop_tokens = tuple(int(t) for t in stop_tokens)
+    chex.assert_rank(prompt_ids, 2)
+    chex.assert_shape(prompt_lengths, (prompt_ids.shape[0],))
+    graphdef, state = model if isinstance(model, tuple) else nnx.split(model)
+    return _sample_jit(graphdef, state, jnp.asarray(prompt_ids, jnp.int32),
+                       jnp.asarray(prompt_lengths, jnp.int32), key,
+                       max_new_tokens=max_new_tokens, temperature=float(temperature),
+                       top_k=top_k, top_p=top_p, min_p=min_p,
+                       stop_tokens=stop_tokens, pad_id=int(pad_id))
+
+
+sample_jit_cache_size = _sample_jit._cache_size  # compiled programs held (tests, benches)
+
+
+# -- token log-probs for training ------------------------------------------------
+
+def token_logprobs_from_hidden(h_btd: jax.Array, w_dv: jax.Array, tokens_bt: jax.Array,
+                               mask_bt: jax.Array, *, temperature: float = 1.0,
+                               chunk_size: int = 512) -> jax.Array:
+    """logp[b, t] = log softmax(h[b, t-1] W / T)[tokens[b, t]] * mask[b, t]; logp[:, 0] = 0.
+
+    The B*(T-1) predictions are processed `chunk_size` at a time under
+    jax.checkpoint in a lax.map, so at most [chunk_size, V] logits (and their
+    gradient) exist at once; the backward pass recomputes each chunk.
+    """
+    chex.assert_rank([h_btd, w_dv, tokens_bt, mask_bt], [3, 2, 2, 2])
+    b, t, d = h_btd.shape
+    if not temperature > 0:
+        raise ValueError(f"temperature={temperature!r}: must be > 0")
+    if not isinstance(chunk_size, int) or chunk_size < 1:
+        raise ValueError(f"chunk_size={chunk_size!r}: must be an int >= 1")
+    n = b * (t - 1)
+    c = min(chunk_size, max(n, 1))
+    pad = (-n) % c
+    h = jnp.pad(h_btd[:, :-1].reshape(n, d), ((0, pad), (0, 0))).reshape(-1, c, d)
+    tgt = jnp.pad(tokens_bt[:, 1:].reshape(n), (0, pad)).reshape(-1, c)
+
+    @jax.checkpoint
+    def chunk(args):
+        h_cd, tgt_c = args
+        z = jnp.einsum("cd,dv->cv", h_cd, w_dv.astype(h_cd.dtype),
+                       preferred_element_type=jnp.float32) / temperature
+        picked = jnp.take_along_axis(z, tgt_c[:, None], -1)[:, 0]
+        return picked - jax.nn.logsumexp(z, -1)
+
+    lp = jax.lax.map(chunk, (h, tgt)).reshape(-1)[:n].reshape(b, t - 1)
+    lp = jnp.concatenate([jnp.zeros((b, 1), lp.dtype), lp], axis=1)
+    return lp * mask_bt.astype(lp.dtype)
+
+
+def token_logprobs(model, tokens_bt: jax.Array, mask_bt: jax.Array, *, temperature: float = 1.0,
+                   chunk_size: int = 512, positions_bt: jax.Array | None = None,
+                   remat: bool = False) -> jax.Array:
+    """Per-token log-probs [B, T] f32 of `tokens` under softmax(logits / temperature).
+
+    Entry t scores tokens[:, t] given tokens[:, :t]; entry 0 and entries with
+    mask == 0 are 0. Positions default to 0..T-1 (right padding).
+    """
+    chex.assert_rank([tokens_bt, mask_bt], 2)
+    if positions_bt is None:
+        positions_bt = jnp.broadcast_to(jnp.arange(tokens_bt.shape[1], dtype=jnp.int32),
+                                        tokens_bt.shape)
+    h = model.hidden_states(tokens_bt, positions_bt, remat=remat)
+    return token_logprobs_from_hidden(h, model.unembedding(), tokens_bt, mask_bt,
+                                      temperature=temperature, chunk_size=chunk_size)
