@@ -144,7 +144,7 @@ class Bandit(Env):
 
     @property
     def max_render_pieces(self) -> int:
-        return 1 + self.context * self._LINE + 3 + 1
+        return 1 + self.context * self._LINE + 5
 
     def render_pieces(self, state: BanditState) -> jax.Array:
         zero = 0
