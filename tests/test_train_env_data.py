@@ -7,6 +7,7 @@ import re
 
 import jax
 import numpy as np
+from flax import nnx
 
 from envs.text import parse_text
 from jaxrl_lm.cli import main as cli_main
@@ -49,3 +50,11 @@ def test_cli_trains_on_env_data(tmp_path):
     assert [r["step"] for r in rows] == [1, 2, 3]
     assert all(np.isfinite(r["loss"]) and r["completion_tokens"] == 8 * 9 for r in rows)
     assert os.path.exists(os.path.join(out, "plots", "loss.png"))
+    # the trained policy is exported as an HF folder that loads back
+    from jaxrl_lm.models import hf
+
+    model, _ = hf.load_hf(os.path.join(out, "hf"))
+    fresh, _ = build_policy(load_config(PRESET))
+    got, init = jax.tree.leaves(nnx.state(model, nnx.Param)), jax.tree.leaves(nnx.state(fresh, nnx.Param))
+    assert len(got) == len(init) and not all(np.array_equal(a, b) for a, b in zip(got, init))
+    assert sorted(os.listdir(os.path.join(out, "checkpoints"))) == ["3"]

@@ -56,6 +56,21 @@ def build_data(cfg: Config, tokenizer):
     return env_data.scripted_env_data(cfg, tokenizer, pad_id=_pad_id(tokenizer))
 
 
+def export_hf(params, model, tokenizer, path: str) -> None:
+    """Write the trained policy as an HF folder (process 0; params gathered)."""
+    import jax
+    from flax import nnx
+    from jax.experimental import multihost_utils
+
+    from jaxrl_lm.models.hf import save_hf
+
+    if jax.process_count() > 1:
+        params = multihost_utils.process_allgather(params, tiled=True)
+    if jax.process_index() == 0:
+        nnx.update(model, jax.device_get(params))
+        save_hf(model, tokenizer, path)
+
+
 def _parse_train(argv: list[str]):
     p = argparse.ArgumentParser(
         prog="jaxrl-lm train", description="Train a policy; extra --section.field VALUE "
@@ -88,6 +103,7 @@ def main_train(argv: list[str]) -> int:
 
     result = loop.train(cfg, args.out, model=model, loss_fn=sft.sft_loss, data_fn=data_fn,
                         resume=args.resume)
+    export_hf(result.state.params, model, tokenizer, os.path.join(args.out, "hf"))
     if jax.process_index() == 0:
         summary = {k: v for k, v in result.last_metrics.items()}
         summary["resumed_from"] = result.resumed_from
