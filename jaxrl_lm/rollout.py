@@ -1,0 +1,151 @@
+"""The jitted multi-turn rollout: a language model plays B episodes of an env.
+
+Each turn, for every episode at once: render the env state as a fresh prompt
+(Markovian text, envs/text.py), sample a completion with the KV-cache sampler,
+parse ``ACTION=<move>`` out of it, step the env. Turns are a `lax.scan`, the
+batch is the sampler's batch dimension, and nothing leaves the device inside
+an iteration: one XLA program per (env, tokenizer, shapes, sampling options).
+
+    play = make_rollout(env, text, num_groups=8, group_size=4,
+                        max_new_tokens=8, stop_tokens=(eos_id,))
+    traj = play(graphdef, params, key)          # Trajectory, leading [T, B]
+
+Groups: episode b belongs to group b // group_size; the episodes of one group
+share the env's init key (the same task: bandit arms, secret code, board), as
+GRPO/OPO need. Opponent moves and env noise still differ between episodes.
+
+Invalid answers (no parsable action): the turn's reward gets
+`invalid_penalty` (RLFT: -5) and a uniformly random legal action is played
+so the episode goes on. A parsable but illegal move follows the env's own
+`illegal` rule (envs/core.py).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from envs.core import Env
+from envs.text import TextInterface
+from jaxrl_lm import sampling
+
+
+class Trajectory(NamedTuple):
+    """One rollout; every field has leading dims [T turns, B episodes]."""
+
+    prompt: jax.Array  # i32[T, B, P] rendered prompt ids, right-padded
+    prompt_len: jax.Array  # i32[T, B]
+    completion: jax.Array  # i32[T, B, N] sampled ids, pad after the stop token
+    completion_len: jax.Array  # i32[T, B] generated tokens, stop token included
+    logp: jax.Array  # f32[T, B, N] log-prob under the temperature-scaled model
+    active: jax.Array  # bool[T, B] the episode was still running at this turn
+    action: jax.Array  # i32[T, B] the action played (random legal one if invalid)
+    valid: jax.Array  # bool[T, B] the completion parsed to an action
+    env_reward: jax.Array  # f32[T, B] the env's reward for the turn
+    reward: jax.Array  # f32[T, B] env reward + invalid penalty (0 when inactive)
+    done: jax.Array  # bool[T, B] the episode was over after this turn
+    states: Any  # env State pytree [T, B, ...]: the state each turn started from
+
+
+def _random_legal(mask_ba: jax.Array, key: jax.Array) -> jax.Array:
+    logits = jnp.where(mask_ba, 0.0, -jnp.inf)
+    return jax.random.categorical(key, logits).astype(jnp.int32)
+
+
+def make_rollout(env: Env, text: TextInterface, *, num_groups: int, group_size: int = 1,
+                 max_turns: int | None = None, max_new_tokens: int,
+                 temperature: float = 1.0, top_k: int | None = None,
+                 top_p: float | None = None, min_p: float | None = None,
+                 stop_tokens: tuple[int, ...] = (), invalid_penalty: float = -5.0
+                 ) -> Callable[[nnx.GraphDef, nnx.State, jax.Array], Trajectory]:
+    """Build the jitted rollout `play(graphdef, params, key) -> Trajectory`.
+
+    max_turns defaults to env.max_steps (every episode ends by then).
+    """
+    for name, value in (("num_groups", num_groups), ("group_size", group_size),
+                        ("max_new_tokens", max_new_tokens)):
+        if not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name}={value!r}: must be an int >= 1")
+    max_turns = env.max_steps if max_turns is None else max_turns
+    if not isinstance(max_turns, int) or max_turns < 1:
+        raise ValueError(f"max_turns={max_turns!r}: must be an int >= 1")
+    if invalid_penalty > 0:
+        raise ValueError(f"invalid_penalty={invalid_penalty}: must be <= 0")
+    batch = num_groups * group_size
+    options = dict(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
+                   top_p=top_p, min_p=min_p, stop_tokens=tuple(stop_tokens),
+                   pad_id=text.pad_id)
+
+    def turn(graphdef, params, state, key):
+        key_sample, key_random, key_step = jax.random.split(key, 3)
+        prompt, prompt_len = jax.vmap(text.render)(state)
+        out = sampling.sample((graphdef, params), prompt, prompt_len, key_sample, **options)
+        parsed, valid = jax.vmap(text.parse)(out.tokens, out.lengths)
+        fallback = _random_legal(state.legal_action_mask, key_random)
+        action = jnp.where(valid, parsed, fallback)
+        step_keys = jax.random.split(key_step, batch)
+        new = jax.vmap(env.step)(state, action, step_keys)
+        active = ~state.done
+        reward = new.reward + jnp.where(valid, 0.0, invalid_penalty)
+        rec = Trajectory(prompt, prompt_len, out.tokens, out.lengths, out.logp, active, action,
+                         valid, new.reward, jnp.where(active, reward, 0.0), new.done, state)
+        return new, rec
+
+    @jax.jit
+    def play(graphdef: nnx.GraphDef, params: nnx.State, key: jax.Array) -> Trajectory:
+        key_init, key_turns = jax.random.split(key)
+        group_keys = jax.random.split(key_init, num_groups)
+        state = jax.vmap(env.init)(jnp.repeat(group_keys, group_size, axis=0))
+
+        def body(state, key):
+            return turn(graphdef, params, state, key)
+
+        _, traj = jax.lax.scan(body, state, jax.random.split(key_turns, max_turns))
+        return traj
+
+    return play
+
+
+def episode_returns(traj: Trajectory) -> jax.Array:
+    """f32[B]: the sum of each episode's shaped per-turn rewards."""
+    return traj.reward.sum(0)
+
+
+class TurnBatch(NamedTuple):
+    """A trajectory's turns flattened to training sequences, leading [M = T*B]."""
+
+    tokens: jax.Array  # i32[M, P+N] prompt then completion, right-padded
+    loss_mask: jax.Array  # f32[M, P+N] 1 on generated tokens of active turns
+    old_logp: jax.Array  # f32[M, P+N] sampler log-probs aligned with tokens
+    positions: jax.Array  # i32[M, P+N] 0..P+N-1
+
+
+def pack_turns(traj: Trajectory, pad_id: int = 0) -> TurnBatch:
+    """Concatenate each turn's prompt and completion with no padding between.
+
+    Token j of the packed row is prompt[j] for j < plen, completion[j - plen]
+    for plen <= j < plen + clen, and pad after that, so log-probs computed by
+    `sampling.token_logprobs` on `tokens` line up with the sampler's `logp`.
+    """
+    t, b, p = traj.prompt.shape
+    n = traj.completion.shape[-1]
+    m = t * b
+    prompt = traj.prompt.reshape(m, p)
+    comp = traj.completion.reshape(m, n)
+    logp = traj.logp.reshape(m, n)
+    plen = traj.prompt_len.reshape(m, 1)
+    clen = traj.completion_len.reshape(m, 1)
+    active = traj.active.reshape(m, 1)
+    j = jnp.arange(p + n)[None, :]
+    k = jnp.clip(j - plen, 0, n - 1)
+    in_comp = (j >= plen) & (j < plen + clen)
+    from_prompt = jnp.take_along_axis(prompt, jnp.clip(j, 0, p - 1).repeat(m, 0), 1)
+    tokens = jnp.where(j < plen, from_prompt, jnp.take_along_axis(comp, k, 1))
+    tokens = jnp.where(j < plen + clen, tokens, pad_id)
+    mask = (in_comp & active).astype(jnp.float32)
+    old = jnp.where(in_comp, jnp.take_along_axis(logp, k, 1), 0.0)
+    positions = jnp.broadcast_to(j, (m, p + n)).astype(jnp.int32)
+    return TurnBatch(tokens.astype(jnp.int32), mask, old * mask, positions)
