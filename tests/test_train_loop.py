@@ -1,8 +1,10 @@
 """Outer loop and run directory: metrics.jsonl (valid, flushed), TensorBoard
 events, plots, `jaxrl-lm plot`, resume in-process, SFT loss vs numpy."""
 
+import io
 import json
 import os
+import re
 
 import jax
 import numpy as np
@@ -41,6 +43,21 @@ def test_logger_flushes_each_line(tmp_path):
     assert rows[0]["step"] == 1 and rows[0]["loss"] == 2.5 and rows[0]["ok"] == 1
     assert "vec" not in rows[0] and rows[0]["tokens_per_s"] > 0
     log.close(plots=False)
+
+
+def test_progress_bar_shows_step_reward_loss_tokens_per_s(tmp_path):
+    from rich.console import Console
+
+    buf = io.StringIO()
+    log = RunLogger(str(tmp_path), "", total_steps=10, progress=True,
+                    console=Console(file=buf, width=160, force_terminal=False))
+    log.log(3, {"loss": np.float32(1.25), "reward_mean": np.float32(0.5)}, tokens=1000)
+    log.close(plots=False)
+    out = buf.getvalue()
+    assert re.search(r"step\s+3/10 ", out), out
+    assert "reward 0.5  loss 1.25  tok/s " in out, out
+    tok_s = float(re.search(r"tok/s (\S+)", out).group(1))
+    assert tok_s == pytest.approx(read_metrics(str(tmp_path))[0]["tokens_per_s"], rel=1e-3)
 
 
 def test_run_dir_contents_and_plot_command(tmp_path):

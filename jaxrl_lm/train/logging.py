@@ -35,6 +35,18 @@ def _scalar(v: Any) -> float | int | None:
     return x
 
 
+def progress_info(row: dict) -> str:
+    """`reward 0.5  loss 1.23  tok/s 4.5e+03` from a metrics row (what is present).
+
+    RL rows may name the reward `reward_mean` etc.: the first `reward*` key counts.
+    """
+    reward = "reward" if "reward" in row else next(
+        (k for k in sorted(row) if k.startswith("reward")), None)
+    parts = [("reward", reward), ("loss", "loss"), ("tok/s", "tokens_per_s")]
+    return "  ".join(f"{label} {row[k]:.4g}" for label, k in parts
+                     if k in row and isinstance(row[k], (int, float)))
+
+
 def read_metrics(run_dir: str) -> list[dict]:
     """All complete lines of RUN_DIR/metrics.jsonl (a torn last line is ignored)."""
     path = os.path.join(run_dir, "metrics.jsonl")
@@ -58,10 +70,11 @@ class RunLogger:
       start_step: on resume, metric lines after it are dropped (they are redone).
       progress: show a rich progress bar.
       enabled: False on processes other than 0.
+      console: a rich Console for the progress bar (default: the terminal).
     """
 
     def __init__(self, run_dir: str, config_yaml: str, *, total_steps: int, start_step: int = 0,
-                 progress: bool = True, enabled: bool = True):
+                 progress: bool = True, enabled: bool = True, console: Any = None):
         self.run_dir, self.enabled = run_dir, enabled
         self._progress = self._task = self._tb = self._file = None
         if not enabled:
@@ -83,7 +96,8 @@ class RunLogger:
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
             self._progress = Progress(TextColumn("step"), MofNCompleteColumn(), BarColumn(),
-                                      TextColumn("{task.fields[info]}"), TimeRemainingColumn())
+                                      TextColumn("{task.fields[info]}"), TimeRemainingColumn(),
+                                      console=console)
             self._progress.start()
             self._task = self._progress.add_task("train", total=total_steps, completed=start_step,
                                                  info="")
@@ -108,9 +122,7 @@ class RunLogger:
             if k != "step":
                 self._tb.add_scalar(k, v, step)
         if self._progress is not None:
-            info = "  ".join(f"{k} {row[k]:.4g}" for k in ("reward", "loss", "tokens_per_s")
-                             if k in row).replace("tokens_per_s", "tok/s")
-            self._progress.update(self._task, completed=step, info=info)
+            self._progress.update(self._task, completed=step, info=progress_info(row))
         return row
 
     def close(self, *, plots: bool = True) -> None:

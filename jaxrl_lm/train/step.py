@@ -58,7 +58,10 @@ def make_optimizer(cfg: OptimSection, total_steps: int) -> tuple[optax.GradientT
     elif cfg.name == "lion":
         opt = optax.lion(sched, b1=cfg.b1, b2=cfg.b2, weight_decay=cfg.weight_decay)
     elif cfg.name == "adafactor":
-        opt = optax.adafactor(sched, weight_decay_rate=cfg.weight_decay or None)
+        # optax's adafactor adds rate * param after the lr scaling; scale the rate
+        # by the schedule so weight_decay means lr * wd * param for all three.
+        wd = (lambda t: cfg.weight_decay * sched(t)) if cfg.weight_decay else None
+        opt = optax.adafactor(sched, weight_decay_rate=wd)
     else:
         raise ValueError(f"optim.name={cfg.name!r}: must be one of adamw, adafactor, lion")
     parts = [optax.clip_by_global_norm(cfg.max_grad_norm)] if cfg.max_grad_norm > 0 else []
