@@ -64,6 +64,7 @@ class TicTacToe(Env):
     opponent: str = "random"  # "random" | "minimax" | "mcts" | "noisy"
     noise: float = 0.2  # noisy opponent: rate of uniformly random moves, [0, 1]
     mcts_simulations: int = 100  # mcts opponent: simulations per move, 1..10000
+    prompt: str = "full"  # "full": rules + board + legal moves | "short": ~3x fewer characters
 
     name: ClassVar[str] = "tictactoe"
 
@@ -73,6 +74,7 @@ class TicTacToe(Env):
         check_choice(self, "opponent", OPPONENTS)
         check_range(self, "noise", 0.0, 1.0)
         check_range(self, "mcts_simulations", 1, 10000)
+        check_choice(self, "prompt", ("full", "short"))
 
     @property
     def me(self) -> int:
@@ -132,8 +134,13 @@ class TicTacToe(Env):
 
     # --- text -------------------------------------------------------------
     def _header(self) -> str:
+        if self.prompt == "short":
+            return f"You are {self.agent_player.upper()}.\n"
         return (f"Tic-tac-toe: get 3 in a row. You are {self.agent_player.upper()}. "
                 "Cells 1-9, row by row.\n")
+
+    def _footer(self) -> str:
+        return "Move?\n" if self.prompt == "short" else "Answer with ACTION=<cell>.\n"
 
     def action_strings(self) -> tuple[str, ...]:
         return tuple(str(i + 1) for i in range(9))
@@ -142,7 +149,7 @@ class TicTacToe(Env):
         # 0 header, 1-3 cell symbols by board value, 4 "|", 5 "\n", 6 "Legal:",
         # 7-15 " 1".." 9", 16 answer format
         return (self._header(), *SYMBOLS, "|", "\n", "Legal:",
-                *(f" {i + 1}" for i in range(9)), "Answer with ACTION=<cell>.\n")
+                *(f" {i + 1}" for i in range(9)), self._footer())
 
     @property
     def max_render_pieces(self) -> int:
@@ -163,7 +170,7 @@ class TicTacToe(Env):
             f"{SYMBOLS[board[3 * r]]}|{SYMBOLS[board[3 * r + 1]]}|{SYMBOLS[board[3 * r + 2]]}\n"
             for r in range(3))
         legal = "".join(f" {i + 1}" for i in range(9) if mask[i])
-        return f"{self._header()}{rows}Legal:{legal}\nAnswer with ACTION=<cell>.\n"
+        return f"{self._header()}{rows}Legal:{legal}\n{self._footer()}"
 
 
 # --- scripted players (from the agent's side) ------------------------------

@@ -20,7 +20,11 @@ import yaml
 DTYPES = ("float32", "bfloat16", "float16")
 OPTIMIZERS = ("adamw", "adafactor", "lion")
 SCHEDULES = ("cosine", "constant")
-ALGORITHMS = ("sft", "grpo", "dr_grpo", "ppo", "opo", "rloo")
+ALGORITHMS = ("sft", "grpo", "dr_grpo", "ppo", "opo", "rloo", "reinforce")
+RATIO_LEVELS = ("token", "sequence", "sequence-token")
+GRPO_SCALES = ("group", "batch", "none")
+KL_IN = ("loss", "reward")
+PLAYERS = ("random",)
 KL_KINDS = ("k1", "k2", "k3")
 AGG_MODES = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum",
              "seq-mean-token-sum-norm")
@@ -122,28 +126,75 @@ class OptimSection:
 
 @dataclasses.dataclass(frozen=True)
 class AlgoSection:
-    name: str = "sft"  # sft | grpo | dr_grpo | ppo | opo | rloo
-    group_size: int = 1  # responses per prompt (contiguous in the batch)
+    name: str = "sft"  # sft | grpo | dr_grpo | ppo | opo | rloo | reinforce
+    group_size: int = 1  # episodes per task group (contiguous in the batch)
     beta: float = 0.0  # KL coefficient towards the frozen reference policy
     kl_kind: str = "k3"  # KL estimator: k1 | k2 | k3
+    kl_in: str = "loss"  # where the KL goes: loss (a loss term) | reward (per-turn penalty)
     clip_low: float = 0.2  # PPO ratio clip below 1
-    clip_high: float | None = None  # PPO ratio clip above 1 (None = clip_low)
+    clip_high: float | None = None  # PPO ratio clip above 1 (None = clip_low; DAPO: 0.28)
+    dual_clip: float | None = None  # dual-clip bound c > 1 for negative advantages
+    ratio_level: str = "token"  # token | sequence (GSPO) | sequence-token (GSPO-token)
     loss_agg: str = "token-mean"  # how per-token losses are reduced
+    scale: str = "group"  # GRPO advantage std: group | batch | none
+    dynamic_sampling: bool = False  # DAPO: drop groups whose returns are all equal
+    overlong_cache: int = 0  # DAPO soft overlong penalty window in tokens (0 = off)
+    gamma: float = 1.0  # discount over turns (ppo, reinforce)
+    lam: float = 0.95  # GAE lambda (ppo)
+    vf_coef: float = 0.5  # value-loss weight (ppo)
+    value_clip: float | None = None  # PPO value clipping range (None = off)
+    epochs: int = 1  # optimizer steps per rollout batch (opo: must be 1, strictly on-policy)
+    invalid_penalty: float = -5.0  # reward added to a turn whose answer does not parse
     max_new_tokens: int = 8  # completion length budget per turn
     temperature: float = 1.0  # sampling temperature for rollouts
 
     def __post_init__(self):
         _choice(self, "name", ALGORITHMS)
         _choice(self, "kl_kind", KL_KINDS)
+        _choice(self, "kl_in", KL_IN)
         _choice(self, "loss_agg", AGG_MODES)
+        _choice(self, "ratio_level", RATIO_LEVELS)
+        _choice(self, "scale", GRPO_SCALES)
         _at_least(self, "group_size", 1)
         _at_least(self, "beta", 0.0)
         if not 0.0 <= self.clip_low < 1.0:
             _fail(self, "clip_low", "must lie in [0, 1)")
         if self.clip_high is not None:
             _at_least(self, "clip_high", 0.0)
+        if self.dual_clip is not None and not self.dual_clip > 1.0:
+            _fail(self, "dual_clip", "must be None or > 1")
+        _at_least(self, "overlong_cache", 0)
+        for name in ("gamma", "lam"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                _fail(self, name, "must lie in [0, 1]")
+        _at_least(self, "vf_coef", 0.0)
+        if self.value_clip is not None:
+            _at_least(self, "value_clip", 0.0, strict=True)
+        _at_least(self, "epochs", 1)
+        if self.name == "opo" and self.epochs != 1:
+            _fail(self, "epochs", "must be 1 for opo (strictly on-policy: one update per batch)")
+        if self.name == "rloo" and self.group_size < 2:
+            _fail(self, "group_size", "must be >= 2 for rloo (leave-one-out needs a peer)")
+        if self.invalid_penalty > 0:
+            _fail(self, "invalid_penalty", "must be <= 0")
+        if self.overlong_cache >= self.max_new_tokens and self.overlong_cache:
+            _fail(self, "overlong_cache", f"must be < algo.max_new_tokens={self.max_new_tokens}")
         _at_least(self, "max_new_tokens", 1)
         _at_least(self, "temperature", 0.0, strict=True)
+
+
+@dataclasses.dataclass(frozen=True)
+class WarmupSection:
+    steps: int = 0  # supervised warm-up steps on scripted play before RL (0 = none)
+    player: str = "random"  # scripted player whose moves are imitated
+    lr: float = 2.0e-3  # warm-up learning rate (cosine to 10%)
+    batch_size: int = 16  # warm-up examples per step
+
+    def __post_init__(self):
+        _at_least(self, "steps", 0)
+        _choice(self, "player", PLAYERS)
+        _at_least(self, "lr", 0.0, strict=True)
+        _at_least(self, "batch_size", 1)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -186,10 +237,16 @@ class EvalSection:
     episodes: int = 64  # episodes per evaluation
     every: int = 0  # steps between evaluations; 0 = only at the end
     greedy: bool = True  # argmax decoding during evaluation
+    variants: dict = dataclasses.field(default_factory=dict)  # label -> env.options overrides
+    #   evaluated besides the training env, e.g. {minimax: {opponent: minimax}}
 
     def __post_init__(self):
         _at_least(self, "episodes", 1)
         _at_least(self, "every", 0)
+        for label, opts in self.variants.items():
+            if not isinstance(opts, dict):
+                _fail(self, "variants", f"{label!r} must map to a dict of env options, "
+                                         f"got {opts!r}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -201,6 +258,7 @@ class Config:
     train: TrainSection = dataclasses.field(default_factory=TrainSection)  # the outer loop
     env: EnvSection = dataclasses.field(default_factory=EnvSection)  # environment
     eval: EvalSection = dataclasses.field(default_factory=EvalSection)  # evaluation
+    warmup: WarmupSection = dataclasses.field(default_factory=WarmupSection)  # SFT before RL
 
     def __post_init__(self):
         t, a, o = self.train, self.algo, self.optim
@@ -223,7 +281,7 @@ class Config:
 
 _SECTION_OF = {ModelSection: "model", MeshSection: "mesh", OptimSection: "optim",
                AlgoSection: "algo", TrainSection: "train", EnvSection: "env",
-               EvalSection: "eval", Config: "config"}
+               EvalSection: "eval", WarmupSection: "warmup", Config: "config"}
 
 
 def _coerce(value: Any, hint: Any, where: str) -> Any:

@@ -21,14 +21,16 @@ def build_policy(cfg: Config):
     """(model, tokenizer) from the model section."""
     from jaxrl_lm import models
 
+    value_head = cfg.algo.name == "ppo"
     if cfg.model.source == "default":
         from jaxrl_lm.models.default import default_policy
 
         return default_policy(cfg.train.seed, dtype=cfg.model.dtype,
-                              param_dtype=cfg.model.param_dtype)
+                              param_dtype=cfg.model.param_dtype, value_head=value_head)
     if not os.path.isdir(cfg.model.path):
         raise ConfigError(f"model.path={cfg.model.path!r}: not a directory")
-    return models.load_hf(cfg.model.path, dtype=cfg.model.dtype, param_dtype=cfg.model.param_dtype)
+    return models.load_hf(cfg.model.path, dtype=cfg.model.dtype, param_dtype=cfg.model.param_dtype,
+                          value_head=value_head)
 
 
 def _pad_id(tokenizer) -> int:
@@ -91,14 +93,15 @@ def main_train(argv: list[str]) -> int:
         import jax
 
         check_runtime(cfg, jax.device_count())
-        if cfg.algo.name != "sft":
-            raise ConfigError(f"algo.name={cfg.algo.name!r}: only 'sft' is wired into "
-                              f"`jaxrl-lm train` in this build")
         model, tokenizer = build_policy(cfg)
-        data_fn = build_data(cfg, tokenizer)
+        data_fn = build_data(cfg, tokenizer) if cfg.algo.name == "sft" else None
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    if cfg.algo.name != "sft":
+        from jaxrl_lm.train.pipeline import run_rl
+
+        return run_rl(cfg, args.out, model, tokenizer, resume=args.resume)
     from jaxrl_lm.train import sft
 
     result = loop.train(cfg, args.out, model=model, loss_fn=sft.sft_loss, data_fn=data_fn,

@@ -1,0 +1,127 @@
+"""What every RL algorithm shares: turn rows for training, the clipped policy
+loss with an optional KL to the frozen reference and an optional value loss.
+
+An algorithm file only says how to turn a `Trajectory` into per-turn
+advantages `A[T, B]` (and, for PPO, value targets). `make_batch` then packs
+each turn into one training row (prompt + completion, `rollout.pack_turns`)
+and gives every generated token of the turn the turn's advantage; `make_loss`
+builds the `loss_fn(model, batch[, ref_model]) -> ((loss_sum, denom), metrics)`
+that the train step accumulates exactly over micro-batches:
+
+    L = clipped_surrogate(ratio, A) + beta * KL(pi || pi_ref) + vf_coef * value_loss
+
+all three aggregated with `algo.loss_agg` over the same token mask, so their
+sums share one denominator.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxrl_lm import losses, sampling
+from jaxrl_lm.config import AlgoSection
+from jaxrl_lm.rollout import Trajectory, pack_turns
+
+
+class Advantages(NamedTuple):
+    """Per-turn training signal, leading [T, B] like the trajectory."""
+
+    adv: jax.Array  # f32[T, B] advantage of every token of the turn's completion
+    keep: jax.Array  # bool[T, B] turns that carry loss (active, not filtered out)
+    returns: jax.Array | None = None  # f32[T, B] value targets (ppo)
+    old_values: jax.Array | None = None  # f32[T, B] values under the sampling params (ppo)
+
+
+def episode_lengths(traj: Trajectory) -> jax.Array:
+    """i32[B]: tokens generated over each episode's active turns."""
+    return (traj.completion_len * traj.active).sum(0)
+
+
+def broadcast_episode(adv_b: jax.Array, traj: Trajectory) -> jax.Array:
+    """An episode-level advantage [B] given to each of its turns [T, B]."""
+    return jnp.broadcast_to(adv_b[None, :], traj.active.shape).astype(jnp.float32)
+
+
+def value_positions(traj: Trajectory) -> jax.Array:
+    """i32[T*B]: index of each packed row's last prompt token (where V(s) is read)."""
+    return jnp.maximum(traj.prompt_len.reshape(-1) - 1, 0).astype(jnp.int32)
+
+
+def make_batch(traj: Trajectory, sig: Advantages, *, pad_id: int) -> dict[str, np.ndarray]:
+    """Training rows [M = T*B, P+N] from a trajectory and its advantages."""
+    rows = pack_turns(traj, pad_id)
+    keep = sig.keep.reshape(-1, 1).astype(jnp.float32)
+    batch = dict(tokens=rows.tokens, positions=rows.positions, loss_mask=rows.loss_mask * keep,
+                 old_logp=rows.old_logp * keep, adv=sig.adv.reshape(-1).astype(jnp.float32))
+    if sig.returns is not None:
+        batch.update(returns=sig.returns.reshape(-1).astype(jnp.float32),
+                     old_values=sig.old_values.reshape(-1).astype(jnp.float32),
+                     value_pos=value_positions(traj))
+    return batch
+
+
+def turn_values(model, traj: Trajectory) -> jax.Array:
+    """f32[T, B]: the value head read at each turn's last prompt token."""
+    t, b, p = traj.prompt.shape
+    tokens = traj.prompt.reshape(t * b, p)
+    pos = jnp.broadcast_to(jnp.arange(p, dtype=jnp.int32), tokens.shape)
+    v = model.values(tokens, pos)
+    return jnp.take_along_axis(v, value_positions(traj)[:, None], 1).reshape(t, b)
+
+
+def make_loss(algo: AlgoSection, *, max_len: int):
+    """`loss_fn(model, batch, ref_model=None)` for the rows of `make_batch`.
+
+    max_len: the row length, the constant of the Dr. GRPO aggregation.
+    """
+    agg = algo.loss_agg
+    norm = max_len if agg == "seq-mean-token-sum-norm" else None
+    kl_in_loss = algo.beta > 0 and algo.kl_in == "loss"
+
+    def loss_fn(model, batch, ref_model=None):
+        tokens, mask, pos = batch["tokens"], batch["loss_mask"], batch["positions"]
+        h = model.hidden_states(tokens, pos)
+        logp = sampling.token_logprobs_from_hidden(h, model.unembedding(), tokens, mask,
+                                                   temperature=algo.temperature)
+        (loss_sum, denom), metrics = losses.ppo_policy_loss(
+            logp, batch["old_logp"], batch["adv"], mask, clip_low=algo.clip_low,
+            clip_high=algo.clip_high, dual_clip=algo.dual_clip, ratio_level=algo.ratio_level,
+            agg=agg, max_len=norm, return_sum=True)
+        metrics = dict(metrics, policy_loss=loss_sum / jnp.maximum(denom, 1e-8))
+        if kl_in_loss:
+            if ref_model is None:
+                raise ValueError("algo.beta > 0 with kl_in='loss' needs reference params")
+            ref_logp = jax.lax.stop_gradient(sampling.token_logprobs(
+                ref_model, tokens, mask, temperature=algo.temperature, positions_bt=pos))
+            kl = losses.kl_penalty(logp, ref_logp, algo.kl_kind, mask=mask)
+            kl_sum, _ = losses.aggregate(kl, mask, agg, max_len=norm, return_sum=True)
+            loss_sum = loss_sum + algo.beta * kl_sum
+            metrics["kl"] = kl_sum / jnp.maximum(denom, 1e-8)
+        if "returns" in batch:
+            v_row = jnp.take_along_axis(model.value_from_hidden(h), batch["value_pos"][:, None],
+                                        1)[:, 0]
+            full = lambda x: jnp.broadcast_to(x[:, None], mask.shape)  # noqa: E731
+            (v_sum, _), vm = losses.value_loss(full(v_row), full(batch["old_values"]),
+                                               full(batch["returns"]), mask, clip=algo.value_clip,
+                                               agg=agg, max_len=norm, return_sum=True)
+            loss_sum = loss_sum + algo.vf_coef * v_sum
+            metrics["value_loss"] = v_sum / jnp.maximum(denom, 1e-8)
+            metrics.update({f"value_{k}": v for k, v in vm.items()})
+        return (loss_sum, denom), metrics
+
+    return loss_fn
+
+
+def kl_reward(algo: AlgoSection, model, ref_model, traj: Trajectory, *, pad_id: int) -> jax.Array:
+    """f32[T, B]: -beta * (summed per-token KL of each turn's completion), for kl_in='reward'."""
+    rows = pack_turns(traj, pad_id)
+    lp = sampling.token_logprobs(model, rows.tokens, rows.loss_mask,
+                                 temperature=algo.temperature, positions_bt=rows.positions)
+    ref = sampling.token_logprobs(ref_model, rows.tokens, rows.loss_mask,
+                                  temperature=algo.temperature, positions_bt=rows.positions)
+    kl = losses.kl_penalty(lp, ref, algo.kl_kind, mask=rows.loss_mask).sum(-1)
+    return -algo.beta * kl.reshape(traj.active.shape)

@@ -1,0 +1,33 @@
+"""PPO (Schulman et al. 2017) with a value head and GAE over turns (RLFT's
+tic-tac-toe setup).
+
+The value V(s_t) is read from the value head at the last prompt token of turn
+t, under the params that sampled the batch. With per-turn rewards r_t
+
+    delta_t = r_t + gamma V(s_{t+1}) (1 - done_t) - V(s_t)
+    A_t = delta_t + gamma lam (1 - done_t) A_{t+1},   returns_t = A_t + V(s_t)
+
+A is whitened over the active turns of the batch; the loss adds
+vf_coef * 0.5 (V - returns)^2 (optionally clipped, algo.value_clip). The
+model needs a value head (the trainer builds one when algo.name is ppo).
+"""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+
+from jaxrl_lm import advantages as adv_lib
+from jaxrl_lm.algorithms.common import Advantages
+from jaxrl_lm.config import AlgoSection
+from jaxrl_lm.rollout import Trajectory
+
+
+def advantages(algo: AlgoSection, traj: Trajectory, values=None) -> Advantages:
+    if values is None:
+        raise ValueError("ppo needs per-turn values (algorithms.common.turn_values)")
+    act = traj.active
+    v = jnp.where(act, values, 0.0)
+    a_bt, ret_bt = adv_lib.gae(traj.reward.T, v.T, traj.done.T | ~act.T, gamma=algo.gamma,
+                               lam=algo.lam)
+    a = adv_lib.whiten(a_bt.T, act)
+    return Advantages(jnp.where(act, a, 0.0), act, ret_bt.T, v)

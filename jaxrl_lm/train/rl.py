@@ -1,0 +1,159 @@
+"""The RL outer loop: rollout -> advantages -> jitted sharded update(s) -> log -> checkpoint.
+
+One iteration: `collect` (one jitted program) plays `train.batch_size`
+episodes of `cfg.env` with the current params (groups of `algo.group_size`
+share a task), shapes the per-turn rewards (DAPO overlong penalty, KL in the
+reward), computes the algorithm's advantages and packs every turn into a
+training row; then `algo.epochs` optimizer steps of the shared clipped loss on
+those rows (`Engine.step`, exact micro-batch accumulation, non-finite guard).
+
+Everything random comes from `fold_in(rng, iteration)`, and a rollout is a
+pure function of (params, key), so a killed run resumed from its last
+checkpoint replays exactly what it lost, like the supervised loop.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+import envs
+from envs.text import TextInterface
+from jaxrl_lm import rewards as rewards_lib
+from jaxrl_lm.algorithms import advantage_fn, common
+from jaxrl_lm.config import Config, dump_yaml, to_dict
+from jaxrl_lm.rollout import Trajectory, episode_returns, make_rollout
+from jaxrl_lm.train import mesh as mesh_lib
+from jaxrl_lm.train.checkpoint import Checkpointer
+from jaxrl_lm.train.logging import RunLogger
+from jaxrl_lm.train.loop import RunResult, _kill_point
+from jaxrl_lm.train.sft import encode
+from jaxrl_lm.train.step import Engine, make_optimizer
+
+
+def stop_tokens(tokenizer) -> tuple[int, ...]:
+    """A turn's answer ends at a newline or at EOS."""
+    ids = list(encode(tokenizer, "\n"))
+    eos = getattr(tokenizer, "eos_token_id", None)
+    if isinstance(eos, int):
+        ids.append(eos)
+    return tuple(dict.fromkeys(ids))
+
+
+def pad_id_of(tokenizer) -> int:
+    pad = getattr(tokenizer, "pad_token_id", None)
+    return int(pad) if isinstance(pad, int) else 0
+
+
+def episode_stats(traj: Trajectory) -> dict[str, jax.Array]:
+    """Scalar rollout metrics (means over episodes or active turns)."""
+    act = traj.active.astype(jnp.float32)
+    turns = act.sum()
+    env_ret = (traj.env_reward * act).sum(0)
+    return {
+        "reward": episode_returns(traj).mean(),
+        "env_return": env_ret.mean(),
+        "win_rate": (env_ret > 0).mean(),
+        "draw_rate": (env_ret == 0).mean(),
+        "loss_rate": (env_ret < 0).mean(),
+        "invalid_rate": ((~traj.valid) * act).sum() / jnp.maximum(turns, 1.0),
+        "turns": act.sum(0).mean(),
+        "completion_len": (traj.completion_len * act).sum() / jnp.maximum(turns, 1.0),
+    }
+
+
+def shape_rewards(cfg: Config, traj: Trajectory) -> Trajectory:
+    """Add the reward shaping the config asks for (before any advantage)."""
+    a = cfg.algo
+    r = traj.reward
+    if a.overlong_cache:
+        pen = rewards_lib.overlong_penalty(traj.completion_len.reshape(-1), max_len=a.max_new_tokens,
+                                           cache_len=a.overlong_cache).reshape(r.shape)
+        r = r + jnp.where(traj.active, pen, 0.0)
+    return traj._replace(reward=r)
+
+
+class RLRunner:
+    """Compiles the rollout and update for one config; `train` runs the loop."""
+
+    def __init__(self, cfg: Config, model: nnx.Module, tokenizer: Any):
+        self.cfg, self.tokenizer = cfg, tokenizer
+        a, t = cfg.algo, cfg.train
+        self.env = envs.make(cfg.env.name, **cfg.env.options)
+        self.pad_id = pad_id_of(tokenizer)
+        self.text = TextInterface(self.env, tokenizer, max_prompt_len=cfg.env.max_prompt_len,
+                                  pad_id=self.pad_id)
+        self.play = make_rollout(
+            self.env, self.text, num_groups=t.batch_size // a.group_size,
+            group_size=a.group_size, max_turns=cfg.env.max_turns,
+            max_new_tokens=a.max_new_tokens, temperature=a.temperature,
+            stop_tokens=stop_tokens(tokenizer), invalid_penalty=a.invalid_penalty)
+        rows = cfg.env.max_turns * t.batch_size
+        self.mesh = mesh_lib.make_mesh(cfg.mesh.shape)
+        mesh_lib.check_mesh(self.mesh, rows // t.micro_batches)
+        self.optimizer, self.schedule = make_optimizer(cfg.optim, t.steps * a.epochs)
+        loss_fn = common.make_loss(a, max_len=cfg.env.max_prompt_len + a.max_new_tokens)
+        self.engine = Engine(model, loss_fn, self.optimizer, self.schedule, self.mesh,
+                             micro_batches=t.micro_batches)
+        self.adv_fn = advantage_fn(a.name)
+        self.collect = jax.jit(self._collect)
+
+    def _collect(self, params, rest, ref_params, key):
+        cfg, a = self.cfg, self.cfg.algo
+        model = nnx.merge(self.engine.graphdef, params, rest)
+        graphdef, state = nnx.split(model)
+        traj = shape_rewards(cfg, self.play(graphdef, state, key))
+        if a.beta > 0 and a.kl_in == "reward":
+            ref = nnx.merge(self.engine.graphdef, ref_params, rest)
+            kl_r = common.kl_reward(a, model, ref, traj, pad_id=self.pad_id)
+            traj = traj._replace(reward=traj.reward + jnp.where(traj.active, kl_r, 0.0))
+        values = common.turn_values(model, traj) if a.name == "ppo" else None
+        sig = self.adv_fn(a, traj, values)
+        batch = common.make_batch(traj, sig, pad_id=self.pad_id)
+        stats = episode_stats(traj)
+        stats["kept_turns"] = sig.keep.sum() / jnp.maximum(traj.active.sum(), 1)
+        return batch, stats
+
+    def train(self, run_dir: str, *, resume: bool = False) -> RunResult:
+        cfg, a, t = self.cfg, self.cfg.algo, self.cfg.train
+        eng = self.engine
+        state = eng.init_state(t.seed)
+        ref_params = None
+        if a.beta > 0:  # the frozen reference: the params RL starts from
+            ref_params = jax.tree.map(jnp.copy, state.params)
+        ckpt = Checkpointer(os.path.join(run_dir, "checkpoints"), keep=t.keep_checkpoints)
+        start = 0
+        if resume:
+            restored = ckpt.restore(state)
+            if restored is not None:
+                state, meta = restored
+                start = int(meta["step"])
+        logger = RunLogger(run_dir, dump_yaml(cfg), total_steps=t.steps, start_step=start,
+                           progress=t.progress, enabled=jax.process_index() == 0)
+        kill_after, row, config_dict = _kill_point(), {}, to_dict(cfg)
+        ref_for_loss = ref_params if (a.beta > 0 and a.kl_in == "loss") else None
+        try:
+            for it in range(start, t.steps):
+                key = jax.random.fold_in(state.rng, it)
+                batch, stats = self.collect(state.params, eng.rest, ref_params, key)
+                batch = eng.place_batch(batch)
+                for _ in range(a.epochs):
+                    state, metrics = eng.step(state, batch, ref_for_loss)
+                done = it + 1
+                tokens = int(batch["loss_mask"].sum())
+                if done % t.log_every == 0 or done == t.steps:
+                    row = logger.log(done, {**jax.device_get(stats), **jax.device_get(metrics)},
+                                     tokens=tokens)
+                if done % t.ckpt_every == 0 or done == t.steps:
+                    ckpt.save(done, state, data_state={"iteration": done}, config=config_dict)
+                if kill_after is not None and done == kill_after:
+                    os.kill(os.getpid(), signal.SIGKILL)
+        finally:
+            ckpt.close()
+            logger.close()
+        return RunResult(state, eng, row, start)
