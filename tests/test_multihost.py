@@ -1,6 +1,8 @@
 """Multi-host: launch/local_multiprocess.sh runs 2 CPU processes (gloo over
-loopback, 2 devices each) doing one sharded train step on a (2, 1, 2) mesh;
-the loss and the updated params equal the single-process run's."""
+loopback, 2 devices each) doing sharded train steps on a (2, 1, 2) mesh; the
+loss and the updated params equal the single-process run's. The same
+processes then run the outer loop (logging on process 0 only, checkpoints
+written and resumed by both), which must match a single-process run too."""
 
 import json
 import os
@@ -11,13 +13,16 @@ import jax
 import numpy as np
 import pytest
 
-from tests.test_train_step import engine, host, toy_batch
+from jaxrl_lm.train import loop, sft
+from jaxrl_lm.train.logging import read_metrics
+from tests.test_train_loop import tiny_cfg, toy_data
+from tests.test_train_step import engine, host, toy_batch, toy_model
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 ENTRY = """
-import json, jax, numpy as np
-from jaxrl_lm.train import loop
+import json, sys, jax, numpy as np
+from jaxrl_lm.train import loop, sft
 assert loop.maybe_initialize_distributed()
 from jax.experimental import multihost_utils
 from tests.test_train_step import engine, toy_batch
@@ -27,19 +32,27 @@ state = eng.init_state(0)
 for s in range(2):
     state, m = eng.step(state, eng.place_batch(toy_batch(s)))
 params = multihost_utils.process_allgather(state.params, tiled=True)
+from tests.test_train_loop import tiny_cfg, toy_data
+from tests.test_train_step import toy_model
+kw = dict(model=toy_model(), loss_fn=sft.sft_loss, data_fn=toy_data(8))
+res = loop.train(tiny_cfg(mesh=(-1, 1, 2), steps=3, ckpt_every=2), sys.argv[1], **kw)
+again = loop.train(tiny_cfg(mesh=(-1, 1, 2), steps=3, ckpt_every=2), sys.argv[1], resume=True, **kw)
+assert again.resumed_from == 3
+loop_params = multihost_utils.process_allgather(again.state.params, tiled=True)
 if jax.process_index() == 0:
     print("RESULT " + json.dumps({"loss": float(m["loss"]),
-          "params": [np.asarray(x).tolist() for x in jax.tree.leaves(params)]}))
+          "params": [np.asarray(x).tolist() for x in jax.tree.leaves(params)],
+          "loop_params": [np.asarray(x).tolist() for x in jax.tree.leaves(loop_params)]}))
 """
 
 
 @pytest.mark.multihost
 @pytest.mark.slow
-def test_two_processes_match_one():
+def test_two_processes_match_one(tmp_path):
     env = dict(os.environ, PYTHON=sys.executable, LOCAL_DEVICES="2")
     env.pop("XLA_FLAGS", None)
     r = subprocess.run(["bash", os.path.join(ROOT, "launch", "local_multiprocess.sh"), "2",
-                        sys.executable, "-c", ENTRY], cwd=ROOT, env=env, capture_output=True,
+                        sys.executable, "-c", ENTRY, str(tmp_path / "run")], cwd=ROOT, env=env, capture_output=True,
                        text=True, timeout=240)
     assert r.returncode == 0, r.stderr[-3000:]
     lines = [ln for ln in r.stdout.splitlines() if ln.startswith("RESULT ")]
@@ -55,6 +68,15 @@ def test_two_processes_match_one():
     assert len(want) == len(got["params"])
     for a, b in zip(want, got["params"]):
         np.testing.assert_allclose(np.asarray(b, np.float32), a, rtol=1e-6, atol=1e-7)
+
+    # the outer loop: here on a (4, 1, 2) mesh of this process's 8 devices
+    res = loop.train(tiny_cfg(mesh=(-1, 1, 2), steps=3, ckpt_every=2), str(tmp_path / "one"),
+                     model=toy_model(), loss_fn=sft.sft_loss, data_fn=toy_data(8))
+    want = jax.tree.leaves(host(res.state.params))
+    assert len(want) == len(got["loop_params"])
+    for a, b in zip(want, got["loop_params"]):
+        np.testing.assert_allclose(np.asarray(b, np.float32), a, rtol=1e-5, atol=1e-6)
+    assert [r["step"] for r in read_metrics(str(tmp_path / "run"))] == [1, 2, 3]
 
 
 def test_launcher_rejects_bad_usage():

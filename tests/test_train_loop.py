@@ -45,6 +45,14 @@ def test_logger_flushes_each_line(tmp_path):
     log.close(plots=False)
 
 
+def test_logger_on_other_processes_writes_nothing(tmp_path):
+    log = RunLogger(str(tmp_path / "p1"), "a: 1\n", total_steps=3, enabled=False)
+    row = log.log(1, {"loss": np.float32(2.5)}, tokens=10)
+    log.close()
+    assert row["loss"] == 2.5 and row["tokens_per_s"] > 0
+    assert not (tmp_path / "p1").exists()
+
+
 def test_progress_bar_shows_step_reward_loss_tokens_per_s(tmp_path):
     from rich.console import Console
 

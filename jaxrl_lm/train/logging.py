@@ -77,6 +77,7 @@ class RunLogger:
                  progress: bool = True, enabled: bool = True, console: Any = None):
         self.run_dir, self.enabled = run_dir, enabled
         self._progress = self._task = self._tb = self._file = None
+        self._last_time = time.perf_counter()  # every process times tokens/s
         if not enabled:
             return
         os.makedirs(run_dir, exist_ok=True)
@@ -101,7 +102,6 @@ class RunLogger:
             self._progress.start()
             self._task = self._progress.add_task("train", total=total_steps, completed=start_step,
                                                  info="")
-        self._last_time = time.perf_counter()
 
     def log(self, step: int, metrics: dict[str, Any], *, tokens: int | None = None) -> dict:
         """Record one step; `tokens` processed since the last call gives tokens/s."""
