@@ -83,3 +83,37 @@ def test_launcher_rejects_bad_usage():
     r = subprocess.run(["bash", os.path.join(ROOT, "launch", "local_multiprocess.sh"), "x", "true"],
                        capture_output=True, text=True, timeout=30)
     assert r.returncode == 2 and "usage" in r.stderr
+
+
+def fake_tool(tmp_path, name):
+    """A stand-in for gcloud/srun on PATH that prints its arguments one a line."""
+    path = tmp_path / name
+    path.write_text('#!/usr/bin/env bash\nprintf "%s\\n" "$@"\n')
+    path.chmod(0o755)
+    return dict(os.environ, PATH=f"{tmp_path}:{os.environ['PATH']}")
+
+
+def test_tpu_pod_script_runs_train_on_every_worker(tmp_path):
+    script = os.path.join(ROOT, "launch", "tpu_pod.sh")
+    r = subprocess.run(["bash", script, "only-name"], capture_output=True, text=True, timeout=30)
+    assert r.returncode == 2 and "usage" in r.stderr
+    r = subprocess.run(["bash", script, "my-tpu", "us-central2-b", "--config", "c.yaml", "--out",
+                        "runs/a b", "--algo.beta", "0.04"], env=fake_tool(tmp_path, "gcloud"),
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0, r.stderr
+    args = r.stdout.splitlines()
+    assert args[:6] == ["compute", "tpus", "tpu-vm", "ssh", "my-tpu", "--zone"]
+    assert "--worker=all" in args
+    cmd = args[args.index("--command") + 1]
+    assert cmd == ("cd ~/jaxrl_lm && JAXRL_LM_DISTRIBUTED=1 .venv/bin/jaxrl-lm train "
+                   "--config c.yaml --out runs/a\\ b --algo.beta 0.04 ")
+
+
+def test_slurm_script_resumes_with_distributed_init(tmp_path):
+    r = subprocess.run(["bash", os.path.join(ROOT, "launch", "slurm.sbatch"), "--config", "c.yaml",
+                        "--out", "runs/x"], env=fake_tool(tmp_path, "srun"), cwd=tmp_path,
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines() == ["--kill-on-bad-exit=1", "env", "JAXRL_LM_DISTRIBUTED=1",
+                                     ".venv/bin/jaxrl-lm", "train", "--config", "c.yaml", "--out",
+                                     "runs/x", "--resume"]
