@@ -33,7 +33,13 @@ def _plot(argv: list[str]) -> int:
     return main_plot(argv)
 
 
-COMMANDS = {"bench": _bench, "train": _train, "plot": _plot}
+def _eval(argv: list[str]) -> int:
+    from jaxrl_lm.train.evaluate import main_eval
+
+    return main_eval(argv)
+
+
+COMMANDS = {"bench": _bench, "train": _train, "eval": _eval, "plot": _plot}
 
 
 def main(argv: list[str] | None = None) -> int:
