@@ -1,0 +1,260 @@
+"""`jaxrl-lm bench envs [--json]`: steps/s of every env against pgx and gymnax.
+
+One harness for every side: `jit(vmap(episode))` where an episode is a
+`lax.scan` of `--steps` steps from `init`, each step playing a uniformly
+random legal action, with auto-reset (ours: `envs.AutoReset`, pgx:
+`pgx.experimental.auto_reset`, gymnax: its built-in reset). Compile time is
+measured on its own (`lower().compile()`); steps/s is B * steps over the
+best of `--reps` timed calls. Ratios are against the named baseline at the
+same batch size, measured in the same run:
+
+  tictactoe (random opponent)   vs pgx "tic_tac_toe"
+  bandit (k=2, bernoulli, 100)  vs gymnax "BernoulliBandit-misc" (2 arms, 100)
+  every env                     vs "null", the harness alone (the ceiling)
+
+A step is one `env.step` call: for our tic-tac-toe that is the agent's move
+plus the opponent's reply, for pgx one move of either player.
+
+The text table times `render` (state -> prompt ids) and `parse` (response
+ids -> action) of envs/text.py with the character tokenizer, jit(vmap)'d.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import time
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+
+import envs
+from envs.core import AutoReset
+from envs.text import TextInterface
+
+# (row name, env name, options, baseline row)
+OURS = [
+    ("tictactoe", "tictactoe", {}, "pgx tic_tac_toe"),
+    ("tictactoe minimax", "tictactoe", {"opponent": "minimax"}, "pgx tic_tac_toe"),
+    ("bandit k=2 bernoulli", "bandit", {"k": 2, "dist": "bernoulli", "horizon": 100},
+     "gymnax BernoulliBandit"),
+]
+# Setup (not timed) compiles at XLA's cheapest backend level: ~3x faster.
+setup_jit = functools.partial(jax.jit, compiler_options={"xla_backend_optimization_level": 0})
+REJECT_TRIES = 32  # uniform draws before falling back to the first legal action
+
+
+def random_legal(key: jax.Array, mask: jax.Array) -> jax.Array:
+    """A uniformly random legal action of `mask` (bool[A]), from one draw of
+    32 random bits (modulo bias <= A / 2**32, negligible; cheaper than randint).
+
+    Small A: the r-th legal action for r = bits mod #legal. Large A (a cumsum
+    per step would dominate): the first legal one of REJECT_TRIES uniform
+    draws, uniform unless all of them miss, then the first legal action."""
+    a = mask.shape[0]
+    if a <= 256:
+        count = jnp.cumsum(mask.astype(jnp.uint32))
+        r = jax.random.bits(key, (), jnp.uint32) % jnp.maximum(count[-1], 1)
+        return jnp.argmax(count > r).astype(jnp.int32)
+    tries = (jax.random.bits(key, (REJECT_TRIES,), jnp.uint32) % a).astype(jnp.int32)
+    ok = mask[tries]
+    return jnp.where(ok.any(), tries[jnp.argmax(ok)], jnp.argmax(mask)).astype(jnp.int32)
+
+
+def harness(init: Callable, step: Callable, mask: Callable, reward: Callable,
+            steps: int, **jit_options) -> Callable:
+    """jit(vmap(episode)): keys[B] -> summed reward[B] over `steps` steps."""
+
+    def episode(key):
+        k_init, k_run = jax.random.split(key)
+
+        def body(state, k):
+            k_act, k_step = jax.random.split(k)
+            state = step(state, random_legal(k_act, mask(state)), k_step)
+            return state, reward(state)
+
+        _, r_t = jax.lax.scan(body, init(k_init), jax.random.split(k_run, steps))
+        return r_t.sum()
+
+    return jax.jit(jax.vmap(episode), **jit_options)
+
+
+def ours(name: str, options: dict, steps: int, **jit_options) -> Callable:
+    env = AutoReset(envs.make(name, **options))
+    return harness(env.init, env.step, lambda s: s.legal_action_mask, lambda s: s.reward, steps,
+                   **jit_options)
+
+
+def null(steps: int, num_actions: int = 9, **jit_options) -> Callable:
+    """The harness alone: the state is the last action, the reward a copy of it
+    (so XLA cannot drop the action sampling)."""
+    return harness(lambda k: jnp.int32(0), lambda s, a, k: a,
+                   lambda s: jnp.ones((num_actions,), bool),
+                   lambda s: s.astype(jnp.float32), steps, **jit_options)
+
+
+def pgx_tictactoe(steps: int, **jit_options) -> Callable:
+    import pgx
+    from pgx.experimental import auto_reset
+
+    env = pgx.make("tic_tac_toe")
+    return harness(env.init, auto_reset(env.step, env.init), lambda s: s.legal_action_mask,
+                   lambda s: s.rewards[0], steps, **jit_options)
+
+
+def gymnax_bandit(steps: int, **jit_options) -> Callable:
+    import gymnax
+
+    env, params = gymnax.make("BernoulliBandit-misc")
+
+    def init(k):
+        return env.reset(k, params)[1], jnp.float32(0)
+
+    def step(s, a, k):
+        state, r = env.step(k, s[0], a, params)[1:3]  # auto-resets when done
+        return state, r.astype(jnp.float32)
+
+    return harness(init, step, lambda s: jnp.ones((env.num_actions,), bool),
+                   lambda s: s[1], steps, **jit_options)
+
+
+def time_calls(fns: list[Callable], args: tuple, reps: int) -> list[tuple[float, float]]:
+    """(compile seconds, best seconds of `reps` calls) of each jitted fn. The
+    timed calls go round-robin, so a load spike on a shared machine hits
+    every fn alike rather than one row."""
+    compiled, compile_s = [], []
+    for fn in fns:
+        t0 = time.perf_counter()
+        compiled.append(fn.lower(*args).compile())
+        compile_s.append(time.perf_counter() - t0)
+        jax.block_until_ready(compiled[-1](*args))
+    best = [float("inf")] * len(fns)
+    for _ in range(reps):
+        for i, fn in enumerate(compiled):
+            t0 = time.perf_counter()
+            jax.block_until_ready(fn(*args))
+            best[i] = min(best[i], time.perf_counter() - t0)
+    return list(zip(compile_s, best))
+
+
+def step_rows(batches: list[int], steps: int, reps: int, env_names: list[str],
+              echo: Callable = print, every_batch: bool = False, **jit_options) -> list[dict]:
+    """Steps/s rows. The baselines and their peers run at every batch size,
+    the other envs at the largest only (unless `every_batch`)."""
+    peers: list[tuple[str, Callable, str | None]] = [
+        ("null", lambda: null(steps, **jit_options), None),
+        ("pgx tic_tac_toe", lambda: pgx_tictactoe(steps, **jit_options), None),
+        ("gymnax BernoulliBandit", lambda: gymnax_bandit(steps, **jit_options), None),
+    ]
+    peers += [(row, lambda n=n, o=o: ours(n, o, steps, **jit_options), base)
+              for row, n, o, base in OURS if n in env_names]
+    rest = [(n, lambda n=n: ours(n, {}, steps, **jit_options), None)
+            for n in env_names if n != "tictactoe"]
+    rows = []
+    for batch in batches:
+        sides = peers + (rest if every_batch or batch == max(batches) else [])
+        keys = jax.random.split(jax.random.key(0), batch)
+        times = time_calls([build() for _, build, _ in sides], (keys,), reps)
+        rate = {row: batch * steps / t for (row, _, _), (_, t) in zip(sides, times)}
+        for (row, _, base), (compile_s, _) in zip(sides, times):
+            out = {"env": row, "batch": batch, "steps_per_s": rate[row], "compile_s": compile_s,
+                   "baseline": base, "ratio": rate[row] / rate[base] if base else None,
+                   "of_null": rate[row] / rate["null"]}
+            rows.append(out)
+            echo(_fmt_step(out))
+    return rows
+
+
+def played_states(env, key: jax.Array, batch: int) -> envs.State:
+    """`batch` states after max_steps // 2 random legal steps (or done)."""
+
+    def episode(key):
+        k_init, k_run = jax.random.split(key)
+
+        def body(state, k):
+            k_act, k_step = jax.random.split(k)
+            return env.step(state, random_legal(k_act, state.legal_action_mask), k_step), None
+
+        n = max(env.max_steps // 2, 1)
+        return jax.lax.scan(body, env.init(k_init), jax.random.split(k_run, n))[0]
+
+    return setup_jit(jax.vmap(episode))(jax.random.split(key, batch))
+
+
+def text_rows(batch: int, reps: int, env_names: list[str], echo: Callable = print,
+              response_len: int = 64, **jit_options) -> list[dict]:
+    """Render and parse rates; L is the longest prompt seen, rounded up to 64."""
+    from jaxrl_lm.models.tokenizer import char_tokenizer
+
+    tok = char_tokenizer()
+    rows = []
+    for name in env_names:
+        env = envs.make(name)
+        k_init, k_act = jax.random.split(jax.random.key(1))
+        states = played_states(env, k_init, batch)
+        longest = int(setup_jit(jax.vmap(TextInterface(env, tok).render))(states)[1].max())
+        ti = TextInterface(env, tok, max_prompt_len=-(-longest // 64) * 64)
+        acts = jax.random.randint(k_act, (batch,), 0, env.num_actions)
+        width = ti.answer_ids.shape[1]
+        ids = jnp.zeros((batch, response_len), jnp.int32).at[:, :width].set(ti.answer_ids[acts])
+        render = jax.jit(jax.vmap(ti.render), **jit_options)
+        parse = jax.jit(jax.vmap(ti.parse), **jit_options)
+        (c_r, t_r), = time_calls([render], (states,), reps)
+        (c_p, t_p), = time_calls([parse], (ids, ti.answer_len[acts]), reps)
+        tokens = float(render(states)[1].sum())
+        out = {"env": name, "batch": batch, "prompt_len": ti.max_prompt_len,
+               "renders_per_s": batch / t_r, "render_tokens_per_s": tokens / t_r,
+               "parses_per_s": batch / t_p, "response_len": response_len,
+               "compile_s": c_r + c_p}
+        rows.append(out)
+        echo(_fmt_text(out))
+    return rows
+
+
+def _fmt_step(r: dict) -> str:
+    ratio = f"{r['ratio']:6.2f}x {r['baseline']}" if r["ratio"] else ""
+    return (f"{r['env']:24s} {r['batch']:6d} {r['steps_per_s'] / 1e6:10.3f} "
+            f"{r['compile_s']:8.2f} {r['of_null']:7.3f}  {ratio}")
+
+
+def _fmt_text(r: dict) -> str:
+    return (f"{r['env']:24s} {r['batch']:6d} {r['prompt_len']:6d} {r['renders_per_s'] / 1e3:10.1f} "
+            f"{r['render_tokens_per_s'] / 1e6:10.2f} {r['parses_per_s'] / 1e3:10.1f} "
+            f"{r['compile_s']:8.2f}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="jaxrl-lm bench envs", description=__doc__.split("\n")[0])
+    p.add_argument("--batch", default="1,1024,4096", help="comma-separated batch sizes")
+    p.add_argument("--steps", type=int, default=100, help="scan length per call")
+    p.add_argument("--reps", type=int, default=3, help="timed calls per row (best is kept)")
+    p.add_argument("--text-batch", type=int, default=1024, help="states per render/parse call")
+    p.add_argument("--every-batch", action="store_true",
+                   help="run every env at every batch size (default: the largest only)")
+    p.add_argument("--envs", default=",".join(envs.registered()), help="comma-separated envs")
+    p.add_argument("--quick", action="store_true", help="tiny sizes (a smoke test, not a timing)")
+    p.add_argument("--json", action="store_true", help="print one JSON object, no table")
+    args = p.parse_args(argv)
+    batches = [int(b) for b in args.batch.split(",")]
+    names = [n for n in args.envs.split(",") if n]
+    unknown = sorted(set(names) - set(envs.registered()))
+    if unknown or min(batches) < 1:
+        raise ValueError(f"--envs {unknown} unknown (allowed: {envs.registered()})"
+                         if unknown else f"--batch {args.batch}: sizes must be >= 1")
+    jit_options = {}
+    if args.quick:  # the cheapest XLA backend level compiles ~3x faster
+        batches, args.steps, args.reps, args.text_batch = [2], 3, 1, 2
+        jit_options = {"compiler_options": {"xla_backend_optimization_level": 0}}
+    echo = (lambda line: None) if args.json else (lambda line: print(line, flush=True))
+    echo(f"{'env':24s} {'batch':>6s} {'Msteps/s':>10s} {'compile':>8s} {'of null':>7s}  ratio")
+    steps = step_rows(batches, args.steps, args.reps, names, echo, args.every_batch,
+                      **jit_options)
+    echo(f"\n{'text (char tokenizer)':24s} {'batch':>6s} {'L':>6s} {'krender/s':>10s} "
+         f"{'Mtok/s':>10s} {'kparse/s':>10s} {'compile':>8s}")
+    text = text_rows(args.text_batch, args.reps, names, echo, **jit_options)
+    if args.json:
+        print(json.dumps({"device": str(jax.devices()[0]), "steps": args.steps,
+                          "step_rows": steps, "text_rows": text}, indent=1))
+    return 0
