@@ -6,7 +6,8 @@
 Returns plain floats: `return` (env return, no invalid-action penalty),
 `shaped_return` (with it), `win` / `draw` / `loss` (fractions of episodes whose
 env return is > 0, == 0, < 0: for the two-player games, won / drawn / lost),
-`invalid_rate` (turns whose answer did not parse), `turns` per episode, and
+`invalid_rate` (turns whose answer did not parse), `illegal_rate` (turns
+whose parsed move was not legal there), `turns` per episode, and
 `completion_len` (tokens per turn).
 """
 
@@ -40,7 +41,7 @@ def evaluate(model: nnx.Module, tokenizer: Any, env_name: str, options: dict | N
     s = {k: float(v) for k, v in jax.device_get(episode_stats(traj)).items()}
     return {"return": s["env_return"], "shaped_return": s["reward"], "win": s["win_rate"],
             "draw": s["draw_rate"], "loss": s["loss_rate"], "invalid_rate": s["invalid_rate"],
-            "turns": s["turns"], "completion_len": s["completion_len"], "episodes": episodes}
+            "illegal_rate": s["illegal_rate"], "turns": s["turns"], "completion_len": s["completion_len"], "episodes": episodes}
 
 
 def evaluate_config(model: nnx.Module, tokenizer: Any, cfg) -> dict[str, dict[str, float]]:
@@ -60,7 +61,7 @@ def evaluate_config(model: nnx.Module, tokenizer: Any, cfg) -> dict[str, dict[st
 
 def format_table(before: dict, after: dict) -> str:
     """A plain-text before/after table, one row per (target, stage)."""
-    cols = ("return", "win", "draw", "loss", "invalid_rate", "turns")
+    cols = ("return", "win", "draw", "loss", "invalid_rate", "illegal_rate", "turns")
     lines = [f"{'target':<14}{'stage':<8}" + "".join(f"{c:>13}" for c in cols)]
     for label in after:
         for stage, res in (("before", before.get(label)), ("after", after[label])):

@@ -55,6 +55,11 @@ def episode_stats(traj: Trajectory) -> dict[str, jax.Array]:
     act = traj.active.astype(jnp.float32)
     turns = act.sum()
     env_ret = (traj.env_reward * act).sum(0)
+    legal = traj.states.legal_action_mask
+    in_range = (traj.action >= 0) & (traj.action < legal.shape[-1])
+    picked = jnp.take_along_axis(legal, jnp.clip(traj.action, 0, legal.shape[-1] - 1)[..., None],
+                                 -1)[..., 0]
+    illegal = traj.valid & ~(in_range & picked)
     return {
         "reward": episode_returns(traj).mean(),
         "env_return": env_ret.mean(),
@@ -62,6 +67,7 @@ def episode_stats(traj: Trajectory) -> dict[str, jax.Array]:
         "draw_rate": (env_ret == 0).mean(),
         "loss_rate": (env_ret < 0).mean(),
         "invalid_rate": ((~traj.valid) * act).sum() / jnp.maximum(turns, 1.0),
+        "illegal_rate": (illegal * act).sum() / jnp.maximum(turns, 1.0),
         "turns": act.sum(0).mean(),
         "completion_len": (traj.completion_len * act).sum() / jnp.maximum(turns, 1.0),
     }
