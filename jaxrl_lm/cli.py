@@ -10,6 +10,8 @@ BENCHES = {
     "envs": "jaxrl_lm.bench.envs",
     "sampler": "jaxrl_lm.bench.sampler",
     "logprobs-memory": "jaxrl_lm.bench.logprobs_memory",
+    "rollout": "jaxrl_lm.bench.rollout",
+    "grpo-step": "jaxrl_lm.bench.grpo_step",
 }
 
 

@@ -1,0 +1,265 @@
+"""`jaxrl-lm bench grpo-step`: seconds per GRPO iteration, ours vs TRL's GRPOTrainer.
+
+One iteration = sample G completions for each of the batch's prompts, score
+them, group-normalised advantages, a forward/backward of the clipped policy
+loss over prompt + completion, and an AdamW update (grad-norm clip 1.0, linear
+LR decay), generation included. Both sides start from the same random-weight
+tiny Qwen2 (built with transformers, written with `save_pretrained`, read back
+with `load_hf`), the character tokenizer of the default policy, the same
+prompts, G, max completion length, temperature 1, eos stop, fp32, no KL
+(beta=0), one update per batch, DAPO token-mean loss (TRL's default), and the
+reward: the number of "a"s in the completion / max length.
+
+Ours is one jitted function composed from the library (`sampling.sample`,
+`sampling.token_logprobs`, `advantages.grpo_advantages`,
+`losses.ppo_policy_loss`, optax). TRL runs `trainer.train()` on torch CPU; a
+callback times each optimizer step. The first step of each side is a warm-up
+(ours: compile, reported apart). torch's OpenMP threads spin-wait by default,
+which on a shared CPU makes each tiny op 20-50x slower; OMP_WAIT_POLICY is set
+to PASSIVE before torch loads (unless already set) so TRL is not penalised.
+
+    jaxrl-lm bench grpo-step            # 8 prompts x G=8, 32 new tokens, 3 timed steps
+    jaxrl-lm bench grpo-step --quick --json
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import sys
+import tempfile
+import time
+import warnings
+
+import numpy as np
+
+TARGET_RATIO = 3.0
+SIZES = ("prompts", "group", "new", "steps", "layers", "hidden", "heads", "kv_heads",
+         "intermediate")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="jaxrl-lm bench grpo-step", description=__doc__.split("\n")[0])
+    add = p.add_argument
+    add("--prompts", type=int, default=8, help="distinct prompts per batch")
+    add("--group", type=int, default=8, help="G, completions per prompt")
+    add("--new", type=int, default=32, help="max completion tokens")
+    add("--steps", type=int, default=3, help="timed iterations per side, after one warm-up")
+    add("--layers", type=int, default=4)
+    add("--hidden", type=int, default=128)
+    add("--heads", type=int, default=4)
+    add("--kv-heads", type=int, default=2)
+    add("--intermediate", type=int, default=512)
+    add("--lr", type=float, default=1e-5)
+    add("--torch-threads", type=int, default=None, help="default: torch's own (all CPUs)")
+    add("--no-trl", action="store_true", help="time ours only")
+    add("--quick", action="store_true", help="tiny sizes (smoke test): 2x4, 8 tokens, 2 layers")
+    add("--seed", type=int, default=0)
+    add("--json", action="store_true", help="print one JSON object instead of a table")
+    return p
+
+
+def _check(args) -> None:
+    if args.quick:
+        args.prompts, args.group, args.new, args.steps = 2, 4, 8, 1
+        args.layers, args.hidden, args.intermediate = 2, 64, 128
+    for name in SIZES:
+        if getattr(args, name) < 1:
+            raise ValueError(f"--{name.replace('_', '-')}={getattr(args, name)}: must be >= 1")
+    if args.group < 2:
+        raise ValueError(f"--group={args.group}: GRPO needs >= 2 completions per prompt")
+    if args.heads % args.kv_heads or args.hidden % args.heads:
+        raise ValueError(f"--kv-heads={args.kv_heads} must divide --heads={args.heads}, "
+                         f"which must divide --hidden={args.hidden}")
+
+
+def prompts_of(n: int) -> list[str]:
+    # Equal lengths, so neither side pads prompts.
+    return [f"Write the letter a many times. Task {i:04d}:" for i in range(n)]
+
+
+def _write_hf_folder(args, tokenizer, path: str):
+    import torch
+    import transformers
+
+    torch.manual_seed(args.seed)
+    config = transformers.Qwen2Config(
+        vocab_size=len(tokenizer), hidden_size=args.hidden, intermediate_size=args.intermediate,
+        num_hidden_layers=args.layers, num_attention_heads=args.heads,
+        num_key_value_heads=args.kv_heads, max_position_embeddings=256, tie_word_embeddings=True,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id)
+    model = transformers.Qwen2ForCausalLM(config).to(torch.float32)
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return model
+
+
+def make_ours(model, tokenizer, args):
+    """(init_state, step): step(params, opt_state, key) -> (params, opt_state, metrics), jitted."""
+    import jax
+    import jax.numpy as jnp
+    import optax
+    from flax import nnx
+
+    from jaxrl_lm import sampling
+    from jaxrl_lm.advantages import grpo_advantages
+    from jaxrl_lm.losses import ppo_policy_loss
+
+    graphdef, params = nnx.split(model)
+    prompt = np.asarray(tokenizer(text=prompts_of(args.prompts))["input_ids"], np.int32)
+    prompt = jnp.asarray(np.repeat(prompt, args.group, axis=0))  # groups contiguous
+    b, p = prompt.shape
+    plen = jnp.full((b,), p, jnp.int32)
+    a_id = tokenizer.convert_tokens_to_ids("a")
+    n, g = args.new, args.group
+    schedule = optax.linear_schedule(args.lr, 0.0, args.steps + 1)  # TRL: linear decay to 0
+    tx = optax.chain(optax.clip_by_global_norm(1.0),
+                     optax.adamw(schedule, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.0))
+
+    def step(params, opt_state, key):
+        out = sampling.sample((graphdef, params), prompt, plen, key, max_new_tokens=n,
+                              stop_tokens=(tokenizer.eos_token_id,),
+                              pad_id=tokenizer.pad_token_id)
+        mask = jnp.arange(n)[None, :] < out.lengths[:, None]  # eos included, as TRL
+        reward = ((out.tokens == a_id) & mask).sum(-1) / n
+        adv = grpo_advantages(reward, g, eps=1e-4)
+        tokens = jnp.concatenate([prompt, out.tokens], axis=1)
+
+        def loss_fn(params):
+            lp = sampling.token_logprobs(nnx.merge(graphdef, params), tokens,
+                                         jnp.ones_like(tokens, jnp.float32))[:, p:]
+            return ppo_policy_loss(lp, out.logp, adv, mask, clip_low=0.2, agg="token-mean")
+
+        (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        params = optax.apply_updates(params, updates)
+        return params, opt_state, dict(metrics, loss=loss, reward=reward.mean(),
+                                       length=out.lengths.mean())
+
+    return params, tx.init(params), jax.jit(step, donate_argnums=(0, 1))
+
+
+def bench_ours(model, tokenizer, args) -> dict:
+    import jax
+
+    params, opt_state, step = make_ours(model, tokenizer, args)
+    keys = jax.random.split(jax.random.key(args.seed), args.steps + 1)
+    times = []
+    for key in keys:
+        t0 = time.perf_counter()
+        params, opt_state, metrics = step(params, opt_state, key)
+        jax.block_until_ready(metrics)
+        times.append(time.perf_counter() - t0)
+    steady = float(np.median(times[1:]))
+    return dict(seconds=steady, times=times[1:], first_call_s=times[0],
+                compile_s=max(times[0] - steady, 0.0),
+                final={k: float(v) for k, v in metrics.items()})
+
+
+def bench_trl(model, tokenizer, args, out_dir: str) -> dict:
+    import datasets
+    import transformers
+    from trl import GRPOConfig, GRPOTrainer
+
+    times: list[float] = []
+
+    class Timer(transformers.TrainerCallback):
+        def on_step_begin(self, *a, **k):
+            self.t0 = time.perf_counter()
+
+        def on_step_end(self, *a, **k):
+            times.append(time.perf_counter() - self.t0)
+
+    n = args.new
+
+    def reward_a(completions, **kwargs):
+        return [c.count("a") / n for c in completions]
+
+    config = GRPOConfig(
+        output_dir=out_dir, use_cpu=True, report_to="none", max_steps=args.steps + 1,
+        per_device_train_batch_size=args.prompts * args.group, num_generations=args.group,
+        max_completion_length=n, beta=0.0, loss_type="dapo", learning_rate=args.lr,
+        lr_scheduler_type="linear", max_grad_norm=1.0, bf16=False, gradient_checkpointing=False,
+        temperature=1.0, top_p=1.0, top_k=0, logging_steps=10**6, save_strategy="no",
+        shuffle_dataset=False, seed=args.seed, disable_tqdm=True, dataloader_num_workers=0)
+    data = datasets.Dataset.from_dict({"prompt": prompts_of(args.prompts) * (args.steps + 1)})
+    trainer = GRPOTrainer(model=model, reward_funcs=reward_a, args=config, train_dataset=data,
+                          processing_class=tokenizer, callbacks=[Timer()])
+    trainer.train()
+    steady = float(np.median(times[1:]))
+    return dict(seconds=steady, times=times[1:], first_call_s=times[0])
+
+
+def run(args) -> dict:
+    _check(args)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # read when torch loads OpenMP
+    import jax
+    import torch
+    import transformers
+
+    from jaxrl_lm.models.default import default_policy
+    from jaxrl_lm.models.hf import load_hf
+
+    if args.torch_threads:
+        torch.set_num_threads(args.torch_threads)
+    _, tokenizer = default_policy(0)
+    result = dict(config=dict(prompts=args.prompts, group=args.group,
+                              batch=args.prompts * args.group, max_new_tokens=args.new,
+                              prompt_tokens=len(prompts_of(1)[0]), layers=args.layers,
+                              hidden=args.hidden, heads=args.heads, kv_heads=args.kv_heads,
+                              intermediate=args.intermediate, vocab=len(tokenizer),
+                              dtype="float32", steps=args.steps))
+    with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch_model = _write_hf_folder(args, tokenizer, tmp)
+        ours_model, _ = load_hf(tmp)
+        result["jaxrl_lm"] = bench_ours(ours_model, tokenizer, args)
+        if not args.no_trl:
+            result["trl"] = bench_trl(torch_model, tokenizer, args, os.path.join(tmp, "trl"))
+            result["ratio"] = result["trl"]["seconds"] / result["jaxrl_lm"]["seconds"]
+    import trl
+
+    result.update(target_ratio=TARGET_RATIO, torch_threads=torch.get_num_threads(),
+                  cpus=len(os.sched_getaffinity(0)), backend=jax.default_backend(),
+                  omp_wait_policy=os.environ.get("OMP_WAIT_POLICY"),
+                  versions=dict(jax=jax.__version__, torch=torch.__version__,
+                                transformers=transformers.__version__, trl=trl.__version__))
+    return result
+
+
+def _table(r: dict) -> str:
+    c = r["config"]
+    rows = [("jaxrl_lm (one jitted step)", r["jaxrl_lm"])]
+    if "trl" in r:
+        rows.append(("TRL GRPOTrainer (torch)", r["trl"]))
+    lines = [f"grpo-step bench: Qwen2 {c['layers']}L d={c['hidden']} heads={c['heads']}/"
+             f"{c['kv_heads']} V={c['vocab']} F={c['intermediate']}, float32; {c['prompts']} "
+             f"prompts x G={c['group']}, prompt {c['prompt_tokens']} + {c['max_new_tokens']} "
+             f"new tokens; median of {c['steps']} steps after a warm-up",
+             f"{'':28}{'s/step':>9}{'steps (s)':>28}"]
+    for name, v in rows:
+        lines.append(f"{name:28}{v['seconds']:>9.3f}"
+                     f"{' '.join(f'{t:.2f}' for t in v['times']):>28}")
+    tail = f"our compile {r['jaxrl_lm']['compile_s']:.1f} s"
+    if "ratio" in r:
+        tail = f"ratio {r['ratio']:.2f}x (target >= {r['target_ratio']:.0f}x); " + tail
+    lines.append(f"{tail}; torch threads {r['torch_threads']} of {r['cpus']} CPUs "
+                 f"(OMP_WAIT_POLICY={r['omp_wait_policy']}); jax backend {r['backend']}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(sys.argv[1:] if argv is None else argv)
+    with contextlib.redirect_stdout(sys.stderr):  # TRL's and transformers' own prints
+        result = run(args)
+    print(json.dumps(result, indent=2) if args.json else _table(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

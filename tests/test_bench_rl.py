@@ -1,0 +1,47 @@
+"""Smoke tests of `jaxrl-lm bench rollout` and `jaxrl-lm bench grpo-step` at tiny sizes.
+
+Not timed: they check the benches run end to end through the CLI, print one
+JSON object, and that both sides played / trained what they claim.
+"""
+
+import json
+import math
+
+from jaxrl_lm import cli
+
+
+def _run(capsys, argv):
+    assert cli.main(argv) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def test_rollout_bench_quick(capsys):
+    r = _run(capsys, ["bench", "rollout", "--quick", "--json"])
+    (row,) = r["rows"]
+    b, turns = row["batch"], r["config"]["max_turns"]
+    assert b == 4
+    for side in ("jitted", "host_loop"):
+        s = row[side]
+        # Every episode plays at least 3 moves before a win is possible, at most max_turns.
+        assert 3 * b <= s["turns"] <= turns * b, (side, s["turns"])
+        assert 0.0 <= s["valid_rate"] <= 1.0
+        # Per turn: env reward in [-1, 1] plus at most one invalid-answer penalty.
+        assert -6.0 * turns <= s["mean_return"] <= 1.0
+        assert s["seconds"] > 0 and math.isclose(s["episodes_per_s"], b / s["seconds"])
+    host = row["host_loop"]
+    assert 0 < host["sample_s"] <= host["seconds"]
+    assert math.isclose(row["ratio"], host["seconds"] / row["jitted"]["seconds"])
+
+
+def test_grpo_step_bench_quick(capsys):
+    r = _run(capsys, ["bench", "grpo-step", "--quick", "--json"])
+    c = r["config"]
+    assert (c["prompts"], c["group"], c["batch"], c["max_new_tokens"]) == (2, 4, 8, 8)
+    ours = r["jaxrl_lm"]
+    assert all(math.isfinite(v) for v in ours["final"].values()), ours["final"]
+    assert 0.0 <= ours["final"]["reward"] <= 1.0
+    assert 1.0 <= ours["final"]["length"] <= c["max_new_tokens"]
+    # One update on freshly sampled data: the ratio is 1 up to float noise.
+    assert abs(ours["final"]["ratio_mean"] - 1.0) < 1e-3
+    assert len(r["trl"]["times"]) == c["steps"] and r["trl"]["seconds"] > 0
+    assert math.isclose(r["ratio"], r["trl"]["seconds"] / ours["seconds"])
