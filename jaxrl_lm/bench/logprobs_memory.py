@@ -19,9 +19,13 @@ matmuls), far too slow on a 2-core CPU, so the program that is actually
 executed has the same batch and chunk but `--run-seq` positions (at least two
 chunks, so the chunk loop really streams); it runs in a subprocess that
 reports its peak RSS growth over the call (Linux VmHWM reset just before).
-That growth includes the gradient outputs and whatever the allocator and
-XLA's CPU runtime hold beyond the buffer assignment; it varies by a few
-hundred MiB from run to run on a busy machine.
+That growth includes the gradient outputs. Beyond them it is either about
+two [chunk, V] float32 buffers or that plus a dW-sized copy (0.51 GiB), run to
+run: at worst one [chunk, V] buffer more than XLA's buffer assignment counts.
+Hence the default chunk of 256 rows, where the compiled full-size program and
+the executed one (plus the growth of the temp from --run-seq to --seq) both
+stay under 1 GiB; at token_logprobs' own default of 512 the buffer assignment
+says 0.91 GiB and the worst executed run ~0.3 GiB more.
 
     jaxrl-lm bench logprobs-memory            # ~1-2 min on 2 cores
     jaxrl-lm bench logprobs-memory --json
@@ -35,6 +39,14 @@ import os
 import subprocess
 import sys
 import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from jaxrl_lm.models import Decoder, ModelConfig
+from jaxrl_lm.sampling import token_logprobs, token_logprobs_from_hidden
 
 GIB = 2 ** 30
 LIMIT_GIB = 1.0
@@ -51,7 +63,8 @@ def _parser() -> argparse.ArgumentParser:
     add("--heads", type=int, default=14, help="decoder variant: query heads")
     add("--kv-heads", type=int, default=2, help="decoder variant: key/value heads")
     add("--intermediate", type=int, default=4864, help="decoder variant: MLP width")
-    add("--chunk", type=int, default=512, help="rows per chunk (token_logprobs' default)")
+    add("--chunk", type=int, default=256,
+        help="rows per chunk (token_logprobs' own default is 512; see the chunk table)")
     add("--chunk-table", default="128,256,512,1024,2048",
         help="comma-separated chunk sizes for the temp-memory table ('' for none)")
     add("--run-seq", type=int, default=129,
@@ -76,11 +89,6 @@ def _check(args) -> None:
 
 
 def _head_losses(chunk: int):
-    import jax
-    import jax.numpy as jnp
-
-    from jaxrl_lm.sampling import token_logprobs_from_hidden
-
     def chunked(h, w, tok, mask):
         return token_logprobs_from_hidden(h, w, tok, mask, chunk_size=chunk).sum()
 
@@ -93,8 +101,6 @@ def _head_losses(chunk: int):
 
 
 def _memory(fn, *shapes) -> dict:
-    import jax
-
     start = time.perf_counter()
     m = jax.jit(fn).lower(*shapes).compile().memory_analysis()
     return dict(temp_gib=m.temp_size_in_bytes / GIB, argument_gib=m.argument_size_in_bytes / GIB,
@@ -102,17 +108,12 @@ def _memory(fn, *shapes) -> dict:
 
 
 def _head_shapes(b: int, t: int, v: int, d: int):
-    import jax
-    import jax.numpy as jnp
-
     s = jax.ShapeDtypeStruct
     return (s((b, t, d), jnp.float32), s((d, v), jnp.float32), s((b, t), jnp.int32),
             s((b, t), jnp.float32))
 
 
 def head_memory(args) -> dict:
-    import jax
-
     shapes = _head_shapes(args.batch, args.seq, args.vocab, args.hidden)
     grad = lambda f: jax.value_and_grad(f, argnums=(0, 1))  # noqa: E731
     chunked, naive = _head_losses(args.chunk)
@@ -127,13 +128,6 @@ def head_memory(args) -> dict:
 def decoder_memory(args) -> dict:
     """value_and_grad w.r.t. all parameters of a 1-layer Qwen2-shaped Decoder (tied
     embeddings, q/k/v bias): no head (the activations), chunked head, naive head."""
-    import jax
-    import jax.numpy as jnp
-    from flax import nnx
-
-    from jaxrl_lm.models import Decoder, ModelConfig
-    from jaxrl_lm.sampling import token_logprobs
-
     cfg = ModelConfig(vocab_size=args.vocab, hidden_size=args.hidden, num_layers=1,
                       intermediate_size=args.intermediate, num_heads=args.heads,
                       num_kv_heads=args.kv_heads, attention_bias=True, rope_theta=1e6)
@@ -169,15 +163,12 @@ def _status_kib(field: str) -> int:
 
 def _worker(args) -> dict:
     """Execute the chunked value_and_grad at T = run_seq; runs in a fresh process."""
-    import jax
-    import numpy as np
-
     b, t, v, d = args.batch, args.run_seq, args.vocab, args.hidden
     keys = jax.random.split(jax.random.key(0), 3)
     h = jax.random.normal(keys[0], (b, t, d))
     w = 0.02 * jax.random.normal(keys[1], (d, v))
     tok = jax.random.randint(keys[2], (b, t), 0, v)
-    mask = jax.numpy.ones((b, t))
+    mask = jnp.ones((b, t))
     chunked = _head_losses(args.chunk)[0]
     start = time.perf_counter()
     compiled = jax.jit(jax.value_and_grad(chunked, argnums=(0, 1))).lower(h, w, tok, mask).compile()
@@ -195,7 +186,7 @@ def _worker(args) -> dict:
     loss, (dh, dw) = jax.block_until_ready(compiled(h, w, tok, mask))
     seconds = time.perf_counter() - start
     peak = _status_kib("VmHWM")
-    assert np.isfinite(float(loss)) and bool(jax.numpy.isfinite(dw).all())
+    assert np.isfinite(float(loss)) and bool(jnp.isfinite(dw).all())
     rows = b * (t - 1)
     return dict(batch=b, seq=t, rows=rows, chunks=-(-rows // args.chunk), seconds=seconds,
                 compile_s=compile_s, rss_growth_gib=(peak - before) * 1024 / GIB,
@@ -219,8 +210,6 @@ def measured_run(args) -> dict:
 
 
 def run(args) -> dict:
-    import jax
-
     b, t, v = args.batch, args.seq, args.vocab
     head = head_memory(args)
     result = dict(config=dict(batch=b, seq=t, vocab=v, hidden=args.hidden, chunk=args.chunk,
@@ -261,8 +250,9 @@ def _table(r: dict) -> str:
         d = r["decoder"]
         lines += [
             "1-layer Qwen2-shaped Decoder, value_and_grad w.r.t. all parameters:",
-            f"  no head (activations) {d['body']['temp_gib']:.2f} GiB; chunked head adds "
-            f"{d['chunked_head_over_body_gib']:.2f} GiB; naive head adds "
+            f"  no head {d['body']['temp_gib']:.2f} GiB (the activations, mostly the "
+            f"[B, H, T, T] float32 attention scores); chunked head adds "
+            f"{d['chunked_head_over_body_gib']:.2f} GiB, naive head adds "
             f"{d['naive_head_over_body_gib']:.2f} GiB",
         ]
     if "executed" in r:
@@ -272,9 +262,10 @@ def _table(r: dict) -> str:
             f"({e['rows']} rows = {e['chunks']} chunks) in {e['seconds']:.1f} s "
             f"({e['tflops'] * 1e3:.0f} GFLOP/s; full size would take ~"
             f"{e['full_size_estimate_s'] / 60:.0f} min)",
-            f"  peak RSS growth over the call {e['rss_growth_gib']:.2f} GiB (includes "
-            f"{e['output_gib']:.2f} GiB of gradient outputs); XLA temp at this size "
-            f"{e['temp_gib']:.2f} GiB" + ("" if e["hwm_reset"] else " (VmHWM not reset)"),
+            f"  peak RSS growth over the call {e['rss_growth_gib']:.2f} GiB = "
+            f"{e['output_gib']:.2f} GiB gradient outputs + "
+            f"{e['rss_growth_gib'] - e['output_gib']:.2f} GiB beyond them (XLA temp at this "
+            f"size {e['temp_gib']:.2f} GiB)" + ("" if e["hwm_reset"] else "; VmHWM not reset"),
         ]
     else:
         lines.append("executed: nothing (--run-seq 0); all numbers above are compile-time")
