@@ -1,0 +1,1 @@
+"""Small, reusable experiment drivers behind the notebooks (see each module)."""
