@@ -16,8 +16,13 @@ BENCHES = {
 
 
 def _bench(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="jaxrl-lm bench", description="Run a benchmark.")
+    parser = argparse.ArgumentParser(prog="jaxrl-lm bench", add_help=False,
+                                     description="Run a benchmark; `jaxrl-lm bench NAME --help` "
+                                                 "lists its flags.")
     parser.add_argument("name", choices=sorted(BENCHES), help="which benchmark")
+    if not argv or argv[0] in ("-h", "--help"):
+        parser.print_help()
+        return 0
     args, rest = parser.parse_known_args(argv)
     module = importlib.import_module(BENCHES[args.name])
     return module.main(rest) or 0

@@ -184,7 +184,7 @@ sample_jit_cache_size = _sample_jit._cache_size  # compiled programs held (tests
 
 def token_logprobs_from_hidden(h_btd: jax.Array, w_dv: jax.Array, tokens_bt: jax.Array,
                                mask_bt: jax.Array, *, temperature: float = 1.0,
-                               chunk_size: int = 512) -> jax.Array:
+                               chunk_size: int = 256) -> jax.Array:
     """logp[b, t] = log softmax(h[b, t-1] W / T)[tokens[b, t]] * mask[b, t]; logp[:, 0] = 0.
 
     The B*(T-1) predictions are processed `chunk_size` at a time under
@@ -217,7 +217,7 @@ def token_logprobs_from_hidden(h_btd: jax.Array, w_dv: jax.Array, tokens_bt: jax
 
 
 def token_logprobs(model, tokens_bt: jax.Array, mask_bt: jax.Array, *, temperature: float = 1.0,
-                   chunk_size: int = 512, positions_bt: jax.Array | None = None,
+                   chunk_size: int = 256, positions_bt: jax.Array | None = None,
                    remat: bool = False) -> jax.Array:
     """Per-token log-probs [B, T] f32 of `tokens` under softmax(logits / temperature).
 

@@ -7,8 +7,8 @@
 
 from jaxrl_lm.models.config import ModelConfig
 from jaxrl_lm.models.decoder import Decoder
+from jaxrl_lm.models.default import default_policy
+from jaxrl_lm.models.hf import load_hf, save_hf
 from jaxrl_lm.models.layers import KVCache
 
-__all__ = ["ModelConfig", "Decoder", "KVCache"]
-
-# HF interop and the embedded default (hf.py / default.py) are exported below.
+__all__ = ["ModelConfig", "Decoder", "KVCache", "default_policy", "load_hf", "save_hf"]
