@@ -46,7 +46,8 @@ def _parser() -> argparse.ArgumentParser:
     add("--prompts", type=int, default=8, help="distinct prompts per batch")
     add("--group", type=int, default=8, help="G, completions per prompt")
     add("--new", type=int, default=32, help="max completion tokens")
-    add("--steps", type=int, default=3, help="timed iterations per side, after one warm-up")
+    add("--steps", type=int, default=None,
+        help="timed iterations per side, after one warm-up (default 3, --quick 1)")
     add("--layers", type=int, default=4)
     add("--hidden", type=int, default=128)
     add("--heads", type=int, default=4)
@@ -63,8 +64,10 @@ def _parser() -> argparse.ArgumentParser:
 
 def _check(args) -> None:
     if args.quick:
-        args.prompts, args.group, args.new, args.steps = 2, 4, 8, 1
+        args.prompts, args.group, args.new = 2, 4, 8
         args.layers, args.hidden, args.intermediate = 2, 64, 128
+    if args.steps is None:
+        args.steps = 1 if args.quick else 3
     for name in SIZES:
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')}={getattr(args, name)}: must be >= 1")
