@@ -64,7 +64,8 @@ class TicTacToe(Env):
     opponent: str = "random"  # "random" | "minimax" | "mcts" | "noisy"
     noise: float = 0.2  # noisy opponent: rate of uniformly random moves, [0, 1]
     mcts_simulations: int = 100  # mcts opponent: simulations per move, 1..10000
-    prompt: str = "full"  # "full": rules + board + legal moves | "short": ~3x fewer characters
+    prompt: str = "full"  # "full": rules, board, legal-move list | "short": the board with
+    #                      free cells numbered ("1|O|X"), 35 characters instead of ~150
 
     name: ClassVar[str] = "tictactoe"
 
@@ -146,6 +147,10 @@ class TicTacToe(Env):
         return tuple(str(i + 1) for i in range(9))
 
     def text_pieces(self) -> tuple[str, ...]:
+        if self.prompt == "short":
+            # 0 header, 1 "X", 2 "O", 3 "|", 4 "\n", 5-13 free cells "1".."9", 14 footer
+            return (self._header(), "X", "O", "|", "\n", *(str(i + 1) for i in range(9)),
+                    self._footer())
         # 0 header, 1-3 cell symbols by board value, 4 "|", 5 "\n", 6 "Legal:",
         # 7-15 " 1".." 9", 16 answer format
         return (self._header(), *SYMBOLS, "|", "\n", "Legal:",
@@ -153,10 +158,17 @@ class TicTacToe(Env):
 
     @property
     def max_render_pieces(self) -> int:
-        return 1 + 18 + 1 + 9 + 2
+        return 1 + 18 + 1 + (0 if self.prompt == "short" else 9 + 2)
 
     def render_pieces(self, state: TicTacToeState) -> jax.Array:
-        cells_33 = (1 + state.board.astype(jnp.int32)).reshape(3, 3)
+        board = state.board.astype(jnp.int32)
+        if self.prompt == "short":
+            cells = jnp.where(board == 0, 5 + jnp.arange(9, dtype=jnp.int32), board)
+            sep_33 = jnp.broadcast_to(jnp.asarray([3, 3, 4], jnp.int32), (3, 3))
+            rows = jnp.stack([cells.reshape(3, 3), sep_33], axis=-1).reshape(-1)
+            return jnp.concatenate([jnp.asarray([0], jnp.int32), rows,
+                                    jnp.asarray([14], jnp.int32)])
+        cells_33 = (1 + board).reshape(3, 3)
         sep_33 = jnp.broadcast_to(jnp.asarray([4, 4, 5], jnp.int32), (3, 3))
         rows = jnp.stack([cells_33, sep_33], axis=-1).reshape(-1)
         legal = jnp.where(state.legal_action_mask, 7 + jnp.arange(9, dtype=jnp.int32), -1)
@@ -165,6 +177,10 @@ class TicTacToe(Env):
 
     def render_text(self, state: TicTacToeState) -> str:
         board = [int(v) for v in jax.device_get(state.board)]
+        if self.prompt == "short":
+            cell = [str(i + 1) if v == 0 else SYMBOLS[v] for i, v in enumerate(board)]
+            rows = "".join(f"{cell[3 * r]}|{cell[3 * r + 1]}|{cell[3 * r + 2]}\n" for r in range(3))
+            return f"{self._header()}{rows}{self._footer()}"
         mask = [bool(v) for v in jax.device_get(state.legal_action_mask)]
         rows = "".join(
             f"{SYMBOLS[board[3 * r]]}|{SYMBOLS[board[3 * r + 1]]}|{SYMBOLS[board[3 * r + 2]]}\n"

@@ -276,10 +276,31 @@ def test_render_matches_pieces_and_hand_worked_prompt():
     assert env.action_strings() == tuple("123456789")
 
 
+def test_short_prompt_numbers_free_cells():
+    env = envs.make("tictactoe", agent_player="o", opponent="random", prompt="short")
+    _, traj = play(env, RANDOM, 300, seed=1)
+    traj = jax.tree.map(lambda x: x[:, :20], traj)
+    pieces = np.asarray(jit(jax.vmap(jax.vmap(env.render_pieces)))(traj))
+    text_pieces = env.text_pieces()
+    for t in range(5):
+        for g in range(20):
+            s = jax.tree.map(lambda x: x[t, g], traj)
+            board = np.asarray(s.board)
+            text = env.render_text(s)
+            assert "".join(text_pieces[i] for i in pieces[t, g] if i >= 0) == text
+            # the digits shown are exactly the free cells
+            shown = sorted(int(c) - 1 for c in text if c.isdigit())
+            assert shown == [i for i in range(9) if board[i] == 0]
+    s = jax.tree.map(lambda x: x[0, 0], traj)
+    s = s.replace(board=jnp.asarray([1, 0, 2, 0, 1, 0, 0, 0, 0], jnp.int8))
+    assert env.render_text(s) == "You are O.\nX|2|O\n4|X|6\n7|8|9\nMove?\n"
+
+
 @pytest.mark.parametrize("bad, field", [
     (dict(agent_player="X"), "agent_player"), (dict(opponent="alphazero"), "opponent"),
     (dict(noise=1.5), "noise"), (dict(noise=-0.1), "noise"),
     (dict(mcts_simulations=0), "mcts_simulations"), (dict(illegal="skip"), "illegal"),
+    (dict(prompt="tiny"), "prompt"),
     (dict(depth=3), "depth")])
 def test_bad_options_raise(bad, field):
     with pytest.raises(ValueError, match=field):
