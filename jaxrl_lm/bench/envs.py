@@ -1,8 +1,8 @@
 """`jaxrl-lm bench envs [--json]`: steps/s of every env against pgx and gymnax.
 
-One harness for every side: `jit(vmap(episode))` where an episode is a
-`lax.scan` of `--steps` steps from `init`, each step playing a uniformly
-random legal action, with auto-reset (ours: `envs.AutoReset`, pgx:
+One harness for every side: B envs run `--steps` steps in one jitted
+`lax.scan` over vmapped steps, each step playing a uniformly random legal
+action (`random_legal`), with auto-reset (ours: `envs.AutoReset`, pgx:
 `pgx.experimental.auto_reset`, gymnax: its built-in reset). Compile time is
 measured on its own (`lower().compile()`); steps/s is B * steps over the
 best of `--reps` timed calls. Ratios are against the named baseline at the
@@ -42,42 +42,67 @@ OURS = [
 ]
 # Setup (not timed) compiles at XLA's cheapest backend level: ~3x faster.
 setup_jit = functools.partial(jax.jit, compiler_options={"xla_backend_optimization_level": 0})
-REJECT_TRIES = 32  # uniform draws before falling back to the first legal action
+SMALL = 32  # up to this many actions, sample by rank; above, by rejection
+TRIES = 16  # rejection tries per step before the exact (rank) fallback
 
 
-def random_legal(key: jax.Array, mask: jax.Array) -> jax.Array:
-    """A uniformly random legal action of `mask` (bool[A]), from one draw of
-    32 random bits (modulo bias <= A / 2**32, negligible; cheaper than randint).
+def _fmix32(h: jax.Array) -> jax.Array:
+    """MurmurHash3's 32-bit finaliser: a cheap, well-mixed hash of uint32s."""
+    h = h ^ (h >> 16)
+    h = h * jnp.uint32(0x85EBCA6B)
+    h = h ^ (h >> 13)
+    h = h * jnp.uint32(0xC2B2AE35)
+    return h ^ (h >> 16)
 
-    Small A: the r-th legal action for r = bits mod #legal. Large A (a cumsum
-    per step would dominate): the first legal one of REJECT_TRIES uniform
-    draws, uniform unless all of them miss, then the first legal action."""
-    a = mask.shape[0]
-    if a <= 256:
-        count = jnp.cumsum(mask.astype(jnp.uint32))
-        r = jax.random.bits(key, (), jnp.uint32) % jnp.maximum(count[-1], 1)
-        return jnp.argmax(count > r).astype(jnp.int32)
-    tries = (jax.random.bits(key, (REJECT_TRIES,), jnp.uint32) % a).astype(jnp.int32)
-    ok = mask[tries]
-    return jnp.where(ok.any(), tries[jnp.argmax(ok)], jnp.argmax(mask)).astype(jnp.int32)
+
+def _by_rank(bits_b: jax.Array, mask_ba: jax.Array) -> jax.Array:
+    count_ba = jnp.cumsum(mask_ba.astype(jnp.uint32), axis=1)
+    r_b = bits_b % jnp.maximum(count_ba[:, -1], 1)
+    return jnp.argmax(count_ba > r_b[:, None], axis=1).astype(jnp.int32)
+
+
+def random_legal(key: jax.Array, mask_ba: jax.Array) -> jax.Array:
+    """i32[B]: a uniformly random legal action of each row of `mask_ba`.
+
+    One 32-bit draw per row (modulo bias <= A / 2**32). Up to SMALL actions:
+    the r-th legal action, r = bits mod #legal. Above (a prefix sum over
+    thousands of actions per step would cost more than most envs): the first
+    legal one of TRIES indices hashed from the bits, which is uniform over
+    the legal actions; only if some row misses every try does the whole batch
+    take the exact rank path (a real `lax.cond`: the harness is batched by
+    hand, not vmapped, so the fallback costs nothing when unused)."""
+    b, a = mask_ba.shape
+    bits_b = jax.random.bits(key, (b,), jnp.uint32)
+    if a <= SMALL:
+        return _by_rank(bits_b, mask_ba)
+    salt_k = jnp.arange(1, TRIES + 1, dtype=jnp.uint32) * jnp.uint32(0x9E3779B9)
+    tries_bk = (_fmix32(bits_b[:, None] ^ salt_k[None, :]) % a).astype(jnp.int32)
+    ok_bk = jnp.take_along_axis(mask_ba, tries_bk, axis=1)
+    pick_b = jnp.take_along_axis(tries_bk, jnp.argmax(ok_bk, axis=1)[:, None], axis=1)[:, 0]
+    hit_b = ok_bk.any(axis=1)
+    return jax.lax.cond(hit_b.all(), lambda: pick_b,
+                        lambda: jnp.where(hit_b, pick_b, _by_rank(bits_b, mask_ba)))
 
 
 def harness(init: Callable, step: Callable, mask: Callable, reward: Callable,
             steps: int, **jit_options) -> Callable:
-    """jit(vmap(episode)): keys[B] -> summed reward[B] over `steps` steps."""
+    """keys[B] -> summed reward[B]: `steps` steps of B envs in one jitted
+    lax.scan over vmapped steps (what jit(vmap(scan)) compiles to)."""
 
-    def episode(key):
-        k_init, k_run = jax.random.split(key)
+    def run(keys_b):
+        b = keys_b.shape[0]
 
         def body(state, k):
             k_act, k_step = jax.random.split(k)
-            state = step(state, random_legal(k_act, mask(state)), k_step)
-            return state, reward(state)
+            action_b = random_legal(k_act, jax.vmap(mask)(state))
+            state = jax.vmap(step)(state, action_b, jax.random.split(k_step, b))
+            return state, jax.vmap(reward)(state)
 
-        _, r_t = jax.lax.scan(body, init(k_init), jax.random.split(k_run, steps))
-        return r_t.sum()
+        k_run = jax.random.fold_in(keys_b[0], b)
+        _, r_tb = jax.lax.scan(body, jax.vmap(init)(keys_b), jax.random.split(k_run, steps))
+        return r_tb.sum(0)
 
-    return jax.jit(jax.vmap(episode), **jit_options)
+    return jax.jit(run, **jit_options)
 
 
 def ours(name: str, options: dict, steps: int, **jit_options) -> Callable:
@@ -171,20 +196,22 @@ def step_rows(batches: list[int], steps: int, reps: int, env_names: list[str],
 def played_states(env, key: jax.Array, batch: int) -> envs.State:
     """`batch` states after max_steps // 2 random legal steps (or done)."""
 
-    def episode(key):
+    def body(state, k):
+        k_act, k_step = jax.random.split(k)
+        # The barrier stops XLA constant-folding over an init mask (slow for
+        # thousands of actions).
+        mask = jax.lax.optimization_barrier(state.legal_action_mask)
+        action = random_legal(k_act, mask)
+        return jax.vmap(env.step)(state, action, jax.random.split(k_step, batch)), None
+
+    @setup_jit
+    def run(key):
         k_init, k_run = jax.random.split(key)
-
-        def body(state, k):
-            k_act, k_step = jax.random.split(k)
-            # The barrier stops XLA constant-folding over an init mask (slow
-            # for thousands of actions).
-            mask = jax.lax.optimization_barrier(state.legal_action_mask)
-            return env.step(state, random_legal(k_act, mask), k_step), None
-
+        state = jax.vmap(env.init)(jax.random.split(k_init, batch))
         n = max(env.max_steps // 2, 1)
-        return jax.lax.scan(body, env.init(k_init), jax.random.split(k_run, n))[0]
+        return jax.lax.scan(body, state, jax.random.split(k_run, n))[0]
 
-    return setup_jit(jax.vmap(episode))(jax.random.split(key, batch))
+    return run(key)
 
 
 def text_rows(batch: int, reps: int, env_names: list[str], echo: Callable = print,
