@@ -29,6 +29,7 @@ from typing import Any, ClassVar
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import struct
 
 ILLEGAL_RULES = ("end", "random")
@@ -71,6 +72,7 @@ class Env:
 
     def __post_init__(self):
         check_choice(self, "illegal", ILLEGAL_RULES)
+        check_range(self, "illegal_penalty")
 
     # --- to implement -----------------------------------------------------
     @property
@@ -197,7 +199,9 @@ def digit_pieces(n: jax.Array, num_digits: int, zero_piece: int) -> jax.Array:
 def check_choice(obj: Any, field: str, allowed) -> None:
     """Raise a clear ValueError if `obj.field` is not one of `allowed`."""
     value = getattr(obj, field)
-    if value not in allowed:
+    # True == 1 in Python: a bool is only allowed where the choices are bools.
+    is_bool = isinstance(value, (bool, np.bool_))
+    if value not in allowed or is_bool != any(isinstance(a, bool) for a in allowed):
         raise ValueError(
             f"{type(obj).__name__}.{field}={value!r} is not allowed; "
             f"choose one of {sorted(allowed) if not isinstance(allowed, range) else allowed}"
@@ -205,11 +209,18 @@ def check_choice(obj: Any, field: str, allowed) -> None:
 
 
 def check_range(obj: Any, field: str, lo=None, hi=None) -> None:
-    """Raise a clear ValueError if `obj.field` is outside [lo, hi]."""
+    """Raise a clear ValueError if `obj.field` is outside [lo, hi], or is not
+    an int where both bounds are ints (a number otherwise; never a bool)."""
     value = getattr(obj, field)
+    bounds = [b for b in (lo, hi) if b is not None]
+    integral = bool(bounds) and all(isinstance(b, (int, np.integer)) for b in bounds)
+    kinds = (int, np.integer) if integral else (int, float, np.integer, np.floating)
+    span = f"[{'-inf' if lo is None else lo}, {'inf' if hi is None else hi}]"
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, kinds):
+        raise ValueError(f"{type(obj).__name__}.{field}={value!r} must be "
+                         f"{'an int' if integral else 'a number'} in {span}")
     if (lo is not None and value < lo) or (hi is not None and value > hi):
-        bounds = f"[{'-inf' if lo is None else lo}, {'inf' if hi is None else hi}]"
-        raise ValueError(f"{type(obj).__name__}.{field}={value!r} must lie in {bounds}")
+        raise ValueError(f"{type(obj).__name__}.{field}={value!r} must lie in {span}")
 
 
 _REGISTRY: dict[str, type[Env]] = {}

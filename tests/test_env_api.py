@@ -206,6 +206,22 @@ def test_bad_options_raise(name):
     assert "illegal" in fields and "illegal_penalty" in fields
 
 
+@pytest.mark.parametrize("name", NAMES)
+def test_wrong_option_types_raise(name):
+    """Numeric options reject a bool, a string and (int options) a float,
+    naming the field: before this, k=2.5 built a bandit that failed in jit."""
+    env = envs.make(name)
+    numeric = [f.name for f in dataclasses.fields(env)
+               if type(getattr(env, f.name)) in (int, float)]
+    assert "illegal_penalty" in numeric
+    for field in numeric:
+        value = getattr(env, field)
+        bad = [True, str(value)] + ([value + 0.5] if isinstance(value, int) else [])
+        for v in bad:
+            with pytest.raises(ValueError, match=f"{field}="):
+                envs.make(name, **{field: v})
+
+
 def test_unknown_env_raises():
     with pytest.raises(ValueError, match="available"):
         envs.make("no_such_env")
