@@ -100,8 +100,21 @@ def make_rollout(env: Env, text: TextInterface, *, num_groups: int, group_size: 
         group_keys = jax.random.split(key_init, num_groups)
         state = jax.vmap(env.init)(jnp.repeat(group_keys, group_size, axis=0))
 
-        def body(state, key):
+        def run(state, key):
             return turn(graphdef, params, state, key)
+
+        out_shape = jax.eval_shape(run, state, key_turns)
+
+        def skip(state, key):
+            # every episode has ended: no sampling, an all-inactive record
+            rec = jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), out_shape[1])
+            rec = rec._replace(done=jnp.ones_like(rec.done), valid=jnp.ones_like(rec.valid),
+                               completion=jnp.full_like(rec.completion, text.pad_id),
+                               states=state)
+            return state, rec
+
+        def body(state, key):
+            return jax.lax.cond(jnp.all(state.done), skip, run, state, key)
 
         _, traj = jax.lax.scan(body, state, jax.random.split(key_turns, max_turns))
         return traj
