@@ -38,7 +38,7 @@ from jaxrl_lm.sampling import sample, token_logprobs
 @dataclasses.dataclass(frozen=True)
 class Task:
     env: Any  # the arithmetic env
-    text: TextInterface  # render/parse tables, prompts cut to the longest render
+    text: TextInterface  # render/parse tables; max_prompt_len = the kept prompt length
     eos_id: int  # stop token of the completions
     direct_id: int  # first token of a direct answer ("A" of ACTION=)
 
@@ -165,6 +165,9 @@ def rollout(task: Task, graphdef, params, key, *, num_groups: int, group_size: i
 
 def all_problems(task: Task, repeats: int = 1):
     """Every a + b of a 1-digit env (100 states, each `repeats` times), for evals."""
+    if task.env.digits != 1 or task.env.ops != "+":
+        raise ValueError(f"all_problems lists 1-digit addition; env has digits={task.env.digits}, "
+                         f"ops={task.env.ops!r} (need digits=1, ops='+')")
     a, b = np.divmod(np.repeat(np.arange(100), repeats), 10)
     base = jax.vmap(task.env.init)(jax.random.split(jax.random.key(0), a.size))
     return base.replace(a=jnp.asarray(a, jnp.int32), b=jnp.asarray(b, jnp.int32),
