@@ -266,7 +266,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="jaxrl-lm bench envs", description=__doc__.split("\n")[0])
     p.add_argument("--batch", default="1,1024,4096", help="comma-separated batch sizes")
     p.add_argument("--steps", type=int, default=100, help="scan length per call")
-    p.add_argument("--reps", type=int, default=3, help="timed calls per row (best is kept)")
+    p.add_argument("--reps", type=int, default=5, help="timed calls per row (best is kept)")
     p.add_argument("--text-batch", type=int, default=1024, help="states per render/parse call")
     p.add_argument("--every-batch", action="store_true",
                    help="run every env at every batch size (default: the largest only)")
