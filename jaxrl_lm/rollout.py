@@ -83,7 +83,8 @@ def make_rollout(env: Env, text: TextInterface, *, num_groups: int, group_size: 
         key_sample, key_random, key_step = jax.random.split(key, 3)
         prompt, prompt_len = jax.vmap(text.render)(state)
         out = sampling.sample((graphdef, params), prompt, prompt_len, key_sample, **options)
-        parsed, valid = jax.vmap(text.parse)(out.tokens, out.lengths)
+        # the stop token (newline or EOS) is not part of the answer
+        parsed, valid = jax.vmap(text.parse)(out.tokens, out.lengths - out.done.astype(jnp.int32))
         fallback = _random_legal(state.legal_action_mask, key_random)
         action = jnp.where(valid, parsed, fallback)
         step_keys = jax.random.split(key_step, batch)
