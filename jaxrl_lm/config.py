@@ -237,8 +237,8 @@ class EvalSection:
     episodes: int = 64  # episodes per evaluation
     every: int = 0  # steps between evaluations; 0 = only at the end
     greedy: bool = True  # argmax decoding during evaluation
-    variants: dict = dataclasses.field(default_factory=dict)  # label -> env.options overrides
-    #   evaluated besides the training env, e.g. {minimax: {opponent: minimax}}
+    variants: dict = dataclasses.field(default_factory=dict)  # label -> env.options overrides,
+    #   each evaluated (e.g. {minimax: {opponent: minimax}}); none: the training env itself
 
     def __post_init__(self):
         _at_least(self, "episodes", 1)

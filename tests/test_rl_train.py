@@ -27,7 +27,7 @@ def test_cli_pipeline_and_eval(tmp_path, capsys):
     out = str(tmp_path / "run")
     assert cli_main(["train", "--config", PRESET, "--out", out, *TINY]) == 0
     summary = json.load(open(os.path.join(out, "summary.json")))
-    assert set(summary["before"]) == set(summary["after"]) == {"train env", "minimax"}
+    assert set(summary["before"]) == set(summary["after"]) == {"random", "minimax"}
     for res in summary["after"].values():
         assert abs(res["win"] + res["draw"] + res["loss"] - 1.0) < 1e-6
         assert 0.0 <= res["invalid_rate"] <= 1.0

@@ -45,11 +45,12 @@ def evaluate(model: nnx.Module, tokenizer: Any, env_name: str, options: dict | N
 
 
 def evaluate_config(model: nnx.Module, tokenizer: Any, cfg) -> dict[str, dict[str, float]]:
-    """The config's env and each `eval.variants` entry: {label: results}."""
+    """{label: results} for each `eval.variants` entry (env.options updated by
+    the entry), or for the training env itself when there are none."""
     base = dict(cfg.env.options)
-    targets = {"train env": base}
-    for label, opts in cfg.eval.variants.items():
-        targets[str(label)] = {**base, **opts}
+    targets = {str(label): {**base, **opts} for label, opts in cfg.eval.variants.items()}
+    if not targets:
+        targets = {"train env": base}
     return {label: evaluate(model, tokenizer, cfg.env.name, opts, episodes=cfg.eval.episodes,
                             max_prompt_len=cfg.env.max_prompt_len,
                             max_new_tokens=cfg.algo.max_new_tokens,
