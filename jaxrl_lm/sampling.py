@@ -51,6 +51,29 @@ def _check_options(temperature, top_k, top_p, min_p) -> None:
         raise ValueError(f"min_p={min_p!r}: must be None or a float in [0, 1]")
 
 
+def _top_p_removed(p: jax.Array, top_p: float) -> jax.Array:
+    """Bool [..., V]: the tokens top-p drops from probabilities p.
+
+    Sorted ascending, the dropped tokens are the prefix whose cumulative mass is
+    <= 1 - top_p, i.e. {i : M(p_i) <= 1 - top_p} with M(t) = sum_{p_j <= t} p_j.
+    M is monotone, so the cut t* = max{t : M(t) <= 1 - top_p} is found exactly
+    by a binary search over the bits of float32 t in [0, 2) (non-negative floats
+    order as their bit patterns): 30 masked sums over V instead of a sort over V
+    per row, several times cheaper on CPU. The largest probability is always kept.
+    """
+    budget = 1.0 - top_p
+
+    def bit(i, cut):  # try setting bit 29 - i of the cut's bit pattern
+        trial = cut | jnp.left_shift(jnp.int32(1), 29 - i)
+        t = jax.lax.bitcast_convert_type(trial, jnp.float32)
+        mass = jnp.sum(jnp.where(p <= t, p, 0.0), -1, keepdims=True)
+        return jnp.where(mass <= budget, trial, cut)
+
+    cut = jax.lax.fori_loop(0, 30, bit, jnp.zeros(p.shape[:-1] + (1,), jnp.int32))
+    t = jax.lax.bitcast_convert_type(cut, jnp.float32)
+    return (p <= t) & (p < p.max(-1, keepdims=True))
+
+
 def process_logits(logits: jax.Array, *, temperature: float = 1.0, top_k: int | None = None,
                    top_p: float | None = None, min_p: float | None = None) -> jax.Array:
     """Float32 logits [..., V] of the sampling distribution; -inf outside the kept set.
@@ -71,11 +94,7 @@ def process_logits(logits: jax.Array, *, temperature: float = 1.0, top_k: int | 
         kth = jax.lax.top_k(z, top_k)[0][..., -1:]
         z = jnp.where(z < kth, NEG_INF, z)
     if top_p is not None and top_p < 1.0:
-        asc = jnp.sort(z, axis=-1)
-        cum = jnp.cumsum(jax.nn.softmax(asc, axis=-1), axis=-1)
-        # removed tokens form a prefix of the ascending order; the largest is always kept
-        n_drop = jnp.minimum(jnp.sum(cum <= 1.0 - top_p, -1, keepdims=True), z.shape[-1] - 1)
-        z = jnp.where(z < jnp.take_along_axis(asc, n_drop, -1), NEG_INF, z)
+        z = jnp.where(_top_p_removed(jax.nn.softmax(z, axis=-1), top_p), NEG_INF, z)
     if min_p is not None and min_p > 0.0:
         p = jax.nn.softmax(z, axis=-1)
         z = jnp.where(p < min_p * p.max(-1, keepdims=True), NEG_INF, z)
@@ -103,7 +122,7 @@ def choose_tokens(logits_bv: jax.Array, key: jax.Array, *, temperature: float = 
 
 class _Loop(NamedTuple):
     i: jax.Array  # [] int32 step
-    cache: object  # KVCache [L, B, S, K, Hd]
+    cache: object  # KVCache [L, B, K, S, Hd]
     logits: jax.Array  # [B, V] f32 next-token logits
     tokens: jax.Array  # [B, N] int32
     logp: jax.Array  # [B, N] f32

@@ -125,7 +125,7 @@ class Decoder(nnx.Module):
     # -- pieces ---------------------------------------------------------------
     def init_cache(self, batch: int, length: int) -> KVCache:
         cfg = self.config
-        shape = (cfg.num_layers, batch, length, cfg.num_kv_heads, cfg.head_dim)
+        shape = (cfg.num_layers, batch, cfg.num_kv_heads, length, cfg.head_dim)
         return KVCache(jnp.zeros(shape, cfg.compute_dtype), jnp.zeros(shape, cfg.compute_dtype))
 
     def unembedding(self) -> jax.Array:
@@ -155,16 +155,20 @@ class Decoder(nnx.Module):
         if cfg.scale_embeddings:
             x = x * jnp.asarray(cfg.hidden_size ** 0.5, cfg.compute_dtype)
 
-        def step(x, xs):
-            p, kv = xs
-            return block(cfg, x, p, positions_bt, kv)
+        # The cache rides in the scan carry and each block writes its T new slots
+        # in place; as scan xs/ys the whole [L, B, K, S, Hd] cache would be
+        # rebuilt (copied) on every decode step.
+        def step(carry, p):
+            x, kv, layer = carry
+            x, kv = block(cfg, x, p, positions_bt, kv, layer)
+            return (x, kv, layer + 1), None
 
         if remat:
             step = jax.checkpoint(step)
-        kv_xs = None if cache is None else (cache.k, cache.v)
-        x, new_kv = jax.lax.scan(step, x, (self.layers.arrays(), kv_xs))
+        kv = None if cache is None else (cache.k, cache.v)
+        (x, kv, _), _ = jax.lax.scan(step, (x, kv, jnp.int32(0)), self.layers.arrays())
         h = rms_norm(x, self.final_norm[...], eps=cfg.rms_norm_eps, offset=cfg.norm_offset)
-        return h if cache is None else (h, KVCache(*new_kv))
+        return h if cache is None else (h, KVCache(*kv))
 
     # -- calls ----------------------------------------------------------------
     def __call__(self, tokens_bt: jax.Array, positions_bt: jax.Array, *,

@@ -19,8 +19,10 @@ from jaxrl_lm.models.config import ModelConfig
 class KVCache(NamedTuple):
     """Preallocated keys/values for all layers; slot s holds the token at position s.
 
-    k: [L, B, S, K, Hd] compute dtype, rotated keys.
-    v: [L, B, S, K, Hd] compute dtype.
+    k: [L, B, K, S, Hd] compute dtype, rotated keys.
+    v: [L, B, K, S, Hd] compute dtype.
+    Slots are the second-to-last axis so that decode attention contracts each
+    (row, kv head)'s [S, Hd] block as it is stored, with no per-step transpose.
     """
     k: jax.Array
     v: jax.Array
@@ -53,7 +55,7 @@ def rope(x_btnd: jax.Array, positions_bt: jax.Array, *, theta: float) -> jax.Arr
     return out.astype(x_btnd.dtype)
 
 
-def attention(q_bthd: jax.Array, k_bskd: jax.Array, v_bskd: jax.Array,
+def attention(q_bthd: jax.Array, k_bksd: jax.Array, v_bksd: jax.Array,
               mask_bts: jax.Array) -> jax.Array:
     """softmax(q k^T / sqrt(Hd) + mask) v with grouped-query heads (Ainslie et al. 2023).
 
@@ -61,13 +63,13 @@ def attention(q_bthd: jax.Array, k_bskd: jax.Array, v_bskd: jax.Array,
     mask_bts is True where query t may attend key slot s.
     """
     b, t, h, hd = q_bthd.shape
-    kh = k_bskd.shape[2]
+    kh = k_bksd.shape[1]
     q = q_bthd.reshape(b, t, kh, h // kh, hd)
-    scores = jnp.einsum("btkgd,bskd->bkgts", q, k_bskd,
+    scores = jnp.einsum("btkgd,bksd->bkgts", q, k_bksd,
                         preferred_element_type=jnp.float32) * (hd ** -0.5)
     scores = jnp.where(mask_bts[:, None, None], scores, jnp.finfo(jnp.float32).min)
-    probs = jax.nn.softmax(scores, axis=-1).astype(v_bskd.dtype)
-    out = jnp.einsum("bkgts,bskd->btkgd", probs, v_bskd)
+    probs = jax.nn.softmax(scores, axis=-1).astype(v_bksd.dtype)
+    out = jnp.einsum("bkgts,bksd->btkgd", probs, v_bksd)
     return out.reshape(b, t, h, hd)
 
 
@@ -91,22 +93,27 @@ def _proj(h_btd: jax.Array, w_dnh: jax.Array) -> jax.Array:
     return (h_btd.reshape(b * t, d) @ w_dnh.reshape(d, n * hd)).reshape(b, t, n, hd)
 
 
-def _write(cache_bskd: jax.Array, new_btkd: jax.Array, start_b: jax.Array) -> jax.Array:
-    """Per-row dynamic_update_slice: row b's T new entries go to slots start_b[b]..+T-1."""
-    def one(c, n, s):
-        return jax.lax.dynamic_update_slice(c, n.astype(c.dtype), (s, 0, 0))
-    return jax.vmap(one)(cache_bskd, new_btkd, start_b)
+def _write(cache_lbksd: jax.Array, layer: jax.Array, new_btkd: jax.Array,
+           start_b: jax.Array) -> jax.Array:
+    """Layer `layer`, row b: the T new entries go to slots start_b[b]..+T-1, in place
+    in the all-layer cache (one scatter of B*T rows; nothing else is copied)."""
+    b, t = new_btkd.shape[:2]
+    rows = jnp.arange(b)[:, None]
+    slots = start_b[:, None] + jnp.arange(t, dtype=start_b.dtype)[None, :]
+    # indices [B, T] around the K slice: the update is [B, T, K, Hd], as new_btkd
+    return cache_lbksd.at[layer, rows, :, slots].set(new_btkd.astype(cache_lbksd.dtype),
+                                                      mode="promise_in_bounds")
 
 
 def block(cfg: ModelConfig, x_btd: jax.Array, p: dict, positions_bt: jax.Array,
-          cache_kv: tuple[jax.Array, jax.Array] | None):
+          cache_kv: tuple[jax.Array, jax.Array] | None, layer: jax.Array | int = 0):
     """One pre-norm decoder block: x + attn(norm(x)), then + mlp(norm(x)).
 
     Without a cache the keys are this call's T tokens; query t attends key u iff
-    positions[b, u] <= positions[b, t]. With a cache (k, v: [B, S, K, Hd]) the
-    new keys are written at slots positions[b, 0] .. positions[b, 0] + T - 1
-    and query t attends slot s iff s <= positions[b, t].
-    Returns (x_btd, new (k, v) or None).
+    positions[b, u] <= positions[b, t]. With a cache (the all-layer k, v:
+    [L, B, K, S, Hd]) this block's new keys are written to layer `layer` at
+    slots positions[b, 0] .. positions[b, 0] + T - 1 and query t attends slot s
+    iff s <= positions[b, t]. Returns (x_btd, updated (k, v) or None).
     """
     dt = x_btd.dtype
     b, t, d = x_btd.shape
@@ -119,13 +126,14 @@ def block(cfg: ModelConfig, x_btd: jax.Array, p: dict, positions_bt: jax.Array,
     k = rope(k, positions_bt, theta=cfg.rope_theta)
     if cache_kv is None:
         mask = positions_bt[:, None, :] <= positions_bt[:, :, None]
-        new_kv = None
+        k, v, new_kv = jnp.swapaxes(k, 1, 2), jnp.swapaxes(v, 1, 2), None
     else:
         ck, cv = cache_kv
-        ck = _write(ck, k, positions_bt[:, 0])
-        cv = _write(cv, v, positions_bt[:, 0])
-        k, v, new_kv = ck.astype(dt), cv.astype(dt), (ck, cv)
-        slots = jnp.arange(ck.shape[1], dtype=positions_bt.dtype)
+        ck = _write(ck, layer, k, positions_bt[:, 0])
+        cv = _write(cv, layer, v, positions_bt[:, 0])
+        new_kv = (ck, cv)
+        k, v = ck[layer].astype(dt), cv[layer].astype(dt)
+        slots = jnp.arange(ck.shape[3], dtype=positions_bt.dtype)
         mask = slots[None, None, :] <= positions_bt[:, :, None]
     o = attention(q, k, v, mask)
     w_o = p["o_proj"].astype(dt)
