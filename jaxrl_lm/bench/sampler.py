@@ -1,0 +1,196 @@
+"""`jaxrl-lm bench sampler`: tokens/s of `jaxrl_lm.sampling.sample` vs transformers.
+
+Both sides run the same random-weight tiny Qwen2 in float32 on CPU: it is built
+with transformers (torch), written with `save_pretrained`, and read back here
+with `load_hf`, so the weights are identical. Both sample with top-p and no
+stop token, so every row generates exactly `--new` tokens; tokens/s counts
+batch * new generated tokens over the wall time of one whole generate call
+(prefill included), best of `--repeats` calls. Our compile time is reported
+apart: the first call's time minus the best steady call.
+
+    jaxrl-lm bench sampler            # B=32, prompt 64, 128 new tokens, top-p 0.95
+    jaxrl-lm bench sampler --json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+TARGET_RATIO = 5.0
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="jaxrl-lm bench sampler", description=__doc__.split("\n")[0])
+    add = p.add_argument
+    add("--batch", type=int, default=32, help="rows sampled together")
+    add("--prompt", type=int, default=64, help="prompt tokens per row (all rows full)")
+    add("--new", type=int, default=128, help="tokens generated per row")
+    add("--layers", type=int, default=4)
+    add("--hidden", type=int, default=256)
+    add("--heads", type=int, default=4)
+    add("--kv-heads", type=int, default=2)
+    add("--vocab", type=int, default=1024)
+    add("--intermediate", type=int, default=688)
+    add("--top-p", type=float, default=0.95)
+    add("--temperature", type=float, default=1.0)
+    add("--repeats", type=int, default=2, help="timed calls per side; the best counts")
+    add("--torch-threads", type=int, default=None,
+        help="torch intra-op threads (default: the CPUs this process may use)")
+    add("--seed", type=int, default=0)
+    add("--json", action="store_true", help="print one JSON object instead of a table")
+    return p
+
+
+def _check(args) -> None:
+    for name in ("batch", "prompt", "new", "layers", "hidden", "heads", "kv_heads", "vocab",
+                 "intermediate", "repeats"):
+        if getattr(args, name) < 1:
+            raise ValueError(f"--{name.replace('_', '-')}={getattr(args, name)}: must be >= 1")
+    if args.heads % args.kv_heads or args.hidden % args.heads:
+        raise ValueError(f"--kv-heads={args.kv_heads} must divide --heads={args.heads}, "
+                         f"which must divide --hidden={args.hidden}")
+    if not 0.0 < args.top_p <= 1.0:
+        raise ValueError(f"--top-p={args.top_p}: must be in (0, 1]")
+    if not args.temperature > 0:
+        raise ValueError(f"--temperature={args.temperature}: must be > 0 (sampling, not greedy)")
+
+
+def _write_hf_folder(args, path: str):
+    """A random-weight Qwen2ForCausalLM saved with transformers; returns the torch model."""
+    import torch
+    import transformers
+    from tokenizers.pre_tokenizers import ByteLevel
+
+    torch.manual_seed(args.seed)
+    config = transformers.Qwen2Config(
+        vocab_size=args.vocab, hidden_size=args.hidden, intermediate_size=args.intermediate,
+        num_hidden_layers=args.layers, num_attention_heads=args.heads,
+        num_key_value_heads=args.kv_heads, max_position_embeddings=args.prompt + args.new,
+        tie_word_embeddings=True, bos_token_id=None, eos_token_id=None, pad_token_id=0)
+    model = transformers.Qwen2ForCausalLM(config).eval().to(torch.float32)
+    model.save_pretrained(path)
+    # load_hf wants tokenizer files; transformers insists on a Qwen2Tokenizer for qwen2.
+    vocab = {c: i for i, c in enumerate(sorted(ByteLevel.alphabet()))}
+    transformers.Qwen2Tokenizer(vocab=vocab, merges=[]).save_pretrained(path)
+    return model
+
+
+def _time_calls(fn, repeats: int) -> list[float]:
+    out = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - t0)
+    return out
+
+
+def _bench_torch(model, prompt: np.ndarray, args) -> dict:
+    import torch
+
+    ids = torch.as_tensor(prompt, dtype=torch.long)
+    kw = dict(attention_mask=torch.ones_like(ids), do_sample=True, top_p=args.top_p, top_k=0,
+              temperature=args.temperature, max_new_tokens=args.new, min_new_tokens=args.new,
+              eos_token_id=None, pad_token_id=0)
+
+    def call(new=args.new):
+        with torch.inference_mode():
+            out = model.generate(ids, **dict(kw, max_new_tokens=new, min_new_tokens=new))
+        assert out.shape == (args.batch, args.prompt + new), out.shape
+
+    call(2)  # warm-up: first-call allocations and dispatch caches
+    times = _time_calls(call, args.repeats)
+    return dict(seconds=min(times), times=times,
+                tokens_per_s=args.batch * args.new / min(times))
+
+
+def _bench_ours(model, prompt: np.ndarray, args) -> dict:
+    import jax
+    import jax.numpy as jnp
+    from flax import nnx
+
+    from jaxrl_lm import sampling
+
+    graphdef, state = nnx.split(model)
+    ids = jnp.asarray(prompt, jnp.int32)
+    lengths = jnp.full((args.batch,), args.prompt, jnp.int32)
+    keys = iter(jax.random.split(jax.random.key(args.seed), args.repeats + 1))
+
+    def call():
+        out = sampling.sample((graphdef, state), ids, lengths, next(keys), max_new_tokens=args.new,
+                              temperature=args.temperature, top_p=args.top_p)
+        jax.block_until_ready(out)
+        assert int(out.lengths.min()) == args.new, "a row stopped early"
+
+    first = _time_calls(call, 1)[0]
+    times = _time_calls(call, args.repeats)
+    best = min(times)
+    return dict(seconds=best, times=times, tokens_per_s=args.batch * args.new / best,
+                first_call_s=first, compile_s=max(first - best, 0.0))
+
+
+def run(args) -> dict:
+    import torch
+
+    _check(args)
+    threads = args.torch_threads or len(os.sched_getaffinity(0))
+    torch.set_num_threads(threads)
+    prompt = np.random.default_rng(args.seed).integers(
+        1, args.vocab, (args.batch, args.prompt)).astype(np.int64)
+    with tempfile.TemporaryDirectory() as tmp:
+        hf_model = _write_hf_folder(args, tmp)
+        from jaxrl_lm.models.hf import load_hf
+
+        ours_model, _ = load_hf(tmp)
+    ours = _bench_ours(ours_model, prompt, args)
+    theirs = _bench_torch(hf_model, prompt, args)
+    import jax
+    import transformers
+
+    return dict(
+        config=dict(batch=args.batch, prompt=args.prompt, new_tokens=args.new,
+                    layers=args.layers, hidden=args.hidden, heads=args.heads,
+                    kv_heads=args.kv_heads, vocab=args.vocab, intermediate=args.intermediate,
+                    top_p=args.top_p, temperature=args.temperature, dtype="float32",
+                    repeats=args.repeats),
+        jaxrl_lm=ours, transformers=theirs,
+        ratio=ours["tokens_per_s"] / theirs["tokens_per_s"], target_ratio=TARGET_RATIO,
+        torch_threads=torch.get_num_threads(), cpus=len(os.sched_getaffinity(0)),
+        versions=dict(jax=jax.__version__, torch=torch.__version__,
+                      transformers=transformers.__version__),
+        backend=jax.default_backend())
+
+
+def _table(r: dict) -> str:
+    c = r["config"]
+    lines = [
+        f"sampler bench: Qwen2 {c['layers']}L d={c['hidden']} heads={c['heads']}/"
+        f"{c['kv_heads']} V={c['vocab']} F={c['intermediate']}, float32; batch {c['batch']}, "
+        f"prompt {c['prompt']}, {c['new_tokens']} new tokens, top-p {c['top_p']}",
+        f"{'':26}{'tokens/s':>10}{'s/call':>9}",
+        f"{'jaxrl_lm sample':26}{r['jaxrl_lm']['tokens_per_s']:>10.0f}"
+        f"{r['jaxrl_lm']['seconds']:>9.3f}",
+        f"{'transformers generate':26}{r['transformers']['tokens_per_s']:>10.0f}"
+        f"{r['transformers']['seconds']:>9.3f}",
+        f"ratio {r['ratio']:.2f}x (target >= {r['target_ratio']:.0f}x); our compile "
+        f"{r['jaxrl_lm']['compile_s']:.2f} s; torch threads {r['torch_threads']} of "
+        f"{r['cpus']} CPUs; jax backend {r['backend']}",
+    ]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(sys.argv[1:] if argv is None else argv)
+    result = run(args)
+    print(json.dumps(result, indent=2) if args.json else _table(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

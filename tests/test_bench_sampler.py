@@ -1,0 +1,31 @@
+"""Smoke test of `jaxrl-lm bench sampler` at tiny sizes: it runs end to end
+(transformers folder -> load_hf -> both samplers) and reports a ratio. Not timed."""
+
+import json
+
+import pytest
+
+from jaxrl_lm.bench import sampler
+
+TINY = ["--batch", "2", "--prompt", "5", "--new", "3", "--layers", "1", "--hidden", "16",
+        "--heads", "2", "--kv-heads", "1", "--vocab", "64", "--intermediate", "24",
+        "--repeats", "1", "--torch-threads", "1"]
+
+
+def test_bench_sampler_json(capsys):
+    assert sampler.main(TINY + ["--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["ratio"] > 0 and out["torch_threads"] == 1
+    assert out["ratio"] == pytest.approx(out["jaxrl_lm"]["tokens_per_s"]
+                                         / out["transformers"]["tokens_per_s"])
+    assert out["config"]["new_tokens"] == 3
+
+
+def test_bench_sampler_table(capsys):
+    assert sampler.main(TINY) == 0
+    assert "ratio" in capsys.readouterr().out
+
+
+def test_bench_sampler_rejects_bad_heads():
+    with pytest.raises(ValueError, match="--kv-heads=3"):
+        sampler.main(TINY + ["--kv-heads", "3"])
