@@ -24,7 +24,7 @@ ALGORITHMS = ("sft", "grpo", "dr_grpo", "ppo", "opo", "rloo", "reinforce")
 RATIO_LEVELS = ("token", "sequence", "sequence-token")
 GRPO_SCALES = ("group", "batch", "none")
 KL_IN = ("loss", "reward")
-PLAYERS = ("random",)
+PLAYERS = ("random", "greedy_frequency")
 KL_KINDS = ("k1", "k2", "k3")
 AGG_MODES = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum",
              "seq-mean-token-sum-norm")

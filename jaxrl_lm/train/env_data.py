@@ -27,6 +27,38 @@ def random_legal_player(state: Any, key: jax.Array) -> jax.Array:
     return jax.random.categorical(key, logits).astype(jnp.int32)
 
 
+def greedy_frequency_player(state: Any, key: jax.Array, *, explore: float = 0.05,
+                            repeat: float = 0.5) -> jax.Array:
+    """A bandit player with the failure modes RLFT found in LLMs (needs a state
+    with `counts` and `sums`, as envs.bandit has): its first pull is a random
+    arm; then, with probability `explore`, a random arm; else with probability
+    `repeat` the arm it pulled most (frequency bias), otherwise the tried arm
+    with the best mean so far (greedy). Ties go to the lowest index. So it
+    tries few arms and sticks with them.
+    """
+    k_explore, k_kind, k_arm = jax.random.split(key, 3)
+    counts = state.counts
+    k = counts.shape[-1]
+    tried = counts > 0
+    means = jnp.where(tried, state.sums / jnp.maximum(counts, 1), -jnp.inf)
+    pick = jnp.where(jax.random.uniform(k_kind) < repeat, jnp.argmax(counts), jnp.argmax(means))
+    arm = jax.random.randint(k_arm, (), 0, k)
+    go_random = ~tried.any() | (jax.random.uniform(k_explore) < explore)
+    return jnp.where(go_random, arm, pick).astype(jnp.int32)
+
+
+# config `warmup.player` -> Player (the names are config.PLAYERS)
+PLAYERS: dict[str, Player] = {"random": random_legal_player,
+                              "greedy_frequency": greedy_frequency_player}
+
+
+def get_player(name: str) -> Player:
+    if name not in PLAYERS:
+        raise ValueError(f"warmup.player={name!r}: unknown player; choose one of "
+                         f"{', '.join(PLAYERS)}")
+    return PLAYERS[name]
+
+
 def make_example_fn(env: Any, text: Any, *, max_len: int, max_moves: int, stop_ids: list[int],
                     player: Player = random_legal_player) -> Callable:
     """key -> (tokens i32[max_len], loss_mask f32[max_len]) for one example."""
@@ -66,13 +98,15 @@ def make_example_fn(env: Any, text: Any, *, max_len: int, max_moves: int, stop_i
 
 
 def scripted_env_data(cfg: Config, tokenizer: Any, *, pad_id: int = 0,
-                      player: Player = random_legal_player) -> Callable:
-    """A `loop.DataFn` of scripted-player examples for `cfg.env`."""
+                      player: Player | None = None) -> Callable:
+    """A `loop.DataFn` of scripted-player examples for `cfg.env`; the player
+    is `player`, else the one `cfg.warmup.player` names."""
     import envs
     from envs.text import TextInterface
 
     from jaxrl_lm.train.sft import encode
 
+    player = player or get_player(cfg.warmup.player)
     env = envs.make(cfg.env.name, **cfg.env.options)
     text = TextInterface(env, tokenizer, max_prompt_len=cfg.env.max_prompt_len, pad_id=pad_id)
     one = make_example_fn(env, text, max_len=cfg.train.max_len, max_moves=cfg.env.max_turns,
