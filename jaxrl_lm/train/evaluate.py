@@ -8,7 +8,8 @@ Returns plain floats: `return` (env return, no invalid-action penalty),
 env return is > 0, == 0, < 0: for the two-player games, won / drawn / lost),
 `invalid_rate` (turns whose answer did not parse), `illegal_rate` (turns
 whose parsed move was not legal there), `turns` per episode, and
-`completion_len` (tokens per turn).
+`completion_len` (tokens per turn). On envs.bandit, also RLFT's decision
+metrics and UCB's and random play's (jaxrl_lm.train.bandit_eval).
 """
 
 from __future__ import annotations
@@ -39,9 +40,14 @@ def evaluate(model: nnx.Module, tokenizer: Any, env_name: str, options: dict | N
     graphdef, state = nnx.split(model)
     traj = play(graphdef, state, jax.random.key(seed))
     s = {k: float(v) for k, v in jax.device_get(episode_stats(traj)).items()}
-    return {"return": s["env_return"], "shaped_return": s["reward"], "win": s["win_rate"],
-            "draw": s["draw_rate"], "loss": s["loss_rate"], "invalid_rate": s["invalid_rate"],
-            "illegal_rate": s["illegal_rate"], "turns": s["turns"], "completion_len": s["completion_len"], "episodes": episodes}
+    out = {"return": s["env_return"], "shaped_return": s["reward"], "win": s["win_rate"],
+           "draw": s["draw_rate"], "loss": s["loss_rate"], "invalid_rate": s["invalid_rate"],
+           "illegal_rate": s["illegal_rate"], "turns": s["turns"],
+           "completion_len": s["completion_len"], "episodes": episodes}
+    if env_name == "bandit":  # RLFT's decision metrics, next to UCB and random
+        from jaxrl_lm.train.bandit_eval import bandit_report
+        out.update(bandit_report(env, traj, episodes=episodes, seed=seed))
+    return out
 
 
 def evaluate_config(model: nnx.Module, tokenizer: Any, cfg) -> dict[str, dict[str, float]]:
@@ -69,7 +75,9 @@ def format_table(before: dict, after: dict) -> str:
             if res is None:
                 continue
             lines.append(f"{label:<14}{stage:<8}" + "".join(f"{res[c]:>13.3f}" for c in cols))
-    return "\n".join(lines)
+    from jaxrl_lm.train.bandit_eval import bandit_table
+    extra = bandit_table(before, after)  # bandit envs only
+    return "\n".join(lines) + (f"\n\n{extra}" if extra else "")
 
 
 def main_eval(argv: list[str]) -> int:

@@ -1,0 +1,98 @@
+"""The greedy frequency-biased warm-up player and the bandit evaluation metrics
+(jaxrl_lm/train/bandit_eval.py) against hand-worked numbers and float64 numpy."""
+
+from types import SimpleNamespace
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import envs
+from jaxrl_lm.config import WarmupSection
+from jaxrl_lm.train import bandit_eval
+from jaxrl_lm.train.env_data import PLAYERS, get_player, greedy_frequency_player
+
+
+def _state(counts, sums):
+    return SimpleNamespace(counts=jnp.asarray(counts, jnp.int32),
+                           sums=jnp.asarray(sums, jnp.float32))
+
+
+def _picks(state, n=4000, **kw):
+    keys = jax.random.split(jax.random.key(0), n)
+    f = jax.jit(jax.vmap(lambda k: greedy_frequency_player(state, k, **kw)))
+    return np.asarray(f(keys))
+
+
+def test_player_repeats_most_pulled_or_best_tried_arm():
+    # arm 1 pulled most (mean 0.2), arm 2 best mean (0.9), arm 0 untried, arm 3 mean -1
+    s = _state([0, 5, 1, 2, 0], [0.0, 1.0, 0.9, -2.0, 0.0])
+    assert set(_picks(s, 64, explore=0.0, repeat=1.0)) == {1}
+    assert set(_picks(s, 64, explore=0.0, repeat=0.0)) == {2}  # untried arm 0 (sum 0) not best
+    a = _picks(s, explore=0.05, repeat=0.5)
+    freq = np.bincount(a, minlength=5) / a.size
+    # 0.95 * 0.5 + 0.05 / 5 = 0.485 for arms 1 and 2, 0.01 for each other arm
+    np.testing.assert_allclose(freq, [0.01, 0.485, 0.485, 0.01, 0.01], atol=0.03)
+
+
+def test_player_first_pull_is_uniform():
+    a = _picks(_state([0] * 4, [0.0] * 4), explore=0.0, repeat=1.0)
+    np.testing.assert_allclose(np.bincount(a, minlength=4) / a.size, 0.25, atol=0.03)
+
+
+def test_player_registry():
+    assert set(PLAYERS) == {"random", "greedy_frequency"}
+    assert get_player("greedy_frequency") is greedy_frequency_player
+    assert WarmupSection(player="greedy_frequency").player == "greedy_frequency"
+    with pytest.raises(ValueError, match="warmup.player"):
+        get_player("ucb")
+    with pytest.raises(ValueError, match="player"):
+        WarmupSection(player="nope")
+
+
+def test_decision_metrics_hand_worked():
+    # K=3, mu=(0.1, 0.5, 0.9). Episode 0: arms 0,0,1,0 with rewards 1,0,2,0.
+    #  coverage 2/3; regret 0.8+0.8+0.4+0.8 = 2.8;
+    #  step 0 not counted; step 1 arm 0 is best (and most frequent) -> greedy;
+    #  step 2 arm 1 untried -> neither; step 3 arm 0: best is arm 1 (mean 2), arm 0 most
+    #  pulled -> frequency bias. greediness 1/3, frequency bias 1/3.
+    # Episode 1: arms 2,1,2 then a masked step; rewards 0.5,0.7,0.1.
+    #  coverage 2/3; regret 0+0.4+0 = 0.4; step 1 arm 1 untried; step 2 arm 2: means
+    #  (2: 0.5, 1: 0.7) -> not greedy, counts tie at 1 -> most frequent -> bias.
+    #  greediness 0/2, frequency bias 1/2.
+    actions = jnp.asarray([[0, 0, 1, 0], [2, 1, 2, 0]])
+    rewards = jnp.asarray([[1.0, 0.0, 2.0, 0.0], [0.5, 0.7, 0.1, 9.0]])
+    mask = jnp.asarray([[1, 1, 1, 1], [1, 1, 1, 0]], bool)
+    mu = jnp.asarray([[0.1, 0.5, 0.9]] * 2)
+    got = bandit_eval.decision_metrics(actions, rewards, mu, mask)
+    want = {"coverage": 2 / 3, "regret": (2.8 + 0.4) / 2, "greediness": (1 / 3 + 0) / 2,
+            "frequency_bias": (1 / 3 + 1 / 2) / 2}
+    for k, v in want.items():
+        assert got[k] == pytest.approx(v, abs=1e-6), k
+    # the Trajectory view: [T, B] fields, arm means from the first turn's state
+    traj = SimpleNamespace(action=actions.T, env_reward=rewards.T, active=mask.T,
+                           states=SimpleNamespace(mu=jnp.broadcast_to(mu, (4, 2, 3))))
+    assert bandit_eval.trajectory_metrics(traj) == pytest.approx(got)
+
+
+def test_baselines_against_numpy():
+    env = envs.make("bandit", k=4, horizon=12, context=2)
+    actions, rewards, mu = map(np.asarray, bandit_eval.baseline_play(env, "ucb", 8, seed=3))
+    assert actions.shape == rewards.shape == (8, 12) and mu.shape == (8, 4)
+    # UCB pulls every untried arm first: full coverage after k pulls
+    assert all(sorted(row[:4]) == [0, 1, 2, 3] for row in actions)
+    m = bandit_eval.decision_metrics(jnp.asarray(actions), jnp.asarray(rewards), jnp.asarray(mu))
+    assert m["coverage"] == 1.0
+    mu64 = mu.astype(np.float64)
+    regret = (mu64.max(1)[:, None] - np.take_along_axis(mu64, actions, 1)).sum(1).mean()
+    assert m["regret"] == pytest.approx(regret, rel=1e-5)
+
+
+def test_bandit_table_lists_policy_and_baselines():
+    res = {m: 0.5 for m in bandit_eval.METRICS}
+    res.update({f"{b}_{m}": 0.25 for b in bandit_eval.BASELINES for m in bandit_eval.METRICS})
+    table = bandit_eval.bandit_table({"train env": res}, {"train env": res})
+    assert [line.split()[2] for line in table.splitlines()[1:]] == ["before", "after", "ucb",
+                                                                      "random"]
+    assert bandit_eval.bandit_table({}, {"x": {"return": 1.0}}) == ""
