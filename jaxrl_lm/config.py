@@ -187,7 +187,7 @@ class AlgoSection:
 class WarmupSection:
     steps: int = 0  # supervised warm-up steps on scripted play before RL (0 = none)
     player: str = "random"  # scripted player whose moves are imitated
-    lr: float = 2.0e-3  # warm-up learning rate (cosine to 10%)
+    lr: float = 2.0e-3  # warm-up learning rate (constant after optim.warmup_steps)
     batch_size: int = 16  # warm-up examples per step
 
     def __post_init__(self):
