@@ -19,7 +19,7 @@ $(VENV)/.test: pyproject.toml | $(VENV)/bin/python
 	touch $(VENV)/.core $@
 
 train: $(VENV)/.core
-	$(VENV)/bin/jaxrl-lm train --config launch/configs/tictactoe.yaml --out runs/tictactoe $(ARGS)
+	$(VENV)/bin/jaxrl-lm train --config launch/configs/tictactoe.yaml --out runs/tictactoe --resume $(ARGS)
 
 test: $(VENV)/.test
 	$(PY) -m pytest -q $(PYTEST_ARGS)
