@@ -118,7 +118,7 @@ def test_dynamic_sampling_drops_groups_without_signal():
 def test_make_batch_masks_generated_tokens_of_kept_turns():
     traj = make_traj()
     sig = common.Advantages(jnp.arange(T * B, dtype=jnp.float32).reshape(T, B), traj.active)
-    batch = common.make_batch(traj, sig, pad_id=0)
+    batch = common.make_batch(traj, sig, pad_id=0, kept_first=False)
     mask = np.asarray(batch["loss_mask"]).reshape(T, B, P + N)
     plen = np.asarray(traj.prompt_len)
     for t in range(T):
@@ -128,6 +128,13 @@ def test_make_batch_masks_generated_tokens_of_kept_turns():
                 want[plen[t, b]: plen[t, b] + CLEN[t, b]] = 1
             np.testing.assert_array_equal(mask[t, b], want)
     np.testing.assert_array_equal(batch["adv"], np.arange(T * B))
+    # the default order: rows with loss first, each group in turn-major order
+    first = common.make_batch(traj, sig, pad_id=0)
+    has_loss = np.asarray(batch["loss_mask"]).sum(-1) > 0
+    want = np.concatenate([np.flatnonzero(has_loss), np.flatnonzero(~has_loss)])
+    assert 0 < has_loss.sum() < T * B  # the case has both kinds of row
+    for k in batch:
+        np.testing.assert_array_equal(first[k], np.asarray(batch[k])[want])
 
 
 def tiny_model(value_head=False):
@@ -174,7 +181,7 @@ def test_kl_and_value_terms():
     algo = AlgoSection(name="ppo", beta=0.5, vf_coef=0.25)
     values = common.turn_values(model, traj)
     sig = advantage_fn("ppo")(algo, traj, values)
-    batch = common.make_batch(traj, sig, pad_id=0)
+    batch = common.make_batch(traj, sig, pad_id=0, kept_first=False)
     loss_fn = common.make_loss(algo, max_len=P + N)
     (s, d), m = loss_fn(model, batch, model)  # reference == policy: KL is 0
     assert float(m["kl"]) == pytest.approx(0.0, abs=1e-6)

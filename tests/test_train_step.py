@@ -166,6 +166,31 @@ def test_micro_batches_equal_full_batch(k):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
+def test_empty_micro_batches_are_skipped_exactly():
+    """Micro-batches with an all-zero loss_mask are not computed (RL batches put
+    their padding rows last): same loss and params as one full batch, and a
+    loss that would be NaN on an empty micro-batch never runs there."""
+    batch = {key: jnp.asarray(v) for key, v in toy_batch(3).items()}
+    batch["loss_mask"] = batch["loss_mask"].at[4:].set(0.0)  # micro-batches 2, 3 of 4: empty
+
+    def nan_if_empty(model, b):
+        (l, d), m = ce_loss(model, b)
+        return (l + jnp.where(d == 0, jnp.nan, 0.0), d), m
+
+    eng_1, eng_k = engine(k=1), engine(k=4, loss=nan_if_empty)
+    s1, sk = eng_1.init_state(), eng_k.init_state()
+    for _ in range(2):
+        s1, m1 = eng_1.step(s1, eng_1.place_batch(batch))
+        sk, mk = eng_k.step(sk, eng_k.place_batch(batch))
+        assert float(mk["finite"]) == 1.0
+        np.testing.assert_allclose(float(m1["loss"]), float(mk["loss"]), rtol=1e-6)
+    # metrics average over the 2 computed micro-batches only
+    want = np.mean([float(batch["loss_mask"][2 * i:2 * i + 2, 1:].mean()) for i in range(2)])
+    np.testing.assert_allclose(float(mk["mask_frac"]), want, rtol=1e-6)
+    for a, b in zip(jax.tree.leaves(host(s1.params)), jax.tree.leaves(host(sk.params))):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
 def test_first_update_matches_independent_reference():
     batch = {key: jnp.asarray(v) for key, v in toy_batch(2).items()}
     opt, sched = make_optimizer(OptimSection(name="adamw", lr=0.05, schedule="constant"), 10)

@@ -51,8 +51,13 @@ def value_positions(traj: Trajectory) -> jax.Array:
     return jnp.maximum(traj.prompt_len.reshape(-1) - 1, 0).astype(jnp.int32)
 
 
-def make_batch(traj: Trajectory, sig: Advantages, *, pad_id: int) -> dict[str, np.ndarray]:
-    """Training rows [M = T*B, P+N] from a trajectory and its advantages."""
+def make_batch(traj: Trajectory, sig: Advantages, *, pad_id: int,
+               kept_first: bool = True) -> dict[str, np.ndarray]:
+    """Training rows [M = T*B, P+N] from a trajectory and its advantages.
+
+    Row t*B + b is turn t of episode b; with `kept_first` the rows that carry
+    loss are moved ahead of the rest (a stable sort, so they keep that order).
+    """
     rows = pack_turns(traj, pad_id)
     keep = sig.keep.reshape(-1, 1).astype(jnp.float32)
     batch = dict(tokens=rows.tokens, positions=rows.positions, loss_mask=rows.loss_mask * keep,
@@ -61,7 +66,13 @@ def make_batch(traj: Trajectory, sig: Advantages, *, pad_id: int) -> dict[str, n
         batch.update(returns=sig.returns.reshape(-1).astype(jnp.float32),
                      old_values=sig.old_values.reshape(-1).astype(jnp.float32),
                      value_pos=value_positions(traj))
-    return batch
+    # Rows carrying loss first (stable, so turn-major order is kept among them):
+    # the losses are sums over rows, so the order changes nothing but lets the
+    # train step skip the all-padding micro-batches at the tail.
+    if not kept_first:
+        return batch
+    order = jnp.argsort(batch["loss_mask"].sum(-1) == 0, stable=True)
+    return {k: v[order] for k, v in batch.items()}
 
 
 def turn_values(model, traj: Trajectory) -> jax.Array:
