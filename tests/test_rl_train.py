@@ -21,7 +21,7 @@ PRESET = os.path.join(ROOT, "launch", "configs", "tictactoe.yaml")
 TINY = ["--warmup.steps", "3", "--warmup.batch_size", "8", "--train.steps", "2",
         "--train.batch_size", "8", "--algo.group_size", "4", "--optim.warmup_steps", "0",
         "--eval.episodes", "8", "--train.progress", "false", "--algo.max_new_tokens", "6",
-        "--env.max_turns", "5"]
+        "--env.max_turns", "5", "--train.micro_batches", "1"]
 
 
 def test_cli_pipeline_and_eval(tmp_path, capsys):
@@ -61,7 +61,7 @@ def test_resume_is_bit_identical(tmp_path):
     sides: the learning-rate schedule depends on the run's length."""
     base = ["--train.batch_size", "8", "--algo.group_size", "4", "--optim.warmup_steps", "0",
             "--train.progress", "false", "--algo.max_new_tokens", "6", "--train.ckpt_every", "1",
-            "--train.steps", "2"]
+            "--train.steps", "2", "--train.micro_batches", "1"]
 
     def run(out, resume):
         cfg = load_config(PRESET, base)
