@@ -128,7 +128,7 @@ def test_make_batch_masks_generated_tokens_of_kept_turns():
                 want[plen[t, b]: plen[t, b] + CLEN[t, b]] = 1
             np.testing.assert_array_equal(mask[t, b], want)
     np.testing.assert_array_equal(batch["adv"], np.arange(T * B))
-    # the default order: rows with loss first, each group in turn-major order
+    # the default order: rows with loss first, both kinds in turn-major order
     first = common.make_batch(traj, sig, pad_id=0)
     has_loss = np.asarray(batch["loss_mask"]).sum(-1) > 0
     want = np.concatenate([np.flatnonzero(has_loss), np.flatnonzero(~has_loss)])

@@ -160,38 +160,32 @@ class Engine:
         def run(mb):
             return grad_fn(params, mb)
 
+        # A micro-batch whose loss_mask is all zero adds exactly 0 to every loss
+        # sum, denominator and gradient of jaxrl_lm.losses (masked sums), so it
+        # is not computed: RL batches put their loss rows first and the padded
+        # tail costs nothing. NaN in a mask counts as nonzero (the guard sees it).
         skip_empty = k > 1 and "loss_mask" in batch
         if skip_empty:
-            # A micro-batch whose loss_mask is all zero (NaN counts as nonzero) adds exactly 0 to every
-            # loss sum, denominator and gradient of jaxrl_lm.losses (they are
-            # masked sums), so it is not computed: RL batches put their kept
-            # rows first, and the padded tail costs nothing.
-            first = jax.tree.map(lambda x: x[0], mbs)
-            out_shape = jax.eval_shape(run, first)
-
-            def grads_of(mb):
-                return jax.lax.cond(jnp.any(mb["loss_mask"] != 0), run,
-                                    lambda _: jax.tree.map(
-                                        lambda s: jnp.zeros(s.shape, s.dtype), out_shape), mb)
-        else:
-            grads_of = run
+            out_shape = jax.eval_shape(run, jax.tree.map(lambda x: x[0], mbs))
+            zero_out = lambda _: jax.tree.map(  # noqa: E731
+                lambda s: jnp.zeros(s.shape, s.dtype), out_shape)
 
         def body(carry, mb):
             g_acc, l_acc, d_acc = carry
-            (loss_sum, (denom, metrics)), g = grads_of(mb)
+            used = jnp.any(mb["loss_mask"] != 0) if skip_empty else jnp.array(True)
+            out = jax.lax.cond(used, run, zero_out, mb) if skip_empty else run(mb)
+            (loss_sum, (denom, metrics)), g = out
             g_acc = jax.tree.map(jnp.add, g_acc, g)
-            return (g_acc, l_acc + loss_sum, d_acc + denom), metrics
+            return (g_acc, l_acc + loss_sum, d_acc + denom), (metrics, used)
 
         zeros = jax.tree.map(jnp.zeros_like, params)
         init = (zeros, jnp.zeros((), jnp.float32), jnp.zeros((), jnp.float32))
-        (g_sum, l_sum, d_sum), metrics_k = jax.lax.scan(body, init, mbs)
-        if not skip_empty:
-            return g_sum, l_sum, d_sum, jax.tree.map(lambda m: m.mean(0), metrics_k)
+        (g_sum, l_sum, d_sum), (metrics_k, used_k) = jax.lax.scan(body, init, mbs)
         # metrics: the mean over the micro-batches that were computed
-        used = jnp.any(mbs["loss_mask"].reshape(k, -1) != 0, -1).astype(jnp.float32)
-        n_used = jnp.maximum(used.sum(), 1.0)
+        w = used_k.astype(jnp.float32)
+        n_used = jnp.maximum(w.sum(), 1.0)
         return g_sum, l_sum, d_sum, jax.tree.map(
-            lambda m: jnp.tensordot(used, m.astype(jnp.float32), 1) / n_used, metrics_k)
+            lambda m: jnp.tensordot(w, m.astype(jnp.float32), 1) / n_used, metrics_k)
 
     def _step_fn(self, state: TrainState, batch, rest, ref_params):
         g_sum, l_sum, d_sum, metrics = self._grads(state.params, batch, rest, ref_params)
