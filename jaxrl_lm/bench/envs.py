@@ -55,31 +55,67 @@ def _fmix32(h: jax.Array) -> jax.Array:
     return h ^ (h >> 16)
 
 
+def _mulhi(bits_b: jax.Array, n_b: jax.Array) -> jax.Array:
+    """floor(bits * n / 2**32) for uint32 bits and n < 2**16 (Lemire's
+    multiply-shift: uniform over [0, n) up to a bias <= n / 2**32, like
+    bits % n, but in vectorisable multiplies instead of a division)."""
+    hi = (bits_b >> 16) * n_b
+    lo = (bits_b & jnp.uint32(0xFFFF)) * n_b
+    return (hi + (lo >> 16)) >> 16
+
+
 def _by_rank(bits_b: jax.Array, mask_ba: jax.Array) -> jax.Array:
+    """The r-th legal action of each row, r uniform in [0, #legal) from the bits.
+
+    Up to SMALL actions, the running count is unrolled over the columns of
+    the transposed mask, so every op is elementwise over the batch; XLA's CPU
+    backend runs a cumsum or an argmax over a short minor axis as a slow
+    reduce-window or row reduction (about 3x the cost at 9 actions)."""
+    b, a = mask_ba.shape
+    if a <= SMALL:
+        cols = list(mask_ba.T.astype(jnp.uint32))
+        r_b = _mulhi(bits_b, sum(cols))
+        seen_b, pick_b = jnp.zeros_like(r_b), jnp.zeros_like(r_b)
+        for i, col_b in enumerate(cols):
+            pick_b = jnp.where((col_b > 0) & (seen_b == r_b), jnp.uint32(i), pick_b)
+            seen_b = seen_b + col_b
+        return pick_b.astype(jnp.int32)
     count_ba = jnp.cumsum(mask_ba.astype(jnp.uint32), axis=1)
-    r_b = bits_b % jnp.maximum(count_ba[:, -1], 1)
+    r_b = _mulhi(bits_b, jnp.maximum(count_ba[:, -1], 1))
     return jnp.argmax(count_ba > r_b[:, None], axis=1).astype(jnp.int32)
 
 
 def random_legal(key: jax.Array, mask_ba: jax.Array) -> jax.Array:
     """i32[B]: a uniformly random legal action of each row of `mask_ba`.
 
-    One 32-bit draw per row (modulo bias <= A / 2**32). Up to SMALL actions:
-    the r-th legal action, r = bits mod #legal. Above (a prefix sum over
-    thousands of actions per step would cost more than most envs): the first
-    legal one of TRIES indices hashed from the bits, which is uniform over
-    the legal actions; only if some row misses every try does the whole batch
-    take the exact rank path (a real `lax.cond`: the harness is batched by
-    hand, not vmapped, so the fallback costs nothing when unused)."""
+    One 32-bit draw per row (bias <= A / 2**32). Up to SMALL actions:
+    the r-th legal action, r = floor(bits * #legal / 2**32). Above (a prefix
+    sum over thousands of actions per step would cost more than most envs):
+    the first legal one of up to TRIES indices hashed from the bits, which is
+    uniform over the legal actions. Tries are made one at a time in a
+    `lax.while_loop` that stops once every row has hit, so a mostly-legal
+    mask costs one gather per row, not TRIES; only if some row misses every
+    try does the whole batch take the exact rank path (a real `lax.cond`: the
+    harness is batched by hand, not vmapped, so the fallback costs nothing
+    when unused)."""
     b, a = mask_ba.shape
+    if a >= 2**16:
+        raise ValueError(f"random_legal: {a} actions; at most 65535 are supported")
     bits_b = jax.random.bits(key, (b,), jnp.uint32)
     if a <= SMALL:
         return _by_rank(bits_b, mask_ba)
-    salt_k = jnp.arange(1, TRIES + 1, dtype=jnp.uint32) * jnp.uint32(0x9E3779B9)
-    tries_bk = (_fmix32(bits_b[:, None] ^ salt_k[None, :]) % a).astype(jnp.int32)
-    ok_bk = jnp.take_along_axis(mask_ba, tries_bk, axis=1)
-    pick_b = jnp.take_along_axis(tries_bk, jnp.argmax(ok_bk, axis=1)[:, None], axis=1)[:, 0]
-    hit_b = ok_bk.any(axis=1)
+    rows_b = jnp.arange(b)
+
+    def one_try(carry):
+        t, pick_b, hit_b = carry
+        salt = (t + 1).astype(jnp.uint32) * jnp.uint32(0x9E3779B9)
+        try_b = _mulhi(_fmix32(bits_b ^ salt), jnp.uint32(a)).astype(jnp.int32)
+        pick_b = jnp.where(hit_b, pick_b, try_b)
+        return t + 1, pick_b, hit_b | mask_ba[rows_b, try_b]
+
+    _, pick_b, hit_b = jax.lax.while_loop(
+        lambda c: (c[0] < TRIES) & ~c[2].all(), one_try,
+        (jnp.int32(0), jnp.zeros((b,), jnp.int32), jnp.zeros((b,), jnp.bool_)))
     return jax.lax.cond(hit_b.all(), lambda: pick_b,
                         lambda: jnp.where(hit_b, pick_b, _by_rank(bits_b, mask_ba)))
 
