@@ -28,6 +28,18 @@ def random_legal(key: jax.Array, mask: jax.Array) -> jax.Array:
     return jax.random.categorical(key, logits).astype(jnp.int32)
 
 
+def below(bits: jax.Array, n: int) -> jax.Array:
+    """u32: floor(bits * n / 2**32), uniform over [0, n) for uniform uint32
+    `bits` up to a bias <= n / 2**32 (Lemire's multiply-shift, in 16-bit
+    halves so it stays in uint32). Needs n < 2**16."""
+    if not 1 <= n < 2**16:
+        raise ValueError(f"below: n={n} must lie in [1, 65535]")
+    bits = bits.astype(jnp.uint32)
+    hi = (bits >> 16) * jnp.uint32(n)
+    lo = (bits & jnp.uint32(0xFFFF)) * jnp.uint32(n)
+    return (hi + (lo >> 16)) >> 16
+
+
 def argmax_random_tie(key: jax.Array, score: jax.Array) -> jax.Array:
     """argmax of f32[A] with ties broken uniformly at random -> i32[].
 

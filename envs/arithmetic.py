@@ -73,16 +73,25 @@ class Arithmetic(Env):
         return 1
 
     @property
+    def fixed_legal_mask(self) -> bool:
+        return True  # every action is always legal
+
+    @property
     def reward_range(self) -> tuple[float, float]:
         return pu.reward_range(self, 0.0, 1.0)
 
     def _init(self, key: jax.Array) -> ArithmeticState:
-        k_a, k_b, k_op = jax.random.split(key, 3)
+        # One threefry block (two uint32 words) for a, b and op: three
+        # jax.random.randint calls cost ~15 blocks, which made init (run at
+        # every step under AutoReset) most of the env's cost.
+        w = jax.random.bits(key, (2,), jnp.uint32)
         lo, hi = (0 if self.digits == 1 else 10 ** (self.digits - 1)), 10**self.digits
-        a = jax.random.randint(k_a, (), lo, hi, jnp.int32)
-        b = jax.random.randint(k_b, (), lo, hi, jnp.int32)
+        n_ops = len(self.ops)
+        a = lo + pu.below(w[0], hi - lo).astype(jnp.int32)
+        b_op = pu.below(w[1], (hi - lo) * n_ops).astype(jnp.int32)
+        b = lo + b_op // n_ops
         codes = jnp.array([_OPS.index(o) for o in self.ops], jnp.int32)
-        op = codes[jax.random.randint(k_op, (), 0, len(self.ops))]
+        op = codes[b_op % n_ops]
         return ArithmeticState(
             **base_fields(self.num_actions), a=a, b=b, op=op,
             answer=jnp.where(op == 0, a + b, a * b), won=jnp.zeros((), jnp.bool_),

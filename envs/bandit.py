@@ -104,6 +104,10 @@ class Bandit(Env):
         return self.horizon
 
     @property
+    def fixed_legal_mask(self) -> bool:
+        return True  # every action is always legal
+
+    @property
     def reward_range(self) -> tuple[float, float]:
         hi = 1.0 if self.dist == "bernoulli" else 1 + 5 * self.sigma
         lo = 0.0 if self.dist == "bernoulli" else -5 * self.sigma

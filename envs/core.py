@@ -91,6 +91,13 @@ class Env:
         raise NotImplementedError
 
     @property
+    def fixed_legal_mask(self) -> bool:
+        """True if every state's legal_action_mask equals init's (every action
+        always legal, say); AutoReset then skips selecting it. The shared API
+        test checks it on random play."""
+        return False
+
+    @property
     def reward_range(self) -> tuple[float, float]:
         """(lo, hi) bounding every reward `step` can return, the illegal
         penalty included; the shared API test checks it."""
@@ -161,8 +168,16 @@ class AutoReset:
 
     `step` returns a state whose `reward` and `done` describe the transition
     just taken (as gymnax does); when `done` is True the rest of the state is
-    already a fresh `init` of the next episode. Its `done` flag is cleared on
-    the next `step`, so the wrapped env never sees it as absorbing.
+    already a fresh `init(reset_key(key))` of the next episode. Its `done`
+    flag is cleared on the next `step`, so the wrapped env never sees it as
+    absorbing.
+
+    Cost under vmap, where the reset is a select computed at every step:
+    the step and reset keys are two `fold_in`s rather than one `split`, so
+    XLA drops the threefry of a key nobody reads (tic-tac-toe's init,
+    arithmetic's step); an env with `fixed_legal_mask` keeps its mask, as
+    every state has the same one, instead of selecting num_actions bools
+    per env and step (arithmetic: 9802).
     """
 
     env: Env
@@ -171,14 +186,25 @@ class AutoReset:
     def num_actions(self) -> int:
         return self.env.num_actions
 
+    @staticmethod
+    def step_key(key: jax.Array) -> jax.Array:
+        """The key `step(state, action, key)` passes to the env's step."""
+        return jax.random.fold_in(key, 0)
+
+    @staticmethod
+    def reset_key(key: jax.Array) -> jax.Array:
+        """The key of the fresh `init` that `step(..., key)` may return."""
+        return jax.random.fold_in(key, 1)
+
     def init(self, key: jax.Array) -> State:
         return self.env.init(key)
 
     def step(self, state: State, action: jax.Array, key: jax.Array) -> State:
-        key_step, key_reset = jax.random.split(key)
         state = state.replace(done=jnp.zeros_like(state.done))
-        new = self.env.step(state, action, key_step)
-        fresh = self.env.init(key_reset).replace(reward=new.reward, done=new.done)
+        new = self.env.step(state, action, self.step_key(key))
+        fresh = self.env.init(self.reset_key(key)).replace(reward=new.reward, done=new.done)
+        if self.env.fixed_legal_mask:
+            fresh = fresh.replace(legal_action_mask=new.legal_action_mask)
         return jax.tree.map(lambda a, b: jnp.where(new.done, a, b), fresh, new)
 
 

@@ -98,6 +98,10 @@ class Mastermind(Env):
         return self.turns
 
     @property
+    def fixed_legal_mask(self) -> bool:
+        return True  # every action is always legal
+
+    @property
     def reward_range(self) -> tuple[float, float]:
         return gu.reward_range(self, 0.0, 1.0)
 

@@ -64,3 +64,25 @@ def test_text_render_matches_host_and_parses_back():
     s = single.init(jax.random.key(0)).replace(a=np.int32(0), b=np.int32(7), op=np.int32(1))
     text = "".join(single.text_pieces()[i] for i in np.asarray(single.render_pieces(s)) if i >= 0)
     assert text.startswith("Compute 0*7.\n") and text == single.render_text(s)
+
+
+@pytest.mark.parametrize("digits,ops", [(1, "+*"), (2, "*")])
+def test_operands_and_operator_are_uniform(digits, ops):
+    """init draws a, b and op from one threefry block (pu.below): each is
+    uniform over its range, and b and op (one shared draw) are independent."""
+    env = envs.make("arithmetic", digits=digits, ops=ops)
+    n = 20_000
+    s = _np(jax.jit(jax.vmap(env.init))(jax.random.split(jax.random.key(7), n)))
+    lo, hi = (0 if digits == 1 else 10 ** (digits - 1)), 10**digits
+    # Pearson chi-square at P = 0.001 by degrees of freedom.
+    crit = {1: 10.83, 9: 27.88, 19: 43.82, 89: 135.98}
+    tables = [(s.a - lo, hi - lo), (s.b - lo, hi - lo)]
+    if len(ops) == 2:
+        tables += [(s.op, 2), ((s.b - lo) * 2 + s.op, 2 * (hi - lo))]
+    else:
+        assert (s.op == "+*".index(ops)).all()
+    for values, cells in tables:
+        counts = np.bincount(values, minlength=cells)
+        assert len(counts) == cells
+        chi2 = ((counts - n / cells) ** 2 / (n / cells)).sum()
+        assert chi2 < crit[cells - 1], (cells, chi2)

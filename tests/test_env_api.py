@@ -101,14 +101,20 @@ def episode_checks(env, key, with_baselines: bool):
         ok["absorbing"] &= ~state.done | frozen
         ok["count"] &= state.done | (new.step_count == state.step_count + 1)
         ok["mask_nonempty"] &= new.done | new.legal_action_mask.any()
+        if env.fixed_legal_mask:  # AutoReset relies on it: every mask is init's
+            ok["fixed_mask"] &= jnp.all(new.legal_action_mask == mask0)
         ok["reward_bounded"] &= (new.reward >= lo) & (new.reward <= hi)
         ok["finite"] &= jnp.isfinite(new.reward)
         return (new, ok), new.reward
 
-    ok = {k: jnp.bool_(True) for k in
-          ("baseline_legal", "absorbing", "count", "mask_nonempty", "reward_bounded", "finite")}
+    ok = {k: jnp.bool_(True) for k in ("baseline_legal", "absorbing", "count", "mask_nonempty",
+                                       "fixed_mask", "reward_bounded", "finite")}
     keys = jax.random.split(k1, env.max_steps + 1)
-    (final, ok), rewards = jax.lax.scan(body, (env.init(k0), ok), keys)
+    state0 = env.init(k0)
+    mask0 = state0.legal_action_mask
+    if env.fixed_legal_mask:  # and init's is the same for every key
+        ok["fixed_mask"] &= jnp.all(mask0 == env.init(jax.random.PRNGKey(0)).legal_action_mask)
+    (final, ok), rewards = jax.lax.scan(body, (state0, ok), keys)
     ok["done_by_max_steps"] = final.done & (final.step_count <= env.max_steps)
     return ok, rewards.sum()
 
@@ -181,7 +187,7 @@ def test_auto_reset(name):
     def run(key):
         def body(state, k):
             new = wrapped.step(state, random_legal(k, state.legal_action_mask), k)
-            fresh = env.init(jax.random.split(k)[1])
+            fresh = env.init(AutoReset.reset_key(k))
             is_fresh = same_tree(new.replace(reward=fresh.reward, done=fresh.done), fresh)
             return new, (new.done, ~new.done | is_fresh, new.step_count, new.reward)
 
