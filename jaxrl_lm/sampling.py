@@ -88,7 +88,7 @@ def process_logits(logits: jax.Array, *, temperature: float = 1.0, top_k: int | 
     _check_options(temperature, top_k, top_p, min_p)
     z = logits.astype(jnp.float32)
     if temperature == 0:
-        return jnp.where(jax.nn.one_hot(jnp.argmax(z, -1), z.shape[-1], dtype=bool), z, NEG_INF)
+        return jnp.where(jax.nn.one_hot(_argmax(z), z.shape[-1], dtype=bool), z, NEG_INF)
     z = z / temperature
     if top_k is not None and top_k < z.shape[-1]:
         kth = jax.lax.top_k(z, top_k)[0][..., -1:]
@@ -101,28 +101,40 @@ def process_logits(logits: jax.Array, *, temperature: float = 1.0, top_k: int | 
     return z
 
 
+def _argmax(x: jax.Array) -> jax.Array:
+    """jnp.argmax(x, -1) (the first maximum) as int32, from two plain reductions:
+    XLA:CPU runs argmax's (value, index) pair reduction several times slower."""
+    iota = jax.lax.broadcasted_iota(jnp.int32, x.shape, x.ndim - 1)
+    hit = x == x.max(-1, keepdims=True)
+    return jnp.min(jnp.where(hit, iota, x.shape[-1]), -1)
+
+
+def _logp_of(x: jax.Array, tok: jax.Array) -> jax.Array:
+    """log softmax(x)[..., tok] without materialising the whole log-softmax."""
+    return jnp.take_along_axis(x, tok[..., None], -1)[..., 0] - jax.nn.logsumexp(x, -1)
+
+
 def choose_tokens(logits_bv: jax.Array, key: jax.Array, *, temperature: float = 1.0,
                   top_k: int | None = None, top_p: float | None = None,
                   min_p: float | None = None):
-    """One sampling step: (token [B] i32, logp [B] under softmax(z / T), sampling_logp [B])."""
+    """One sampling step: (token [B] i32, logp [B] under softmax(z / T), sampling_logp [B]).
+
+    The draw is jax.random.categorical's Gumbel-max, argmax(processed + Gumbel
+    noise), with the same noise for the same key."""
     z = logits_bv.astype(jnp.float32)
-    processed = process_logits(z, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p)
     if temperature == 0:
-        tok = jnp.argmax(z, -1).astype(jnp.int32)
-        model_lp = jax.nn.log_softmax(z, -1)
-        samp_lp = jnp.zeros(tok.shape, jnp.float32)
-    else:
-        tok = jax.random.categorical(key, processed, axis=-1).astype(jnp.int32)
-        model_lp = jax.nn.log_softmax(z / temperature, -1)
-        samp_lp = jnp.take_along_axis(jax.nn.log_softmax(processed, -1), tok[:, None], -1)[:, 0]
-    return tok, jnp.take_along_axis(model_lp, tok[:, None], -1)[:, 0], samp_lp
+        tok = _argmax(z)
+        return tok, _logp_of(z, tok), jnp.zeros(tok.shape, jnp.float32)
+    processed = process_logits(z, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p)
+    tok = _argmax(processed + jax.random.gumbel(key, processed.shape, processed.dtype))
+    return tok, _logp_of(z / temperature, tok), _logp_of(processed, tok)
 
 
 # -- sampling loop -------------------------------------------------------------
 
 class _Loop(NamedTuple):
     i: jax.Array  # [] int32 step
-    cache: object  # KVCache [L, B, K, S, Hd]
+    cache: object  # KVCache: per layer, keys [B, K, Hd, S] and values [B, K, S, Hd]
     logits: jax.Array  # [B, V] f32 next-token logits
     tokens: jax.Array  # [B, N] int32
     logp: jax.Array  # [B, N] f32
@@ -138,10 +150,10 @@ def _sample_impl(graphdef, state, prompt_bp, lengths_b, key, *, max_new_tokens, 
     model = nnx.merge(graphdef, state)
     b, p = prompt_bp.shape
     n = max_new_tokens
-    positions = jnp.broadcast_to(jnp.arange(p, dtype=jnp.int32), (b, p))
-    h, cache = model.hidden_states(prompt_bp, positions, cache=model.init_cache(b, p + n))
+    h, cache = model.prefill(prompt_bp, p + n)
     last = model.logits_from_hidden(h[jnp.arange(b), lengths_b - 1])
     stops = jnp.asarray(stop_tokens, jnp.int32).reshape(-1)
+    layers = model.layer_params()  # sliced here, once, not on every step
 
     def body(s: _Loop) -> _Loop:
         key, sub = jax.random.split(s.key)
@@ -150,7 +162,7 @@ def _sample_impl(graphdef, state, prompt_bp, lengths_b, key, *, max_new_tokens, 
         lp, slp = jnp.where(s.done, 0.0, lp), jnp.where(s.done, 0.0, slp)
         done = s.done | jnp.any(tok[:, None] == stops[None, :], -1)
         pos = (lengths_b + s.i)[:, None]
-        logits, cache = model(tok[:, None], pos, cache=s.cache)
+        logits, cache = model(tok[:, None], pos, cache=s.cache, layers=layers)
         return _Loop(s.i + 1, cache, logits[:, 0], s.tokens.at[:, s.i].set(tok),
                      s.logp.at[:, s.i].set(lp), s.sampling_logp.at[:, s.i].set(slp),
                      s.lengths + (~s.done).astype(jnp.int32), done, key)

@@ -34,9 +34,15 @@ Calls (positions are explicit; rows are right-padded; see `layers.block`):
     model(tokens, positions, cache=KVCache)               -> (logits [B,T,V] f32, KVCache)
     model.hidden_states(tokens, positions[, cache=...])   -> h [B,T,D] (after final norm)
                                                              [, KVCache]
+    model.prefill(tokens[B,T] i32, length)                -> (h [B,T,D], KVCache, S = length)
     model.logits_from_hidden(h)                           -> [..., V] f32
     model.values(tokens, positions)                       -> [B, T] f32 (value head)
     model.init_cache(batch, length)                       -> zero KVCache, S = length
+
+Without a cache the layers run as one `lax.scan`; with a cache they run
+unrolled, each on its own cache buffers (see `layers.KVCache`): a decode step
+then reads each layer's keys in place instead of copying a slice of a stacked
+cache, at the price of compiling the block L times for the cached call.
 """
 
 from __future__ import annotations
@@ -125,8 +131,10 @@ class Decoder(nnx.Module):
     # -- pieces ---------------------------------------------------------------
     def init_cache(self, batch: int, length: int) -> KVCache:
         cfg = self.config
-        shape = (cfg.num_layers, batch, cfg.num_kv_heads, length, cfg.head_dim)
-        return KVCache(jnp.zeros(shape, cfg.compute_dtype), jnp.zeros(shape, cfg.compute_dtype))
+        k_shape = (batch, cfg.num_kv_heads, cfg.head_dim, length)
+        v_shape = (batch, cfg.num_kv_heads, length, cfg.head_dim)
+        return KVCache(tuple(jnp.zeros(k_shape, cfg.compute_dtype) for _ in range(cfg.num_layers)),
+                       tuple(jnp.zeros(v_shape, cfg.compute_dtype) for _ in range(cfg.num_layers)))
 
     def unembedding(self) -> jax.Array:
         """The [D, V] output matrix (the embedding transposed when tied)."""
@@ -143,40 +151,87 @@ class Decoder(nnx.Module):
             raise ValueError("this model has no value head; build it with ModelConfig(value_head=True)")
         return self.value_head(h)
 
-    def hidden_states(self, tokens_bt: jax.Array, positions_bt: jax.Array, *,
-                      cache: KVCache | None = None, remat: bool = False):
-        """Final-normed hidden states [B, T, D] (compute dtype); with a cache, also
-        the updated KVCache. remat=True recomputes each block in the backward pass."""
+    def _embed(self, tokens_bt: jax.Array) -> jax.Array:
         cfg = self.config
-        if tokens_bt.ndim != 2 or positions_bt.shape != tokens_bt.shape:
-            raise ValueError(f"tokens and positions must both be [B, T]; got "
-                             f"{tokens_bt.shape} and {positions_bt.shape}")
         x = self.embed[...][tokens_bt].astype(cfg.compute_dtype)
         if cfg.scale_embeddings:
             x = x * jnp.asarray(cfg.hidden_size ** 0.5, cfg.compute_dtype)
+        return x
 
-        # The cache rides in the scan carry and each block writes its T new slots
-        # in place; as scan xs/ys the whole [L, B, K, S, Hd] cache would be
-        # rebuilt (copied) on every decode step.
-        def step(carry, p):
-            x, kv, layer = carry
-            x, kv = block(cfg, x, p, positions_bt, kv, layer)
-            return (x, kv, layer + 1), None
+    def _final_norm(self, x: jax.Array) -> jax.Array:
+        cfg = self.config
+        return rms_norm(x, self.final_norm[...], eps=cfg.rms_norm_eps, offset=cfg.norm_offset)
+
+    def _scan_layers(self, x: jax.Array, positions_bt: jax.Array, *, remat: bool, keep_kv: bool):
+        """All blocks as one lax.scan without a cache; also the stacked per-layer
+        (k, v) [L, B, T, K, Hd] when keep_kv."""
+        cfg = self.config
+
+        def step(x, p):
+            x, kv = block(cfg, x, p, positions_bt)
+            return x, (kv if keep_kv else None)
 
         if remat:
             step = jax.checkpoint(step)
-        kv = None if cache is None else (cache.k, cache.v)
-        (x, kv, _), _ = jax.lax.scan(step, (x, kv, jnp.int32(0)), self.layers.arrays())
-        h = rms_norm(x, self.final_norm[...], eps=cfg.rms_norm_eps, offset=cfg.norm_offset)
-        return h if cache is None else (h, KVCache(*kv))
+        return jax.lax.scan(step, x, self.layers.arrays())
+
+    def layer_params(self) -> tuple[dict[str, jax.Array], ...]:
+        """One {name: array} per layer: the stacked parameters sliced on the layer axis.
+
+        A loop that calls the cached forward (the sampler's decode loop) slices
+        once before the loop and passes them as `layers=`: XLA:CPU does not hoist
+        the slices out of a while loop, and would copy every weight every step."""
+        arrays = self.layers.arrays()
+        return tuple({name: w[layer] for name, w in arrays.items()}
+                     for layer in range(self.config.num_layers))
+
+    def hidden_states(self, tokens_bt: jax.Array, positions_bt: jax.Array, *,
+                      cache: KVCache | None = None, remat: bool = False,
+                      layers: tuple[dict[str, jax.Array], ...] | None = None):
+        """Final-normed hidden states [B, T, D] (compute dtype); with a cache, also
+        the updated KVCache. remat=True recomputes each block in the backward pass.
+        `layers` (cached calls only): `layer_params()`, sliced once by the caller."""
+        if tokens_bt.ndim != 2 or positions_bt.shape != tokens_bt.shape:
+            raise ValueError(f"tokens and positions must both be [B, T]; got "
+                             f"{tokens_bt.shape} and {positions_bt.shape}")
+        x = self._embed(tokens_bt)
+        if cache is None:
+            x, _ = self._scan_layers(x, positions_bt, remat=remat, keep_kv=False)
+            return self._final_norm(x)
+        new_k, new_v = [], []
+        for p, kv in zip(self.layer_params() if layers is None else layers,
+                         zip(cache.k, cache.v), strict=True):
+            x, (k, v) = block(self.config, x, p, positions_bt, kv)
+            new_k.append(k)
+            new_v.append(v)
+        return self._final_norm(x), KVCache(tuple(new_k), tuple(new_v))
+
+    def prefill(self, tokens_bt: jax.Array, length: int):
+        """(hidden states [B, T, D], KVCache of `length` slots) for right-padded
+        prompts at positions 0..T-1: the same result as `hidden_states` with a
+        fresh `init_cache(B, length)`, but the prompt attends only to itself and
+        the blocks run as the one layer scan of the cache-free forward."""
+        b, t = tokens_bt.shape
+        if length < t:
+            raise ValueError(f"length={length} must be >= the prompt's {t} tokens")
+        positions = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
+        x, (k_lbtkd, v_lbtkd) = self._scan_layers(self._embed(tokens_bt), positions,
+                                                  remat=False, keep_kv=True)
+        fresh = self.init_cache(b, length)
+        ks = tuple(c.at[..., :t].set(k_lbtkd[layer].transpose(0, 2, 3, 1).astype(c.dtype))
+                   for layer, c in enumerate(fresh.k))
+        vs = tuple(c.at[:, :, :t].set(v_lbtkd[layer].transpose(0, 2, 1, 3).astype(c.dtype))
+                   for layer, c in enumerate(fresh.v))
+        return self._final_norm(x), KVCache(ks, vs)
 
     # -- calls ----------------------------------------------------------------
     def __call__(self, tokens_bt: jax.Array, positions_bt: jax.Array, *,
-                 cache: KVCache | None = None):
+                 cache: KVCache | None = None,
+                 layers: tuple[dict[str, jax.Array], ...] | None = None):
         """Logits [B, T, V] float32; with a cache, (logits, updated cache)."""
         if cache is None:
             return self.logits_from_hidden(self.hidden_states(tokens_bt, positions_bt))
-        h, cache = self.hidden_states(tokens_bt, positions_bt, cache=cache)
+        h, cache = self.hidden_states(tokens_bt, positions_bt, cache=cache, layers=layers)
         return self.logits_from_hidden(h), cache
 
     def values(self, tokens_bt: jax.Array, positions_bt: jax.Array) -> jax.Array:

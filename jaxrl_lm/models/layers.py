@@ -17,15 +17,19 @@ from jaxrl_lm.models.config import ModelConfig
 
 
 class KVCache(NamedTuple):
-    """Preallocated keys/values for all layers; slot s holds the token at position s.
+    """Preallocated keys/values, one buffer per layer; slot s holds the token at position s.
 
-    k: [L, B, K, S, Hd] compute dtype, rotated keys.
-    v: [L, B, K, S, Hd] compute dtype.
-    Slots are the second-to-last axis so that decode attention contracts each
-    (row, kv head)'s [S, Hd] block as it is stored, with no per-step transpose.
+    k: L-tuple of [B, K, Hd, S] compute dtype, rotated keys, slots last.
+    v: L-tuple of [B, K, S, Hd] compute dtype.
+    One buffer per layer: the cached forward runs its layers unrolled and each
+    reads and updates its own buffer in place (on XLA:CPU a layer slice of one
+    stacked [L, ...] cache is a copy of that layer on every decode step). Keys
+    slots-last and values slots-second make both decode contractions (q.k over
+    Hd, probs.v over S) contract the operand's major axis, which XLA:CPU's
+    batched dot runs several times faster than a contraction over the minor axis.
     """
-    k: jax.Array
-    v: jax.Array
+    k: tuple[jax.Array, ...]
+    v: tuple[jax.Array, ...]
 
 
 def rms_norm(x: jax.Array, w: jax.Array, *, eps: float, offset: float) -> jax.Array:
@@ -93,27 +97,51 @@ def _proj(h_btd: jax.Array, w_dnh: jax.Array) -> jax.Array:
     return (h_btd.reshape(b * t, d) @ w_dnh.reshape(d, n * hd)).reshape(b, t, n, hd)
 
 
-def _write(cache_lbksd: jax.Array, layer: jax.Array, new_btkd: jax.Array,
-           start_b: jax.Array) -> jax.Array:
-    """Layer `layer`, row b: the T new entries go to slots start_b[b]..+T-1, in place
-    in the all-layer cache (one scatter of B*T rows; nothing else is copied)."""
-    b, t = new_btkd.shape[:2]
+def _write(cache_k: jax.Array, cache_v: jax.Array, k_btkd: jax.Array, v_btkd: jax.Array,
+           start_b: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Row b's T new keys/values go to slots start_b[b]..+T-1 of one layer's buffers
+    (keys [B, K, Hd, S], values [B, K, S, Hd]); one in-place scatter each."""
+    b, t = k_btkd.shape[:2]
     rows = jnp.arange(b)[:, None]
     slots = start_b[:, None] + jnp.arange(t, dtype=start_b.dtype)[None, :]
-    # indices [B, T] around the K slice: the update is [B, T, K, Hd], as new_btkd
-    return cache_lbksd.at[layer, rows, :, slots].set(new_btkd.astype(cache_lbksd.dtype),
-                                                      mode="promise_in_bounds")
+    # indices [B, T] around the sliced axes: both updates are [B, T, K, Hd], as given
+    cache_k = cache_k.at[rows, :, :, slots].set(k_btkd.astype(cache_k.dtype),
+                                                mode="promise_in_bounds")
+    cache_v = cache_v.at[rows, :, slots].set(v_btkd.astype(cache_v.dtype),
+                                             mode="promise_in_bounds")
+    return cache_k, cache_v
+
+
+def cached_attention(q_bthd: jax.Array, k_bkds: jax.Array, v_bksd: jax.Array,
+                     mask_bts: jax.Array) -> jax.Array:
+    """`attention` against one layer's cache buffers (keys [B, K, Hd, S], values
+    [B, K, S, Hd]). The G query heads of a key head and the T queries form one
+    [G*T, Hd] matrix per (row, key head), so for decode (T = 1) both
+    contractions are plain [G, .] x [., .] products with no unit axes, which
+    XLA:CPU would otherwise lay out as slower transposed products."""
+    b, t, h, hd = q_bthd.shape
+    kh = k_bkds.shape[1]
+    g = h // kh
+    q = q_bthd.reshape(b, t, kh, g, hd).transpose(0, 2, 3, 1, 4).reshape(b, kh, g * t, hd)
+    scores = jnp.einsum("bkmd,bkds->bkms", q, k_bkds,
+                        preferred_element_type=jnp.float32) * (hd ** -0.5)
+    mask = jnp.broadcast_to(mask_bts[:, None], (b, g) + mask_bts.shape[1:])
+    scores = jnp.where(mask.reshape(b, 1, g * t, -1), scores, jnp.finfo(jnp.float32).min)
+    probs = jax.nn.softmax(scores, axis=-1).astype(v_bksd.dtype)
+    out = jnp.einsum("bkms,bksd->bkmd", probs, v_bksd)
+    return out.reshape(b, kh, g, t, hd).transpose(0, 3, 1, 2, 4).reshape(b, t, h, hd)
 
 
 def block(cfg: ModelConfig, x_btd: jax.Array, p: dict, positions_bt: jax.Array,
-          cache_kv: tuple[jax.Array, jax.Array] | None, layer: jax.Array | int = 0):
+          cache_kv: tuple[jax.Array, jax.Array] | None = None):
     """One pre-norm decoder block: x + attn(norm(x)), then + mlp(norm(x)).
 
     Without a cache the keys are this call's T tokens; query t attends key u iff
-    positions[b, u] <= positions[b, t]. With a cache (the all-layer k, v:
-    [L, B, K, S, Hd]) this block's new keys are written to layer `layer` at
-    slots positions[b, 0] .. positions[b, 0] + T - 1 and query t attends slot s
-    iff s <= positions[b, t]. Returns (x_btd, updated (k, v) or None).
+    positions[b, u] <= positions[b, t], and the second output is this call's
+    (k, v), each [B, T, K, Hd], k rotated. With a cache (this layer's buffers,
+    see `KVCache`) the new keys are written at slots positions[b, 0] ..
+    positions[b, 0] + T - 1, query t attends slot s iff s <= positions[b, t],
+    and the second output is the updated buffers.
     """
     dt = x_btd.dtype
     b, t, d = x_btd.shape
@@ -126,20 +154,17 @@ def block(cfg: ModelConfig, x_btd: jax.Array, p: dict, positions_bt: jax.Array,
     k = rope(k, positions_bt, theta=cfg.rope_theta)
     if cache_kv is None:
         mask = positions_bt[:, None, :] <= positions_bt[:, :, None]
-        k, v, new_kv = jnp.swapaxes(k, 1, 2), jnp.swapaxes(v, 1, 2), None
+        o = attention(q, jnp.swapaxes(k, 1, 2), jnp.swapaxes(v, 1, 2), mask)
+        kv = (k, v)
     else:
-        ck, cv = cache_kv
-        ck = _write(ck, layer, k, positions_bt[:, 0])
-        cv = _write(cv, layer, v, positions_bt[:, 0])
-        new_kv = (ck, cv)
-        k, v = ck[layer].astype(dt), cv[layer].astype(dt)
-        slots = jnp.arange(ck.shape[3], dtype=positions_bt.dtype)
+        kv = _write(*cache_kv, k, v, positions_bt[:, 0])
+        slots = jnp.arange(kv[1].shape[2], dtype=positions_bt.dtype)
         mask = slots[None, None, :] <= positions_bt[:, :, None]
-    o = attention(q, k, v, mask)
+        o = cached_attention(q, kv[0].astype(dt), kv[1].astype(dt), mask)
     w_o = p["o_proj"].astype(dt)
     o = (o.reshape(b * t, -1) @ w_o.reshape(-1, d)).reshape(b, t, d)
     if cfg.attention_out_bias:
         o = o + p["o_bias"].astype(dt)
     x_btd = x_btd + o
     h = rms_norm(x_btd, p["mlp_norm"], eps=cfg.rms_norm_eps, offset=cfg.norm_offset)
-    return x_btd + gated_mlp(h.reshape(b * t, d), p, cfg.activation).reshape(b, t, d), new_kv
+    return x_btd + gated_mlp(h.reshape(b * t, d), p, cfg.activation).reshape(b, t, d), kv
