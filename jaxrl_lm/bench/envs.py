@@ -67,19 +67,22 @@ def _mulhi(bits_b: jax.Array, n_b: jax.Array) -> jax.Array:
 def _by_rank(bits_b: jax.Array, mask_ba: jax.Array) -> jax.Array:
     """The r-th legal action of each row, r uniform in [0, #legal) from the bits.
 
-    Up to SMALL actions, the running count is unrolled over the columns of
-    the transposed mask, so every op is elementwise over the batch; XLA's CPU
-    backend runs a cumsum or an argmax over a short minor axis as a slow
-    reduce-window or row reduction (about 3x the cost at 9 actions)."""
+    Up to SMALL actions the running count is unrolled over the rows of the
+    transposed mask, so the work is elementwise over the batch (XLA's CPU
+    backend runs a cumsum or argmax over a short minor axis as a slow
+    reduce-window or row reduction), and the pick ends in a reduction over
+    the actions: XLA materialises a reduction once, where it would re-run a
+    cheap elementwise sampler inside every fusion that reads the actions,
+    per element of the [B, ...] outputs that broadcast them."""
     b, a = mask_ba.shape
     if a <= SMALL:
-        cols = list(mask_ba.T.astype(jnp.uint32))
-        r_b = _mulhi(bits_b, sum(cols))
-        seen_b, pick_b = jnp.zeros_like(r_b), jnp.zeros_like(r_b)
-        for i, col_b in enumerate(cols):
-            pick_b = jnp.where((col_b > 0) & (seen_b == r_b), jnp.uint32(i), pick_b)
-            seen_b = seen_b + col_b
-        return pick_b.astype(jnp.int32)
+        m_ab = mask_ba.T.astype(jnp.uint32)
+        seen = [jnp.zeros((b,), jnp.uint32)]
+        for row_b in m_ab:
+            seen.append(seen[-1] + row_b)
+        r_b = _mulhi(bits_b, seen.pop())
+        hit_ab = (m_ab > 0) & (jnp.stack(seen) == r_b[None, :])
+        return jnp.sum(jnp.where(hit_ab, jnp.arange(a, dtype=jnp.int32)[:, None], 0), axis=0)
     count_ba = jnp.cumsum(mask_ba.astype(jnp.uint32), axis=1)
     r_b = _mulhi(bits_b, jnp.maximum(count_ba[:, -1], 1))
     return jnp.argmax(count_ba > r_b[:, None], axis=1).astype(jnp.int32)
