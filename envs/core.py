@@ -25,6 +25,7 @@ Single-agent from the learner's side: opponents live inside `_step`.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, ClassVar
 
 import jax
@@ -162,6 +163,14 @@ class Env:
         return jax.tree.map(lambda a, b: jnp.where(state.done, a, b), frozen, new)
 
 
+def reads_key(fn, *args) -> bool:
+    """Whether `fn(*args)` uses its last argument (a key) at all, from one
+    trace with abstract values. Conservative: any use in the jaxpr counts."""
+    jaxpr = jax.make_jaxpr(fn)(*args).jaxpr
+    key = jaxpr.invars[-1]
+    return key in jaxpr.outvars or any(v is key for e in jaxpr.eqns for v in e.invars)
+
+
 @dataclasses.dataclass(frozen=True)
 class AutoReset:
     """Wraps an env for rollouts: an episode that ends is replaced at once.
@@ -173,11 +182,13 @@ class AutoReset:
     absorbing.
 
     Cost under vmap, where the reset is a select computed at every step:
-    the step and reset keys are two `fold_in`s rather than one `split`, so
-    XLA drops the threefry of a key nobody reads (tic-tac-toe's init,
-    arithmetic's step); an env with `fixed_legal_mask` keeps its mask, as
-    every state has the same one, instead of selecting num_actions bools
-    per env and step (arithmetic: 9802).
+      * keys: if only one of the env's step and init reads a key, it gets
+        `key` itself (tic-tac-toe's init and arithmetic's step read none);
+        otherwise each gets a `fold_in` of it. A split would run threefry
+        for a key nobody reads, about a third of tic-tac-toe's step;
+      * an env with `fixed_legal_mask` keeps its mask, as every state has
+        the same one, instead of selecting num_actions bools per env and
+        step (arithmetic: 9802).
     """
 
     env: Env
@@ -186,15 +197,20 @@ class AutoReset:
     def num_actions(self) -> int:
         return self.env.num_actions
 
-    @staticmethod
-    def step_key(key: jax.Array) -> jax.Array:
-        """The key `step(state, action, key)` passes to the env's step."""
-        return jax.random.fold_in(key, 0)
+    @functools.cached_property
+    def _both_read_keys(self) -> bool:
+        key = jax.ShapeDtypeStruct((), jax.random.key(0).dtype)
+        state = jax.eval_shape(self.env.init, key)
+        action = jax.ShapeDtypeStruct((), jnp.int32)
+        return reads_key(self.env.init, key) and reads_key(self.env.step, state, action, key)
 
-    @staticmethod
-    def reset_key(key: jax.Array) -> jax.Array:
+    def step_key(self, key: jax.Array) -> jax.Array:
+        """The key `step(state, action, key)` passes to the env's step."""
+        return jax.random.fold_in(key, 0) if self._both_read_keys else key
+
+    def reset_key(self, key: jax.Array) -> jax.Array:
         """The key of the fresh `init` that `step(..., key)` may return."""
-        return jax.random.fold_in(key, 1)
+        return jax.random.fold_in(key, 1) if self._both_read_keys else key
 
     def init(self, key: jax.Array) -> State:
         return self.env.init(key)

@@ -187,7 +187,7 @@ def test_auto_reset(name):
     def run(key):
         def body(state, k):
             new = wrapped.step(state, random_legal(k, state.legal_action_mask), k)
-            fresh = env.init(AutoReset.reset_key(k))
+            fresh = env.init(wrapped.reset_key(k))
             is_fresh = same_tree(new.replace(reward=fresh.reward, done=fresh.done), fresh)
             return new, (new.done, ~new.done | is_fresh, new.step_count, new.reward)
 
