@@ -78,9 +78,15 @@ class CellularAutomata(Env):
         return pu.reward_range(self, 0.0, 1.0)
 
     def _init(self, key: jax.Array) -> CellularAutomataState:
-        k_rule, k_rows = jax.random.split(key)
-        rule = jax.random.randint(k_rule, (), 0, 256, jnp.int32)
-        inputs = jax.random.bernoulli(k_rows, 0.5, (self.examples, self.width))
+        # The rule and every input cell are fair random bits: one word for the
+        # rule's 8, then one bit per cell, 2 threefry blocks in all (a randint
+        # and a float per cell cost ~50, most of a step under auto-reset).
+        n = self.examples * self.width
+        words = jax.random.bits(key, (1 + -(-n // 32),), jnp.uint32)
+        rule = (words[0] & 0xFF).astype(jnp.int32)
+        cell = jnp.arange(n, dtype=jnp.uint32)
+        inputs = ((words[1 + cell // 32] >> (cell % 32)) & 1).astype(jnp.bool_)
+        inputs = inputs.reshape(self.examples, self.width)
         return CellularAutomataState(
             **base_fields(256), rule=rule, inputs=inputs, outputs=apply_rule(rule, inputs),
             guesses=jnp.full((self.turns,), -1, jnp.int32),

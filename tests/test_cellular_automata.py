@@ -93,3 +93,19 @@ def test_text_render_matches_host():
     s = jax.tree.map(lambda x: x[0, 0], tr)  # after the first guess
     assert s.guesses[0] >= 0 and s.guesses[1] < 0
     assert f"{acts[s.guesses[0]]} right={s.scores[0]}/8\n" in env.render_text(s)
+
+
+def test_rule_and_inputs_are_uniform():
+    """init's rule is uniform over 0..255 and its input cells are fair,
+    independent bits (all drawn as raw random bits)."""
+    env = envs.make("cellular_automata", width=16, examples=6)
+    n = 25_600
+    s = jax.jit(jax.vmap(env.init))(jax.random.split(jax.random.key(5), n))
+    rule, inputs = np.asarray(s.rule), np.asarray(s.inputs).reshape(n, -1)
+    counts = np.bincount(rule, minlength=256)
+    assert len(counts) == 256
+    assert ((counts - n / 256) ** 2 / (n / 256)).sum() < 330.5  # chi-square, 255 dof, P = 0.001
+    # Each cell: mean 1/2 within 4.5 standard errors; neighbours uncorrelated.
+    assert np.abs(inputs.mean(0) - 0.5).max() < 4.5 * 0.5 / np.sqrt(n)
+    pairs = (inputs[:, :-1] == inputs[:, 1:]).mean(0)
+    assert np.abs(pairs - 0.5).max() < 4.5 * 0.5 / np.sqrt(n)
