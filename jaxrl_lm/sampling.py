@@ -114,19 +114,45 @@ def _logp_of(x: jax.Array, tok: jax.Array) -> jax.Array:
     return jnp.take_along_axis(x, tok[..., None], -1)[..., 0] - jax.nn.logsumexp(x, -1)
 
 
+def _draw(key: jax.Array, logits_bv: jax.Array) -> jax.Array:
+    """One token [B] int32 per row from softmax(logits) (-inf: never drawn).
+
+    Inverts the CDF in token order with one uniform u per row: the token is the
+    largest n with F(n) <= u * F(V), F(n) = sum_{j < n} p_j, found bit by bit
+    (ceil(log2 V) masked sums). Gumbel-max would need V random numbers per row,
+    which on CPU cost more than the whole search. Every F(n) in the search is
+    the same masked reduction, and float addition of non-negative terms is
+    monotone, so F(n + 1) > F(n) implies p_n > 0: a dropped token is never
+    drawn. (Only if rounding puts u * F(V) at or past the search's own F(V) can
+    the search end on a trailing zero; then the last kept token is taken.)
+    """
+    v = logits_bv.shape[-1]
+    p = jnp.exp(logits_bv - logits_bv.max(-1, keepdims=True))
+    iota = jax.lax.broadcasted_iota(jnp.int32, p.shape, p.ndim - 1)
+    u = jax.random.uniform(key, p.shape[:-1] + (1,)) * p.sum(-1, keepdims=True)
+
+    def bit(i, n):  # try setting bit (top - i) of n
+        trial = n | jnp.left_shift(jnp.int32(1), top - i)
+        mass = jnp.sum(jnp.where(iota < trial, p, 0.0), -1, keepdims=True)
+        return jnp.where((trial < v) & (mass <= u), trial, n)
+
+    top = max(v - 1, 1).bit_length() - 1
+    n = jax.lax.fori_loop(0, top + 1, bit, jnp.zeros(p.shape[:-1] + (1,), jnp.int32))
+    last_kept = jnp.max(jnp.where(p > 0, iota, -1), -1, keepdims=True)
+    kept = jnp.take_along_axis(p, n, -1) > 0
+    return jnp.where(kept, n, last_kept)[..., 0]
+
+
 def choose_tokens(logits_bv: jax.Array, key: jax.Array, *, temperature: float = 1.0,
                   top_k: int | None = None, top_p: float | None = None,
                   min_p: float | None = None):
-    """One sampling step: (token [B] i32, logp [B] under softmax(z / T), sampling_logp [B]).
-
-    The draw is jax.random.categorical's Gumbel-max, argmax(processed + Gumbel
-    noise), with the same noise for the same key."""
+    """One sampling step: (token [B] i32, logp [B] under softmax(z / T), sampling_logp [B])."""
     z = logits_bv.astype(jnp.float32)
     if temperature == 0:
         tok = _argmax(z)
         return tok, _logp_of(z, tok), jnp.zeros(tok.shape, jnp.float32)
     processed = process_logits(z, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p)
-    tok = _argmax(processed + jax.random.gumbel(key, processed.shape, processed.dtype))
+    tok = _draw(key, processed)
     return tok, _logp_of(z / temperature, tok), _logp_of(processed, tok)
 
 

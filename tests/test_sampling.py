@@ -70,6 +70,28 @@ def test_sampling_frequencies_match_processed_distribution():
     np.testing.assert_allclose(np.asarray(lp), np.log(plain[np.asarray(tok)]), rtol=1e-5)
 
 
+def test_draws_only_kept_tokens_at_any_vocab_size():
+    """The inverse-CDF draw never returns a dropped token, including kept sets at
+    the first or last id and vocab sizes that are not powers of two; with one
+    kept token it always returns it."""
+    rng = np.random.default_rng(3)
+    for v in (2, 7, 1000, 1025):
+        logits = rng.standard_normal((64, v)).astype(np.float32)
+        logits[0, :] = -5.0
+        logits[0, v - 1] = 5.0  # row 0 keeps only the last id under top-k 1
+        logits[1, :] = -5.0
+        logits[1, 0] = 5.0  # row 1 keeps only the first id
+        for opts in (dict(top_k=1), dict(top_k=min(3, v)), dict(top_p=0.3)):
+            processed = sampling.process_logits(jnp.asarray(logits), **opts)
+            kept = np.isfinite(np.asarray(processed))
+            draw = jax.jit(lambda z, k: sampling.choose_tokens(z, k, **opts)[0])
+            for seed in range(4):
+                tok = np.asarray(draw(jnp.asarray(logits), jax.random.key(seed)))
+                assert kept[np.arange(64), tok].all(), (v, opts)
+                if opts == dict(top_k=1):
+                    assert tok[0] == v - 1 and tok[1] == 0
+
+
 @pytest.fixture(scope="module")
 def model():
     return Decoder(CFG, rngs=nnx.Rngs(0))
