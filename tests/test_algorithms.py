@@ -195,6 +195,39 @@ def test_kl_and_value_terms():
         loss_fn(model, batch)
 
 
+def test_precomputed_reference_logprobs_match_the_reference_model():
+    """`ref_logprobs` (chunked, empty chunks skipped) gives the loss the same KL
+    term, value and gradient as scoring the reference inside the loss."""
+    traj = make_traj()
+    policy, ref = tiny_model(), Decoder(tiny_model().config, rngs=nnx.Rngs(1))
+    algo = AlgoSection(name="grpo", group_size=2, beta=0.3, kl_kind="k3")
+    sig = advantage_fn("grpo")(algo, traj)
+    batch = common.make_batch(traj, sig, pad_id=0)  # loss rows first
+    n_loss = int((np.asarray(batch["loss_mask"]).sum(-1) > 0).sum())
+    chunks = 4  # 12 rows: 3 per chunk; the last chunk has no loss rows
+    assert n_loss <= T * B - T * B // chunks
+    pre = common.ref_logprobs(algo, ref, batch, chunks=chunks)
+    want = sampling.token_logprobs(ref, batch["tokens"], batch["loss_mask"],
+                                   positions_bt=batch["positions"])
+    np.testing.assert_allclose(pre, want, atol=1e-6)
+    assert not np.any(np.asarray(pre)[T * B - T * B // chunks:])  # the skipped chunk
+    loss_fn = common.make_loss(algo, max_len=P + N)
+    graphdef, params = nnx.split(policy)
+
+    def loss(p, b, *ref_model):
+        (s, d), m = loss_fn(nnx.merge(graphdef, p), b, *ref_model)
+        return s / d, m["kl"]
+
+    (l1, kl1), g1 = jax.value_and_grad(loss, has_aux=True)(params, batch, ref)
+    (l2, kl2), g2 = jax.value_and_grad(loss, has_aux=True)(params, {**batch, "ref_logp": pre})
+    assert float(kl1) > 1e-3  # two different models: the KL term is live
+    np.testing.assert_allclose([l2, kl2], [l1, kl1], rtol=1e-5)
+    for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g2)):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-7)
+    with pytest.raises(ValueError, match="chunks"):
+        common.ref_logprobs(algo, ref, batch, chunks=5)
+
+
 def test_config_rules_for_algorithms():
     from jaxrl_lm.config import ConfigError
 

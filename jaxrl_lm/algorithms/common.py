@@ -104,10 +104,14 @@ def make_loss(algo: AlgoSection, *, max_len: int):
             agg=agg, max_len=norm, return_sum=True)
         metrics = dict(metrics, policy_loss=loss_sum / jnp.maximum(denom, 1e-8))
         if kl_in_loss:
-            if ref_model is None:
-                raise ValueError("algo.beta > 0 with kl_in='loss' needs reference params")
-            ref_logp = jax.lax.stop_gradient(sampling.token_logprobs(
-                ref_model, tokens, mask, temperature=algo.temperature, positions_bt=pos))
+            if "ref_logp" in batch:  # precomputed once per batch (`ref_logprobs`)
+                ref_logp = jax.lax.stop_gradient(batch["ref_logp"])
+            elif ref_model is None:
+                raise ValueError("algo.beta > 0 with kl_in='loss' needs reference params "
+                                 "or a batch['ref_logp']")
+            else:
+                ref_logp = jax.lax.stop_gradient(sampling.token_logprobs(
+                    ref_model, tokens, mask, temperature=algo.temperature, positions_bt=pos))
             kl = losses.kl_penalty(logp, ref_logp, algo.kl_kind, mask=mask)
             kl_sum, _ = losses.aggregate(kl, mask, agg, max_len=norm, return_sum=True)
             loss_sum = loss_sum + algo.beta * kl_sum
@@ -125,6 +129,33 @@ def make_loss(algo: AlgoSection, *, max_len: int):
         return (loss_sum, denom), metrics
 
     return loss_fn
+
+
+def ref_logprobs(algo: AlgoSection, ref_model, batch: dict, *, chunks: int) -> jax.Array:
+    """f32[M, L]: the frozen reference's log-probs of every row of `make_batch`.
+
+    Computed once per batch, so `algo.epochs` updates do not each repeat the
+    reference forward pass. Rows go `chunks` at a time through a `lax.map`;
+    a chunk with no loss tokens is not computed (zeros: every use is masked),
+    which with `kept_first` rows skips the turns never played.
+    """
+    tokens, mask, pos = batch["tokens"], batch["loss_mask"], batch["positions"]
+    m = tokens.shape[0]
+    if m % chunks:
+        raise ValueError(f"ref_logprobs: {m} rows do not split into {chunks} chunks")
+    split = lambda x: x.reshape(chunks, m // chunks, *x.shape[1:])  # noqa: E731
+
+    def one(args):
+        t, mk, p = args
+        return sampling.token_logprobs(ref_model, t, mk, temperature=algo.temperature,
+                                       positions_bt=p)
+
+    def chunk(args):
+        return jax.lax.cond(jnp.any(args[1] != 0), one,
+                            lambda a: jnp.zeros(a[0].shape, jnp.float32), args)
+
+    out = jax.lax.map(chunk, (split(tokens), split(mask), split(pos)))
+    return jax.lax.stop_gradient(out.reshape(m, -1))
 
 
 def kl_reward(algo: AlgoSection, model, ref_model, traj: Trajectory, *, pad_id: int) -> jax.Array:

@@ -3,8 +3,9 @@
 One iteration: `collect` (one jitted program) plays `train.batch_size`
 episodes of `cfg.env` with the current params (groups of `algo.group_size`
 share a task), shapes the per-turn rewards (DAPO overlong penalty, KL in the
-reward), computes the algorithm's advantages and packs every turn into a
-training row; then `algo.epochs` optimizer steps of the shared clipped loss on
+reward), computes the algorithm's advantages, packs every turn into a
+training row and, for a KL in the loss, scores the rows once under the frozen
+reference; then `algo.epochs` optimizer steps of the shared clipped loss on
 those rows (`Engine.step`, exact micro-batch accumulation, non-finite guard).
 
 Everything random comes from `fold_in(rng, iteration)`, and a rollout is a
@@ -121,6 +122,10 @@ class RLRunner:
         values = common.turn_values(model, traj) if a.name == "ppo" else None
         sig = self.adv_fn(a, traj, values)
         batch = common.make_batch(traj, sig, pad_id=self.pad_id)
+        if a.beta > 0 and a.kl_in == "loss":
+            ref = nnx.merge(self.engine.graphdef, ref_params, rest)
+            batch["ref_logp"] = common.ref_logprobs(a, ref, batch,
+                                                    chunks=cfg.train.micro_batches)
         stats = episode_stats(traj)
         stats["kept_turns"] = sig.keep.sum() / jnp.maximum(traj.active.sum(), 1)
         return batch, stats
@@ -142,14 +147,13 @@ class RLRunner:
         logger = RunLogger(run_dir, dump_yaml(cfg), total_steps=t.steps, start_step=start,
                            progress=t.progress, enabled=jax.process_index() == 0)
         kill_after, row, config_dict = _kill_point(), {}, to_dict(cfg)
-        ref_for_loss = ref_params if (a.beta > 0 and a.kl_in == "loss") else None
         try:
             for it in range(start, t.steps):
                 key = jax.random.fold_in(state.rng, it)
                 batch, stats = self.collect(state.params, eng.rest, ref_params, key)
                 batch = eng.place_batch(batch)
                 for _ in range(a.epochs):
-                    state, metrics = eng.step(state, batch, ref_for_loss)
+                    state, metrics = eng.step(state, batch)
                 done = it + 1
                 tokens = int(batch["loss_mask"].sum())
                 if done % t.log_every == 0 or done == t.steps:
