@@ -151,6 +151,35 @@ def test_kv_cache_decode_equals_full_forward(flavour):
                                    rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("flavour", sorted(FLAVOURS))
+def test_prefill_equals_cached_forward_then_decodes_across_key_blocks(flavour):
+    """prefill (the cache-free layer scan) == the cached forward on a fresh cache,
+    hidden states and every cache slot; then decoding from
+    positions 29 and 31 past the first key block boundary (32) == the full forward."""
+    model = random_model(flavour)
+    tokens, positions = tokens_positions(4, t=40)
+    full = np.asarray(model(jnp.asarray(tokens), jnp.asarray(positions)))
+    lengths = np.array([29, 31])
+    prompt = np.where(np.arange(31) < lengths[:, None], tokens[:, :31], 0)
+    h, cache = jax.jit(lambda m, t: m.prefill(t, 40))(model, jnp.asarray(prompt))
+    h2, cache2 = jax.jit(lambda m, t, p: m.hidden_states(t, p, cache=m.init_cache(2, 40)))(
+        model, jnp.asarray(prompt), jnp.asarray(positions[:, :31]))
+    np.testing.assert_allclose(np.asarray(h), np.asarray(h2), rtol=1e-5, atol=1e-5)
+    for a, b in zip(cache.k + cache.v, cache2.k + cache2.v):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-5)
+    logits = np.asarray(model.logits_from_hidden(h))
+    for b, n in enumerate(lengths):
+        np.testing.assert_allclose(logits[b, :n], full[b, :n], rtol=1e-5, atol=1e-5)
+    step = jax.jit(lambda m, t, p, c: m(t, p, cache=c))
+    for i in range(8):
+        pos = lengths + i
+        tok = tokens[np.arange(2), pos][:, None]
+        out, cache = step(model, jnp.asarray(tok), jnp.asarray(pos[:, None].astype(np.int32)),
+                          cache)
+        np.testing.assert_allclose(np.asarray(out[:, 0]), full[np.arange(2), pos],
+                                   rtol=1e-5, atol=1e-5)
+
+
 def test_gqa_equals_multi_head_with_repeated_kv():
     """K=2 shared heads == H=4 heads whose k/v weights are the shared ones repeated."""
     gqa = random_model("qwen2")

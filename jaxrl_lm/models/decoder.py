@@ -54,7 +54,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jaxrl_lm.models.config import ModelConfig
-from jaxrl_lm.models.layers import KVCache, block, rms_norm
+from jaxrl_lm.models.layers import KEY_BLOCK, KVCache, block, cache_slots, rms_norm, rope_table
 
 
 def _param(key: jax.Array, shape: tuple[int, ...], names: tuple, dtype, std: float | None):
@@ -130,9 +130,11 @@ class Decoder(nnx.Module):
 
     # -- pieces ---------------------------------------------------------------
     def init_cache(self, batch: int, length: int) -> KVCache:
+        """Zero buffers for positions 0..length-1 (rounded up to whole key blocks)."""
         cfg = self.config
-        k_shape = (batch, cfg.num_kv_heads, cfg.head_dim, length)
-        v_shape = (batch, cfg.num_kv_heads, length, cfg.head_dim)
+        s = cache_slots(length)
+        k_shape = (batch, cfg.num_kv_heads, s // KEY_BLOCK, cfg.head_dim, KEY_BLOCK)
+        v_shape = (batch, cfg.num_kv_heads, s, cfg.head_dim)
         return KVCache(tuple(jnp.zeros(k_shape, cfg.compute_dtype) for _ in range(cfg.num_layers)),
                        tuple(jnp.zeros(v_shape, cfg.compute_dtype) for _ in range(cfg.num_layers)))
 
@@ -198,10 +200,13 @@ class Decoder(nnx.Module):
         if cache is None:
             x, _ = self._scan_layers(x, positions_bt, remat=remat, keep_kv=False)
             return self._final_norm(x)
+        cfg = self.config
+        table = rope_table(cache.v[0].shape[2], cfg.head_dim, theta=cfg.rope_theta)
+        angles = tuple(jnp.asarray(a)[positions_bt] for a in table)  # positions < slots
         new_k, new_v = [], []
         for p, kv in zip(self.layer_params() if layers is None else layers,
                          zip(cache.k, cache.v), strict=True):
-            x, (k, v) = block(self.config, x, p, positions_bt, kv)
+            x, (k, v) = block(cfg, x, p, positions_bt, kv, angles)
             new_k.append(k)
             new_v.append(v)
         return self._final_norm(x), KVCache(tuple(new_k), tuple(new_v))
@@ -217,11 +222,14 @@ class Decoder(nnx.Module):
         positions = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
         x, (k_lbtkd, v_lbtkd) = self._scan_layers(self._embed(tokens_bt), positions,
                                                   remat=False, keep_kv=True)
-        fresh = self.init_cache(b, length)
-        ks = tuple(c.at[..., :t].set(k_lbtkd[layer].transpose(0, 2, 3, 1).astype(c.dtype))
-                   for layer, c in enumerate(fresh.k))
-        vs = tuple(c.at[:, :, :t].set(v_lbtkd[layer].transpose(0, 2, 1, 3).astype(c.dtype))
-                   for layer, c in enumerate(fresh.v))
+        s = cache_slots(length)
+        pad = ((0, 0), (0, s - t), (0, 0), (0, 0))
+        dt = self.config.compute_dtype
+        ks = tuple(jnp.pad(k_lbtkd[layer], pad).astype(dt)
+                   .reshape(b, s // KEY_BLOCK, KEY_BLOCK, *k_lbtkd.shape[3:])
+                   .transpose(0, 3, 1, 4, 2) for layer in range(k_lbtkd.shape[0]))
+        vs = tuple(jnp.pad(v_lbtkd[layer], pad).astype(dt).transpose(0, 2, 1, 3)
+                   for layer in range(v_lbtkd.shape[0]))
         return self._final_norm(x), KVCache(ks, vs)
 
     # -- calls ----------------------------------------------------------------
