@@ -160,7 +160,7 @@ def choose_tokens(logits_bv: jax.Array, key: jax.Array, *, temperature: float = 
 
 class _Loop(NamedTuple):
     i: jax.Array  # [] int32 step
-    cache: object  # KVCache: per layer, keys [B, K, Hd, S] and values [B, K, S, Hd]
+    cache: object  # KVCache: per layer, keys [B, K, S/32, Hd, 32] and values [B, K, S, Hd]
     logits: jax.Array  # [B, V] f32 next-token logits
     tokens: jax.Array  # [B, N] int32
     logp: jax.Array  # [B, N] f32
