@@ -8,12 +8,24 @@ k arms with means mu_i ~ U(0, 1), drawn per episode. Pulling arm a gives
 The reward is the sample itself; an episode lasts `horizon` pulls. The
 per-step (pseudo-)regret is mu* - mu_a, kept in the state with its sum.
 
-The prompt shows the last `context` pulls as RLFT does:
+With `render="history"` (the default) the prompt shows the last `context`
+pulls as RLFT does:
     Bandit: 5 arms (0-4), 50 pulls. Maximize total reward.
     Step=1 Action=3 Reward=0.42
     ...
     Pulls left: 49. Answer with ACTION=<arm>.
 Gaussian rewards are shown rounded to 2 decimals, Bernoulli ones as 0/1.
+
+With `render="summary"` it shows, after the pulls made so far, each arm's pull
+count and mean shown reward (RLFT's summary statistics option), so a
+Markovian prompt carries everything a bandit algorithm needs, in ~10
+characters an arm; an untried arm shows its count only:
+    Step 3/50
+    0: 2 0.71
+    1: 0
+    2: 1 -0.35
+    Answer ACTION=<arm>
+The mean is of the rewards as shown (hundredths), rounded half up.
 """
 
 from __future__ import annotations
@@ -37,6 +49,7 @@ class BanditState(State):
     sums: jax.Array  # f32[k] summed rewards per arm
     hist_action: jax.Array  # i32[C] last C arms pulled, oldest first
     hist_reward: jax.Array  # i32[C] their rewards in hundredths (as shown)
+    shown_sums: jax.Array  # i32[k] summed rewards per arm in hundredths (as shown)
     optimal_arm: jax.Array  # i32[] argmax mu
     regret: jax.Array  # f32[] mu* - mu_a of the last pull
     total_regret: jax.Array  # f32[] summed regret this episode
@@ -62,6 +75,13 @@ def format_hundredths(q: int, dist: str) -> str:
     return f"{'-' if q < 0 else ''}{abs(q) // 100}.{abs(q) % 100:02d}"
 
 
+def mean_hundredths(shown_sum, count):
+    """Mean of `count` shown rewards summing to `shown_sum` hundredths, in
+    hundredths, rounded half up: exact integer arithmetic, so the jitted and
+    host renders agree (jnp and Python ints both floor `//`)."""
+    return (2 * shown_sum + count) // (2 * count)
+
+
 def reward_pieces(q: jax.Array, dist: str, zero: int, minus: int, dot: int,
                   int_digits: int = 2) -> jax.Array:
     """Pieces spelling `format_hundredths(q)`: i32[int_digits + 4], -1 gaps."""
@@ -83,7 +103,8 @@ class Bandit(Env):
     dist: str = "gaussian"  # "gaussian" | "bernoulli"
     sigma: float = 1.0  # gaussian reward noise: 0.1 | 1 | 3 (RLFT)
     horizon: int = 50  # pulls per episode, 1..999
-    context: int = 10  # history lines shown in the prompt, 1..50
+    context: int = 10  # history lines shown in the prompt, 1..50 (render="history")
+    render: str = "history"  # prompt: "history" (last `context` pulls) | "summary" (per arm)
 
     name: ClassVar[str] = "bandit"
 
@@ -94,6 +115,7 @@ class Bandit(Env):
         check_choice(self, "sigma", SIGMAS)
         check_range(self, "horizon", 1, 999)
         check_range(self, "context", 1, 50)
+        check_choice(self, "render", ("history", "summary"))
 
     @property
     def num_actions(self) -> int:
@@ -119,6 +141,7 @@ class Bandit(Env):
         return BanditState(
             **base_fields(self.k), mu=mu, counts=jnp.zeros((self.k,), jnp.int32),
             sums=jnp.zeros((self.k,), jnp.float32), hist_action=zeros_c, hist_reward=zeros_c,
+            shown_sums=jnp.zeros((self.k,), jnp.int32),
             optimal_arm=jnp.argmax(mu).astype(jnp.int32), regret=jnp.zeros((), jnp.float32),
             total_regret=jnp.zeros((), jnp.float32))
 
@@ -129,6 +152,7 @@ class Bandit(Env):
             reward=r, counts=state.counts.at[action].add(1), sums=state.sums.at[action].add(r),
             hist_action=jnp.roll(state.hist_action, -1).at[-1].set(action),
             hist_reward=jnp.roll(state.hist_reward, -1).at[-1].set(hundredths(r)),
+            shown_sums=state.shown_sums.at[action].add(hundredths(r)),
             regret=regret, total_regret=state.total_regret + regret)
 
     # --- text -------------------------------------------------------------
@@ -140,17 +164,27 @@ class Bandit(Env):
         return tuple(str(i) for i in range(self.k))
 
     def text_pieces(self) -> tuple[str, ...]:
+        if self.render == "summary":
+            return (*"0123456789", "-", ".", "\n", "Step ", f"/{self.horizon}\n", ": ", " ",
+                    "Answer ACTION=<arm>\n")
         return (*"0123456789", "-", ".", "\n", self._header(), "Step=", " Action=",
                 " Reward=", "Pulls left: ", ". Answer with ACTION=<arm>.\n")
 
     # digits of a step number, of an arm, of a reward
     _LINE = 1 + 3 + 1 + 2 + 1 + 6 + 1
 
+    # digits of an arm, ": ", digits of a count, " " and a mean, "\n"
+    _ARM_LINE = 2 + 1 + 3 + 1 + 6 + 1
+
     @property
     def max_render_pieces(self) -> int:
+        if self.render == "summary":
+            return 1 + 3 + 1 + self.k * self._ARM_LINE + 1
         return 1 + self.context * self._LINE + 5
 
     def render_pieces(self, state: BanditState) -> jax.Array:
+        if self.render == "summary":
+            return self._summary_pieces(state)
         zero = 0
         minus, dot, nl, header, step, act, rew, left, tail = range(10, 19)
         c = self.context
@@ -170,7 +204,34 @@ class Bandit(Env):
                                   jnp.asarray([tail])])
         return jnp.concatenate([jnp.asarray([header]), lines.reshape(-1), footer]).astype(jnp.int32)
 
+    def _summary_pieces(self, state: BanditState) -> jax.Array:
+        zero, minus, dot, nl, step, of, colon, space, tail = 0, *range(10, 18)
+
+        def line(arm, count, shown_sum):
+            q = mean_hundredths(shown_sum, jnp.maximum(count, 1))
+            mean = jnp.concatenate([jnp.asarray([space]),
+                                    reward_pieces(q, "gaussian", zero, minus, dot)])
+            return jnp.concatenate([
+                digit_pieces(arm, 2, zero), jnp.asarray([colon]), digit_pieces(count, 3, zero),
+                jnp.where(count > 0, mean, -1), jnp.asarray([nl])])
+
+        lines = jax.vmap(line)(jnp.arange(self.k), state.counts, state.shown_sums)
+        return jnp.concatenate([
+            jnp.asarray([step]), digit_pieces(state.step_count, 3, zero), jnp.asarray([of]),
+            lines.reshape(-1), jnp.asarray([tail])]).astype(jnp.int32)
+
+    def _summary_text(self, state: BanditState) -> str:
+        out = [f"Step {int(state.step_count)}/{self.horizon}\n"]
+        for arm in range(self.k):
+            n, total = int(state.counts[arm]), int(state.shown_sums[arm])
+            mean = f" {format_hundredths(mean_hundredths(total, n), 'gaussian')}" if n else ""
+            out.append(f"{arm}: {n}{mean}\n")
+        out.append("Answer ACTION=<arm>\n")
+        return "".join(out)
+
     def render_text(self, state: BanditState) -> str:
+        if self.render == "summary":
+            return self._summary_text(state)
         t, c = int(state.step_count), self.context
         shown = min(t, c)
         out = [self._header()]

@@ -52,6 +52,9 @@ def test_bandit_bookkeeping_matches_numpy(dist):
         np.testing.assert_allclose(states.sums[b, -1], sums, rtol=0, atol=1e-4)
         np.testing.assert_array_equal(states.hist_action[b, -1], acts[b, -7:])
         np.testing.assert_array_equal(states.hist_reward[b, -1], np.round(rewards[b, -7:] * 100))
+        shown = np.zeros(4, np.int64)
+        np.add.at(shown, acts[b], np.round(rewards[b] * 100).astype(np.int64))
+        np.testing.assert_array_equal(states.shown_sums[b, -1], shown)
         assert states.optimal_arm[b, 0] == np.argmax(mu)
         assert np.all(states.done[b] == (np.arange(30) == 29) | (np.arange(30) > 29))
     lo, hi = env.reward_range
@@ -98,6 +101,20 @@ def test_bandit_render_hand_worked():
     assert "".join(pieces[i] for i in idx if i >= 0) == want
 
 
+def test_bandit_summary_render_hand_worked():
+    env = envs.make("bandit", k=3, horizon=20, render="summary")
+    # means of shown rewards: -3.05 / 2 = -1.525 -> -1.52 (half up), 0.07, untried
+    state = env.init(jax.random.PRNGKey(0)).replace(
+        step_count=jnp.int32(3), counts=jnp.asarray([2, 1, 0]),
+        shown_sums=jnp.asarray([-305, 7, 0]))
+    want = "Step 3/20\n0: 2 -1.52\n1: 1 0.07\n2: 0\nAnswer ACTION=<arm>\n"
+    assert env.render_text(jax.tree.map(np.asarray, state)) == want
+    idx = np.asarray(jit(env.render_pieces)(state))
+    assert "".join(env.text_pieces()[i] for i in idx if i >= 0) == want
+    assert [int(bandit.mean_hundredths(s, n)) for s, n in [(5, 2), (-5, 2), (7, 3), (-7, 3)]] == [
+        3, -2, 2, -2]
+
+
 def test_best_arm_rules_and_baselines():
     env = envs.make("best_arm", k=4, budget=12)
     acts, states = play(env, best_arm.uniform_then_commit, jax.random.PRNGKey(4), 512)
@@ -130,7 +147,7 @@ def test_best_arm_render_hand_worked():
 
 @pytest.mark.parametrize("name,opts", [
     ("bandit", dict(k=1)), ("bandit", dict(sigma=2.0)), ("bandit", dict(dist="cauchy")),
-    ("bandit", dict(horizon=0)), ("best_arm", dict(budget=0)), ("best_arm", dict(k=51)),
+    ("bandit", dict(horizon=0)), ("bandit", dict(render="table")), ("best_arm", dict(budget=0)), ("best_arm", dict(k=51)),
 ])
 def test_bad_options(name, opts):
     field = next(iter(opts))

@@ -1,5 +1,5 @@
 """envs/text.py: the jitted render/parse agree with the host string path for
-every registered env and two tokenizers (character-level, and a byte-level
+every registered env (and the prompt variants in VARIANTS) and two tokenizers (character-level, and a byte-level
 BPE trained here on rendered texts with the `tokenizers` library)."""
 
 from __future__ import annotations
@@ -59,15 +59,24 @@ def random_states(env, key, n=N_STATES):
     return jit(jax.vmap(episode))(jax.random.split(k_init, n), jax.random.split(k_play, n), stop_b)
 
 
+# Every env with default options, plus non-default prompt renders.
+VARIANTS = [(name, {}) for name in envs.registered()] + [
+    ("bandit", {"render": "summary"}),
+    ("bandit", {"render": "summary", "k": 2, "sigma": 3.0}),  # 2-digit counts, negative means
+    ("bandit", {"render": "summary", "dist": "bernoulli", "k": 12}),
+]
+VARIANT_IDS = [name + "".join(f"-{k}={v}" for k, v in opts.items()) for name, opts in VARIANTS]
+
 _STATES: dict = {}
 
 
-def states_of(name):
-    """Random states of the env with default options, computed once."""
-    if name not in _STATES:
-        states = random_states(envs.make(name), jax.random.PRNGKey(7))
-        _STATES[name] = jax.tree.map(np.asarray, states)
-    return _STATES[name]
+def states_of(name, opts=None):
+    """Random states of the env with `opts`, computed once."""
+    key = (name, tuple(sorted((opts or {}).items())))
+    if key not in _STATES:
+        states = random_states(envs.make(name, **(opts or {})), jax.random.PRNGKey(7))
+        _STATES[key] = jax.tree.map(np.asarray, states)
+    return _STATES[key]
 
 
 def unbatch(tree, i):
@@ -78,9 +87,9 @@ def unbatch(tree, i):
 def bpe():
     """Byte-level BPE trained on host renders of every env (nothing downloaded)."""
     texts = []
-    for name in envs.registered():
-        env = envs.make(name)
-        states = states_of(name)
+    for name, opts in VARIANTS:
+        env = envs.make(name, **opts)
+        states = states_of(name, opts)
         texts += [env.render_text(unbatch(states, i)) for i in range(N_STATES)]
         texts += [MARKER + a for a in env.action_strings()]
     tok = Tokenizer(models.BPE())
@@ -100,12 +109,12 @@ def get_tokenizer(kind, bpe):
 
 
 @pytest.mark.parametrize("kind", TOKENIZERS)
-@pytest.mark.parametrize("name", envs.registered())
-def test_render_matches_host(name, kind, bpe):
-    env = envs.make(name)
+@pytest.mark.parametrize("name,opts", VARIANTS, ids=VARIANT_IDS)
+def test_render_matches_host(name, opts, kind, bpe):
+    env = envs.make(name, **opts)
     tok = get_tokenizer(kind, bpe)
     ti = TextInterface(env, tok)
-    states = states_of(name)
+    states = states_of(name, opts)
     ids_bl, len_b = jax.tree.map(np.asarray, jit(jax.vmap(ti.render))(states))
     assert ids_bl.shape == (N_STATES, ti.max_prompt_len) and ids_bl.dtype == jnp.int32
     for i in range(N_STATES):
