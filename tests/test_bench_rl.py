@@ -8,6 +8,8 @@ import json
 import math
 
 from jaxrl_lm import cli
+from jaxrl_lm.bench import rollout as rollout_bench
+from jaxrl_lm.config import load_config
 
 
 def _run(capsys, argv):
@@ -18,8 +20,13 @@ def _run(capsys, argv):
 def test_rollout_bench_quick(capsys):
     r = _run(capsys, ["bench", "rollout", "--quick", "--json"])
     (row,) = r["rows"]
-    b, turns = row["batch"], r["config"]["max_turns"]
-    assert b == 4
+    c = r["settings"]["main"]
+    b, turns = row["batch"], c["max_turns"]
+    assert (row["setting"], b, c["max_new_tokens"]) == ("main", 4, 4)
+    # The main job's own setting, read from its config.
+    main = load_config(str(rollout_bench.MAIN_CONFIG))
+    assert c["options"] == main.env.options
+    assert (c["max_prompt_len"], turns) == (main.env.max_prompt_len, main.env.max_turns)
     for side in ("jitted", "host_loop"):
         s = row[side]
         # Every episode plays at least 3 moves before a win is possible, at most max_turns.

@@ -1,8 +1,16 @@
 """`jaxrl-lm bench rollout`: tic-tac-toe episodes/s, jitted rollout vs a host loop.
 
-Both sides play B episodes of `envs.make("tictactoe", opponent="random")` with
-the embedded default policy (same weights, same sampler options, prompts
-padded to the same fixed length so neither recompiles).
+Both sides play B episodes of tic-tac-toe with the embedded default policy
+(random weights from the seed; same weights, sampler options and stop tokens,
+prompts padded to the same fixed length so neither recompiles). Two settings:
+
+  main       the main job's own (launch/configs/tictactoe.yaml, read at run time):
+             env options (noisy minimax, the 35-character `short` prompt),
+             max_prompt_len, max_turns, max_new_tokens, temperature, newline/EOS
+             stops and train.batch_size episodes. The primary row.
+  full       the env's default prompt (rules, board, legal-move list, 136
+             tokens), opponent random, 10 new tokens, EOS stop, B = 64 and 256:
+             about 3x the model work per turn of `main`.
 
   jitted     `jaxrl_lm.rollout.make_rollout`: one XLA program, a lax.scan over
              turns of render -> sample -> parse -> env.step, no host round trip.
@@ -11,19 +19,23 @@ padded to the same fixed length so neither recompiles).
              jitted sampler `jaxrl_lm.sampling.sample` on the batch, decode and
              parse each completion on the host (`envs.text.parse_text`), play a
              random legal move for unparsable answers (as the rollout does), and
-             step the batch with a jitted vmapped `env.step`, until all are done.
+             step the batch with a jitted vmapped `env.step`, until all are done
+             (or max_turns).
 
-Each side runs once to compile (reported apart), then `--repeats` timed runs;
-the best counts. The host loop's time is split into sampler and host work.
+Each side runs once to compile (reported apart), then `--repeats` timed runs,
+alternating between the sides; the best run of each counts. The host loop's
+time is split into sampler calls and host work.
 
-    jaxrl-lm bench rollout                  # B = 64 and 256, 10 new tokens, 1 timed run each
-    jaxrl-lm bench rollout --quick --json
+    jaxrl-lm bench rollout                  # both settings, best of 2 timed runs each
+    jaxrl-lm bench rollout --settings main --batches 64,128
+    jaxrl-lm bench rollout --quick --json   # main setting, B=4, 4 tokens
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import pathlib
 import sys
 import time
 
@@ -31,43 +43,95 @@ import numpy as np
 
 TARGET_RATIO = 10.0
 INVALID_PENALTY = -5.0
+MAIN_CONFIG = pathlib.Path(__file__).resolve().parents[2] / "launch/configs/tictactoe.yaml"
+SETTINGS = ("main", "full")
 
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="jaxrl-lm bench rollout", description=__doc__.split("\n")[0])
     add = p.add_argument
-    add("--batches", default="64,256", help="comma-separated episode batch sizes")
-    add("--new", type=int, default=10, help="max new tokens per turn")
-    add("--repeats", type=int, default=1, help="timed runs per side and batch; the best counts")
-    add("--quick", action="store_true", help="tiny sizes (smoke test): B=4, 4 tokens, 1 repeat")
+    add("--settings", default="main,full", help=f"comma-separated, from {','.join(SETTINGS)}")
+    add("--batches", default=None,
+        help="comma-separated episode batch sizes (default: main train.batch_size; full 64,256)")
+    add("--new", type=int, default=None,
+        help="max new tokens per turn (default: main algo.max_new_tokens; full 10)")
+    add("--repeats", type=int, default=2, help="timed runs per side and batch; the best counts")
+    add("--quick", action="store_true",
+        help="tiny sizes (smoke test): main setting, B=4, 4 tokens, 1 repeat")
     add("--seed", type=int, default=0)
     add("--json", action="store_true", help="print one JSON object instead of a table")
     return p
 
 
-def _check(args) -> list[int]:
+def _check(args) -> tuple[list[str], list[int] | None]:
     if args.quick:
-        args.batches, args.new, args.repeats = "4", 4, 1
-    try:
-        batches = [int(b) for b in args.batches.split(",")]
-    except ValueError:
-        raise ValueError(f"--batches={args.batches!r}: must be comma-separated ints") from None
-    if not batches or min(batches) < 1:
-        raise ValueError(f"--batches={args.batches!r}: sizes must be >= 1")
+        args.settings, args.batches, args.new, args.repeats = "main", "4", 4, 1
+    settings = args.settings.split(",")
+    if not settings or any(name not in SETTINGS for name in settings):
+        raise ValueError(f"--settings={args.settings!r}: must be comma-separated names "
+                         f"from {SETTINGS}")
+    batches = None
+    if args.batches is not None:
+        try:
+            batches = [int(b) for b in args.batches.split(",")]
+        except ValueError:
+            raise ValueError(f"--batches={args.batches!r}: must be comma-separated ints") from None
+        if not batches or min(batches) < 1:
+            raise ValueError(f"--batches={args.batches!r}: sizes must be >= 1")
     for name in ("new", "repeats"):
-        if getattr(args, name) < 1:
-            raise ValueError(f"--{name}={getattr(args, name)}: must be >= 1")
-    return batches
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise ValueError(f"--{name}={value}: must be >= 1")
+    return settings, batches
+
+
+def setting(name: str, tokenizer, *, new: int | None, batches: list[int] | None) -> dict:
+    """{env, text, max_turns, new, temperature, stops, batches, config} of one setting."""
+    import jax
+
+    import envs
+    from envs.text import TextInterface
+
+    if name == "main":
+        from jaxrl_lm.config import load_config
+        from jaxrl_lm.train.rl import stop_tokens
+
+        cfg = load_config(str(MAIN_CONFIG))
+        if cfg.env.name != "tictactoe":
+            raise ValueError(f"{MAIN_CONFIG}: env.name={cfg.env.name!r}, expected 'tictactoe'")
+        options, max_len, max_turns = dict(cfg.env.options), cfg.env.max_prompt_len, cfg.env.max_turns
+        new = cfg.algo.max_new_tokens if new is None else new
+        temperature, stops = cfg.algo.temperature, stop_tokens(tokenizer)
+        batches = [cfg.train.batch_size] if batches is None else batches
+    else:
+        options, max_turns, temperature = dict(opponent="random"), None, 1.0
+        new, stops = (10 if new is None else new), (tokenizer.eos_token_id,)
+        batches = [64, 256] if batches is None else batches
+        max_len = None
+    env = envs.make("tictactoe", **options)
+    max_turns = env.max_steps if max_turns is None else max_turns
+    if max_len is None:  # the empty board lists all 9 legal cells: the longest prompt
+        longest = len(env.render_text(jax.device_get(env.init(jax.random.key(0)))))
+        max_len = -(-longest // 8) * 8
+    text = TextInterface(env, tokenizer, max_prompt_len=max_len, pad_id=tokenizer.pad_token_id)
+    config = dict(setting=name, env="tictactoe", options=options, max_prompt_len=max_len,
+                  max_new_tokens=new, max_turns=max_turns, temperature=temperature,
+                  stop_tokens=list(stops))
+    return dict(env=env, text=text, max_turns=max_turns, new=new, temperature=temperature,
+                stops=tuple(stops), batches=batches, config=config)
 
 
 class HostLoop:
     """The baseline: the env driven turn by turn from Python (see module docstring)."""
 
-    def __init__(self, env, tokenizer, graphdef, params, *, max_prompt_len: int, max_new: int):
+    def __init__(self, env, tokenizer, graphdef, params, *, max_prompt_len: int, max_new: int,
+                 max_turns: int, temperature: float, stops: tuple[int, ...]):
         import jax
 
         self.env, self.tok, self.model = env, tokenizer, (graphdef, params)
-        self.max_len, self.max_new = max_prompt_len, max_new
+        self.max_len, self.max_new, self.max_turns = max_prompt_len, max_new, max_turns
+        self.options = dict(max_new_tokens=max_new, temperature=temperature, stop_tokens=stops,
+                            pad_id=tokenizer.pad_token_id)
         self.init = jax.jit(jax.vmap(env.init))
         self.step = jax.jit(jax.vmap(env.step))
 
@@ -85,7 +149,7 @@ class HostLoop:
         lengths = np.ones((batch,), np.int32)
         returns, valid_turns, turns = np.zeros(batch), 0, 0
         sample_s = 0.0
-        while True:
+        for _ in range(self.max_turns):
             host = jax.device_get(state)
             live = np.flatnonzero(~host.done)
             if live.size == 0:
@@ -97,14 +161,13 @@ class HostLoop:
                 lengths[b] = len(ids)
             key, k_sample, k_step = jax.random.split(key, 3)
             t0 = time.perf_counter()
-            out = sampling.sample(self.model, prompts, lengths, k_sample,
-                                  max_new_tokens=self.max_new,
-                                  stop_tokens=(tok.eos_token_id,), pad_id=tok.pad_token_id)
-            out_tokens, out_len = jax.device_get((out.tokens, out.lengths))
+            out = sampling.sample(self.model, prompts, lengths, k_sample, **self.options)
+            out_tokens, out_len, out_done = jax.device_get((out.tokens, out.lengths, out.done))
             sample_s += time.perf_counter() - t0
             actions = np.zeros((batch,), np.int32)
-            for b in live:
-                action, valid = parse_text(env, tok.decode(out_tokens[b, : out_len[b]].tolist()))
+            for b in live:  # the stop token is not part of the answer (as in the rollout)
+                answer = out_tokens[b, : out_len[b] - int(out_done[b])].tolist()
+                action, valid = parse_text(env, tok.decode(answer))
                 if not valid:
                     action = rng.choice(np.flatnonzero(host.legal_action_mask[b]))
                     returns[b] += INVALID_PENALTY
@@ -117,24 +180,16 @@ class HostLoop:
                     turns=turns, sample_s=sample_s)
 
 
-def _time(fn, repeats: int) -> tuple[float, list[float], object]:
-    times, out = [], None
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - t0)
-    return min(times), times, out
-
-
-def bench_batch(env, text, tokenizer, graphdef, params, batch: int, args, key) -> dict:
+def bench_batch(s: dict, tokenizer, graphdef, params, batch: int, repeats: int, key) -> dict:
     import jax
 
     from jaxrl_lm import rollout
 
-    play = rollout.make_rollout(env, text, num_groups=batch, group_size=1,
-                                max_new_tokens=args.new, stop_tokens=(tokenizer.eos_token_id,),
+    play = rollout.make_rollout(s["env"], s["text"], num_groups=batch, group_size=1,
+                                max_turns=s["max_turns"], max_new_tokens=s["new"],
+                                temperature=s["temperature"], stop_tokens=s["stops"],
                                 invalid_penalty=INVALID_PENALTY)
-    keys = iter(jax.random.split(key, 2 * args.repeats + 2))
+    keys = iter(jax.random.split(key, 2 * repeats + 2))
 
     def run_jit():
         traj = jax.block_until_ready(play(graphdef, params, next(keys)))
@@ -142,18 +197,27 @@ def bench_batch(env, text, tokenizer, graphdef, params, batch: int, args, key) -
                     valid_rate=float(traj.valid.sum() / traj.active.sum()),
                     turns=int(traj.active.sum()))
 
-    loop = HostLoop(env, tokenizer, graphdef, params, max_prompt_len=text.max_prompt_len,
-                    max_new=args.new)
+    loop = HostLoop(s["env"], tokenizer, graphdef, params,
+                    max_prompt_len=s["text"].max_prompt_len, max_new=s["new"],
+                    max_turns=s["max_turns"], temperature=s["temperature"], stops=s["stops"])
 
     def run_host():
         return loop.play(batch, next(keys))
 
-    first_jit = _time(run_jit, 1)[0]
-    best_jit, jit_times, jit_out = _time(run_jit, args.repeats)
-    first_host = _time(run_host, 1)[0]
-    best_host, host_times, host_out = _time(run_host, args.repeats)
+    # Timed runs alternate between the sides, so load from other jobs on a shared
+    # machine drifts over both alike; each side reports its best run.
+    runs = {"jit": [], "host": []}
+    for _ in range(repeats + 1):
+        for side, fn in (("jit", run_jit), ("host", run_host)):
+            t0 = time.perf_counter()
+            out = fn()
+            runs[side].append((time.perf_counter() - t0, out))
+    (first_jit, _), (first_host, _) = runs["jit"].pop(0), runs["host"].pop(0)
+    best_jit, jit_out = min(runs["jit"], key=lambda r: r[0])
+    best_host, host_out = min(runs["host"], key=lambda r: r[0])
+    jit_times, host_times = [t for t, _ in runs["jit"]], [t for t, _ in runs["host"]]
     return dict(
-        batch=batch,
+        setting=s["config"]["setting"], batch=batch,
         jitted=dict(seconds=best_jit, times=jit_times, episodes_per_s=batch / best_jit,
                     compile_s=max(first_jit - best_jit, 0.0), **jit_out),
         host_loop=dict(seconds=best_host, times=host_times, episodes_per_s=batch / best_host,
@@ -163,43 +227,42 @@ def bench_batch(env, text, tokenizer, graphdef, params, batch: int, args, key) -
 
 
 def run(args) -> dict:
-    batches = _check(args)
+    names, batches = _check(args)
     import jax
     from flax import nnx
 
-    import envs
-    from envs.text import TextInterface
     from jaxrl_lm.models.default import default_policy
 
     model, tokenizer = default_policy(args.seed)
     graphdef, params = nnx.split(model)
-    env = envs.make("tictactoe", opponent="random")
-    # The empty board lists all 9 legal cells: the longest prompt. Pad to a multiple of 8.
-    longest = len(env.render_text(jax.device_get(env.init(jax.random.key(0)))))
-    text = TextInterface(env, tokenizer, max_prompt_len=-(-longest // 8) * 8,
-                         pad_id=tokenizer.pad_token_id)
-    keys = jax.random.split(jax.random.key(args.seed), len(batches))
-    rows = [bench_batch(env, text, tokenizer, graphdef, params, b, args, k)
-            for b, k in zip(batches, keys)]
-    return dict(config=dict(env="tictactoe", opponent="random", model="default_policy",
-                            max_prompt_len=text.max_prompt_len, max_new_tokens=args.new,
-                            max_turns=env.max_steps, repeats=args.repeats),
-                rows=rows, target_ratio=TARGET_RATIO, backend=jax.default_backend(),
-                jax=jax.__version__)
+    settings = [setting(n, tokenizer, new=args.new, batches=batches) for n in names]
+    todo = [(s, b) for s in settings for b in s["batches"]]
+    keys = jax.random.split(jax.random.key(args.seed), len(todo))
+    rows = [bench_batch(s, tokenizer, graphdef, params, b, args.repeats, k)
+            for (s, b), k in zip(todo, keys)]
+    return dict(settings={s["config"]["setting"]: s["config"] for s in settings},
+                model="default_policy", seed=args.seed, repeats=args.repeats, rows=rows,
+                target_ratio=TARGET_RATIO, backend=jax.default_backend(), jax=jax.__version__)
+
+
+def _describe(c: dict) -> str:
+    opts = ", ".join(f"{k}={v}" for k, v in c["options"].items())
+    return (f"{c['setting']}: tic-tac-toe ({opts}), prompt <= {c['max_prompt_len']} tokens, "
+            f"<= {c['max_new_tokens']} new tokens/turn, <= {c['max_turns']} turns, "
+            f"T={c['temperature']}, stops {c['stop_tokens']}")
 
 
 def _table(r: dict) -> str:
-    c = r["config"]
-    lines = [f"rollout bench: tic-tac-toe vs random, default policy, prompt <= "
-             f"{c['max_prompt_len']} tokens, <= {c['max_new_tokens']} new tokens/turn, "
-             f"<= {c['max_turns']} turns; best of {c['repeats']}",
-             f"{'B':>5}{'jitted ep/s':>13}{'host ep/s':>11}{'ratio':>8}"
-             f"{'host work s':>13}{'sampler s':>11}{'compile s':>11}"]
+    lines = [f"rollout bench: default policy (random weights, seed {r['seed']}); "
+             f"best of {r['repeats']}"]
+    lines += ["  " + _describe(c) for c in r["settings"].values()]
+    lines.append(f"{'setting':>8}{'B':>5}{'jitted ep/s':>13}{'host ep/s':>11}{'ratio':>8}"
+                 f"{'host work s':>13}{'sampler s':>11}{'compile s':>11}")
     for row in r["rows"]:
         j, h = row["jitted"], row["host_loop"]
-        lines.append(f"{row['batch']:>5}{j['episodes_per_s']:>13.1f}{h['episodes_per_s']:>11.1f}"
-                     f"{row['ratio']:>7.2f}x{h['host_s']:>13.3f}{h['sample_s']:>11.3f}"
-                     f"{j['compile_s']:>11.1f}")
+        lines.append(f"{row['setting']:>8}{row['batch']:>5}{j['episodes_per_s']:>13.1f}"
+                     f"{h['episodes_per_s']:>11.1f}{row['ratio']:>7.2f}x{h['host_s']:>13.3f}"
+                     f"{h['sample_s']:>11.3f}{j['compile_s']:>11.1f}")
     lines.append(f"target >= {r['target_ratio']:.0f}x; host loop time = host work (render, "
                  f"encode, decode, parse, env step) + sampler calls; compile = jitted "
                  f"rollout's; jax backend {r['backend']}")
