@@ -25,6 +25,8 @@ RATIO_LEVELS = ("token", "sequence", "sequence-token")
 GRPO_SCALES = ("group", "batch", "none")
 KL_IN = ("loss", "reward")
 PLAYERS = ("random", "greedy_frequency")
+# warm-up targets: the player's sampled move | its whole move distribution (env_data)
+WARMUP_TARGETS = ("sampled", "expected")
 KL_KINDS = ("k1", "k2", "k3")
 AGG_MODES = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum",
              "seq-mean-token-sum-norm")
@@ -189,10 +191,18 @@ class WarmupSection:
     player: str = "random"  # scripted player whose moves are imitated
     lr: float = 2.0e-3  # warm-up learning rate (constant after optim.warmup_steps)
     batch_size: int = 16  # warm-up examples per step
+    # "sampled": imitate one move drawn from the player per board; "expected": the
+    # cross-entropy against the player's whole move distribution (the mean of the
+    # sampled loss over its moves; needs player random and one-token moves)
+    targets: str = "sampled"
 
     def __post_init__(self):
         _at_least(self, "steps", 0)
         _choice(self, "player", PLAYERS)
+        _choice(self, "targets", WARMUP_TARGETS)
+        if self.targets == "expected" and self.player != "random":
+            raise ConfigError(f"warmup.targets='expected' needs warmup.player='random' (the "
+                              f"player whose move distribution is known), got {self.player!r}")
         _at_least(self, "lr", 0.0, strict=True)
         _at_least(self, "batch_size", 1)
 

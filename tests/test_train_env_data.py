@@ -58,3 +58,70 @@ def test_cli_trains_on_env_data(tmp_path):
     got, init = jax.tree.leaves(nnx.state(model, nnx.Param)), jax.tree.leaves(nnx.state(fresh, nnx.Param))
     assert len(got) == len(init) and not all(np.array_equal(a, b) for a, b in zip(got, init))
     assert sorted(os.listdir(os.path.join(out, "checkpoints"))) == ["3"]
+
+
+def _expected_data(extra=()):
+    cfg = load_config(PRESET, ["--train.batch_size", "16", "--warmup.targets", "expected", *extra])
+    _, tok = build_policy(cfg)
+    return cfg, tok, build_data(cfg, tok)
+
+
+def test_expected_targets_carry_the_random_players_move_distribution():
+    cfg, tok, data_fn = _expected_data()
+    batch = data_fn(0, jax.random.PRNGKey(5))
+    env = data_fn.text.env
+    digits = [tok.convert_tokens_to_ids(str(c)) for c in range(1, 10)]  # one char, one token
+    for row in range(16):
+        tokens, mask = batch["tokens"][row], batch["loss_mask"][row]
+        pos = int(batch["target_pos"][row])
+        assert mask[pos] == 1 and mask[pos - 1] == 1  # inside the answer, after "ACTION="
+        assert tok.decode(tokens[pos - 7: pos].tolist()) == "ACTION="
+        np.testing.assert_array_equal(batch["target_ids"][row], digits)
+        legal = re.search(r"Legal: ([0-9 ]+)\n", tok.decode(tokens[:pos].tolist())).group(1).split()
+        want = np.array([str(c) in legal for c in range(1, 10)], np.float32) / len(legal)
+        np.testing.assert_allclose(batch["target_probs"][row], want, rtol=1e-6)
+        assert str(digits.index(int(tokens[pos])) + 1) in legal  # the drawn move is one of them
+    assert env.num_actions == 9
+
+
+def test_expected_loss_scores_the_move_token_by_the_players_distribution():
+    """Reference in float64 numpy from the model's logits: every answer token's
+    -log p, except the move token's, which is -sum_a p(a) log q(id_a)."""
+    from jaxrl_lm.train.sft import forward, sft_loss
+
+    cfg, tok, data_fn = _expected_data()
+    model, _ = build_policy(cfg)
+    batch = {k: v[:6] for k, v in data_fn(1, jax.random.PRNGKey(7)).items()}
+    (got, count), _ = sft_loss(model, batch)
+    z = np.asarray(forward(model, batch["tokens"][:, :-1]), np.float64)
+    logp = z - z.max(-1, keepdims=True)
+    logp -= np.log(np.exp(logp).sum(-1, keepdims=True))
+    ref = 0.0
+    for row in range(6):
+        pos, probs = int(batch["target_pos"][row]), batch["target_probs"][row].astype(np.float64)
+        for t in np.flatnonzero(batch["loss_mask"][row][1:]) + 1:
+            if t == pos:
+                ref -= (probs * logp[row, t - 1, batch["target_ids"][row]]).sum()
+            else:
+                ref -= logp[row, t - 1, batch["tokens"][row, t]]
+    assert float(count) == batch["loss_mask"][:, 1:].sum()
+    np.testing.assert_allclose(float(got), ref, rtol=1e-5)
+    # and it differs from the plain loss of the drawn moves
+    (hard, _), _ = sft_loss(model, {"tokens": batch["tokens"], "loss_mask": batch["loss_mask"]})
+    assert abs(float(hard) - ref) > 1e-3
+
+
+def test_expected_targets_errors_name_the_field():
+    import pytest
+
+    from jaxrl_lm.config import ConfigError
+    from jaxrl_lm.train import env_data
+
+    with pytest.raises(ConfigError, match="warmup.targets='expected' needs warmup.player='random'"):
+        load_config(PRESET, ["--warmup.targets", "expected", "--warmup.player", "greedy_frequency"])
+    # arithmetic answers are several digits: the moves differ in more than one token
+    cfg = load_config(PRESET, ["--warmup.targets", "expected", "--env.name", "arithmetic",
+                               "--env.options", "{}", "--env.max_prompt_len", "64"])
+    _, tok = build_policy(cfg)
+    with pytest.raises(ConfigError, match="differ in more than their last token"):
+        env_data.check_expected_targets(cfg, tok)

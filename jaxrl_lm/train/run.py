@@ -95,6 +95,10 @@ def main_train(argv: list[str]) -> int:
         check_runtime(cfg, jax.device_count())
         model, tokenizer = build_policy(cfg)
         data_fn = build_data(cfg, tokenizer) if cfg.algo.name == "sft" else None
+        if cfg.algo.name != "sft" and cfg.warmup.steps and cfg.warmup.targets == "expected":
+            from jaxrl_lm.train import env_data
+
+            env_data.check_expected_targets(cfg, tokenizer)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -6,6 +6,13 @@ A data source is `(step, key) -> {"tokens": i32[B, T], "loss_mask": f32[B, T]}`
 `loss_mask[b, t] = 1` marks token t as a target (a completion token).
 
     loss = sum_{b,t} mask[b,t] * -log p(tokens[b,t] | tokens[b,<t]) / sum mask
+
+A batch may also give, per row, a distribution over a few candidate tokens at
+one position (`target_pos` i32[B], `target_ids` i32[B, A], `target_probs`
+f32[B, A]): that position then scores -sum_a probs[a] log p(ids[a] | prefix),
+the expected loss over the candidates instead of the loss of the one drawn
+into `tokens`; later tokens are still scored after the drawn one (env_data's
+warm-up with `targets="expected"`).
 """
 
 from __future__ import annotations
@@ -51,11 +58,19 @@ def sft_loss(model: Any, batch: dict) -> tuple[tuple[jax.Array, jax.Array], dict
     tgt_bt = tokens_bt[:, 1:]
     logp_bt = jnp.take_along_axis(logp_btv, tgt_bt[..., None], -1)[..., 0]
     m_bt = mask_bt[:, 1:]
+    nll_bt = -logp_bt
+    if "target_probs" in batch:
+        # logp_btv[:, t] predicts token t + 1
+        at_bt = jnp.arange(tgt_bt.shape[1])[None, :] == batch["target_pos"][:, None] - 1
+        row_bv = jnp.einsum("bt,btv->bv", at_bt.astype(logp_btv.dtype), logp_btv)
+        cand_ba = jnp.take_along_axis(row_bv, batch["target_ids"], -1)
+        expected_b = -(batch["target_probs"].astype(jnp.float32) * cand_ba).sum(-1)
+        nll_bt = jnp.where(at_bt, expected_b[:, None], nll_bt)
     hit_bt = (jnp.argmax(logp_btv, -1) == tgt_bt).astype(jnp.float32)
     count = m_bt.sum()
     metrics = {"token_accuracy": (hit_bt * m_bt).sum() / jnp.maximum(count, 1.0),
                "completion_tokens": count}
-    return (-(logp_bt * m_bt).sum(), count), metrics
+    return ((nll_bt * m_bt).sum(), count), metrics
 
 
 def pack(prompt_answer: list[tuple[list[int], list[int]]], max_len: int, pad_id: int) -> dict:
