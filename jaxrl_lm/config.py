@@ -147,6 +147,7 @@ class AlgoSection:
     value_clip: float | None = None  # PPO value clipping range (None = off)
     epochs: int = 1  # optimizer steps per rollout batch (opo: must be 1, strictly on-policy)
     invalid_penalty: float = -5.0  # reward added to a turn whose answer does not parse
+    exploration_bonus: float = 0.0  # RLFT: reward added to a turn whose parsed action is new
     max_new_tokens: int = 8  # completion length budget per turn
     temperature: float = 1.0  # sampling temperature for rollouts
 
@@ -179,6 +180,7 @@ class AlgoSection:
             _fail(self, "group_size", "must be >= 2 for rloo (leave-one-out needs a peer)")
         if self.invalid_penalty > 0:
             _fail(self, "invalid_penalty", "must be <= 0")
+        _at_least(self, "exploration_bonus", 0.0)
         if self.overlong_cache >= self.max_new_tokens and self.overlong_cache:
             _fail(self, "overlong_cache", f"must be < algo.max_new_tokens={self.max_new_tokens}")
         _at_least(self, "max_new_tokens", 1)

@@ -96,3 +96,32 @@ def test_bandit_table_lists_policy_and_baselines():
     assert [line.split()[2] for line in table.splitlines()[1:]] == ["before", "after", "ucb",
                                                                       "random"]
     assert bandit_eval.bandit_table({}, {"x": {"return": 1.0}}) == ""
+
+
+def test_exploration_bonus_shaping_hand_worked():
+    """algo.exploration_bonus adds the bonus on a turn whose arm is new to the
+    episode; an unparsable answer's random stand-in counts as tried but earns
+    nothing, and inactive turns earn nothing."""
+    from jaxrl_lm.config import AlgoSection, Config
+    from jaxrl_lm.rollout import Trajectory
+    from jaxrl_lm.train.rl import shape_rewards
+
+    # [T=5, B=2]; episode 0: arms 1, 1, 0 (invalid), 0, 2; episode 1: arms 3, 0, then over.
+    action = jnp.asarray([[1, 3], [1, 0], [0, 2], [0, 2], [2, 2]])
+    valid = jnp.asarray([[1, 1], [1, 1], [0, 1], [1, 1], [1, 1]], bool)
+    active = jnp.asarray([[1, 1], [1, 1], [1, 0], [1, 0], [1, 0]], bool)
+    reward = jnp.where(active, 0.5, 0.0)
+    zeros = jnp.zeros((5, 2), jnp.int32)
+    traj = Trajectory(prompt=zeros[..., None], prompt_len=zeros, completion=zeros[..., None],
+                      completion_len=zeros + 2, logp=jnp.zeros((5, 2, 1)), active=active,
+                      action=action, valid=valid, env_reward=reward, reward=reward,
+                      done=zeros.astype(bool), states=SimpleNamespace(
+                          legal_action_mask=jnp.ones((5, 2, 4), bool)))
+    cfg = Config(algo=AlgoSection(name="reinforce", exploration_bonus=2.0))
+    got = np.asarray(shape_rewards(cfg, traj).reward)
+    want = np.asarray([[2.5, 2.5], [0.5, 2.5], [0.5, 0.0], [0.5, 0.0], [2.5, 0.0]])
+    np.testing.assert_allclose(got, want)
+    off = Config(algo=AlgoSection(name="reinforce"))
+    np.testing.assert_allclose(np.asarray(shape_rewards(off, traj).reward), np.asarray(reward))
+    with pytest.raises(ValueError, match="exploration_bonus"):
+        AlgoSection(exploration_bonus=-1.0)

@@ -78,6 +78,13 @@ def shape_rewards(cfg: Config, traj: Trajectory) -> Trajectory:
     """Add the reward shaping the config asks for (before any advantage)."""
     a = cfg.algo
     r = traj.reward
+    if a.exploration_bonus:
+        # Arms count as tried once played, but only the model's own choices
+        # earn the bonus: an unparsable answer's random stand-in does not.
+        num_actions = traj.states.legal_action_mask.shape[-1]
+        bonus = rewards_lib.exploration_bonus(traj.action.T, num_actions,
+                                              bonus=a.exploration_bonus, mask=traj.active.T)
+        r = r + jnp.where(traj.valid, bonus.T, 0.0)
     if a.overlong_cache:
         pen = rewards_lib.overlong_penalty(traj.completion_len.reshape(-1), max_len=a.max_new_tokens,
                                            cache_len=a.overlong_cache).reshape(r.shape)
