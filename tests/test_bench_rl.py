@@ -41,7 +41,7 @@ def test_rollout_bench_quick(capsys):
 
 
 def test_grpo_step_bench_quick(capsys):
-    r = _run(capsys, ["bench", "grpo-step", "--quick", "--json"])
+    r = _run(capsys, ["bench", "grpo-step", "--quick", "--breakdown", "--json"])
     c = r["config"]
     assert (c["prompts"], c["group"], c["batch"], c["max_new_tokens"]) == (2, 4, 8, 8)
     ours = r["jaxrl_lm"]
@@ -51,4 +51,5 @@ def test_grpo_step_bench_quick(capsys):
     # One update on freshly sampled data: the ratio is 1 up to float noise.
     assert abs(ours["final"]["ratio_mean"] - 1.0) < 1e-3
     assert len(r["trl"]["times"]) == c["steps"] and r["trl"]["seconds"] > 0
+    assert ours["generate_s"] > 0 and r["trl"]["generate_s"] > 0
     assert math.isclose(r["ratio"], r["trl"]["seconds"] / ours["seconds"])

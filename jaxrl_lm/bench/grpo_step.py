@@ -19,6 +19,7 @@ which on a shared CPU makes each tiny op 20-50x slower; OMP_WAIT_POLICY is set
 to PASSIVE before torch loads (unless already set) so TRL is not penalised.
 
     jaxrl-lm bench grpo-step            # 8 prompts x G=8, 32 new tokens, 3 timed steps
+    jaxrl-lm bench grpo-step --breakdown  # also each side's generation time alone
     jaxrl-lm bench grpo-step --quick --json
 """
 
@@ -56,6 +57,9 @@ def _parser() -> argparse.ArgumentParser:
     add("--lr", type=float, default=1e-5)
     add("--torch-threads", type=int, default=None, help="default: torch's own (all CPUs)")
     add("--no-trl", action="store_true", help="time ours only")
+    add("--breakdown", action="store_true",
+        help="also time each side's generation alone (ours: the jitted sampler on the same "
+             "batch; TRL: its generate-and-score call); the rest is log-probs, loss, update")
     add("--quick", action="store_true", help="tiny sizes (smoke test): 2x4, 8 tokens, 2 layers")
     add("--seed", type=int, default=0)
     add("--json", action="store_true", help="print one JSON object instead of a table")
@@ -102,7 +106,8 @@ def _write_hf_folder(args, tokenizer, path: str):
 
 
 def make_ours(model, tokenizer, args):
-    """(init_state, step): step(params, opt_state, key) -> (params, opt_state, metrics), jitted."""
+    """(params, opt_state, step, generate): step(params, opt_state, key) -> (params,
+    opt_state, metrics), jitted; generate(params, key) -> the step's Samples alone."""
     import jax
     import jax.numpy as jnp
     import optax
@@ -143,24 +148,37 @@ def make_ours(model, tokenizer, args):
         return params, opt_state, dict(metrics, loss=loss, reward=reward.mean(),
                                        length=out.lengths.mean())
 
-    return params, tx.init(params), jax.jit(step, donate_argnums=(0, 1))
+    def generate(params, key):  # the step's generation alone (--breakdown)
+        return sampling.sample((graphdef, params), prompt, plen, key, max_new_tokens=n,
+                               stop_tokens=(tokenizer.eos_token_id,),
+                               pad_id=tokenizer.pad_token_id)
+
+    return params, tx.init(params), jax.jit(step, donate_argnums=(0, 1)), generate
 
 
 def bench_ours(model, tokenizer, args) -> dict:
     import jax
 
-    params, opt_state, step = make_ours(model, tokenizer, args)
+    params, opt_state, step, generate = make_ours(model, tokenizer, args)
     keys = jax.random.split(jax.random.key(args.seed), args.steps + 1)
-    times = []
-    for key in keys:
+    times, gen_times = [], []
+    for i, key in enumerate(keys):
+        if args.breakdown:  # same params and key as the step that follows
+            jax.block_until_ready(generate(params, key))  # compiled once, outside the timing
+            t0 = time.perf_counter()
+            jax.block_until_ready(generate(params, key))
+            gen_times.append(time.perf_counter() - t0)
         t0 = time.perf_counter()
         params, opt_state, metrics = step(params, opt_state, key)
         jax.block_until_ready(metrics)
         times.append(time.perf_counter() - t0)
     steady = float(np.median(times[1:]))
-    return dict(seconds=steady, times=times[1:], first_call_s=times[0],
-                compile_s=max(times[0] - steady, 0.0),
-                final={k: float(v) for k, v in metrics.items()})
+    out = dict(seconds=steady, times=times[1:], first_call_s=times[0],
+               compile_s=max(times[0] - steady, 0.0),
+               final={k: float(v) for k, v in metrics.items()})
+    if args.breakdown:
+        out["generate_s"] = float(np.median(gen_times[1:]))
+    return out
 
 
 def bench_trl(model, tokenizer, args, out_dir: str) -> dict:
@@ -169,6 +187,14 @@ def bench_trl(model, tokenizer, args, out_dir: str) -> dict:
     from trl import GRPOConfig, GRPOTrainer
 
     times: list[float] = []
+    gen_times: list[float] = []
+
+    class Trainer(GRPOTrainer):  # --breakdown: time TRL's generate-and-score call
+        def _generate_and_score_completions(self, *a, **k):
+            t0 = time.perf_counter()
+            out = super()._generate_and_score_completions(*a, **k)
+            gen_times.append(time.perf_counter() - t0)
+            return out
 
     class Timer(transformers.TrainerCallback):
         def on_step_begin(self, *a, **k):
@@ -190,11 +216,16 @@ def bench_trl(model, tokenizer, args, out_dir: str) -> dict:
         temperature=1.0, top_p=1.0, top_k=0, logging_steps=10**6, save_strategy="no",
         shuffle_dataset=False, seed=args.seed, disable_tqdm=True, dataloader_num_workers=0)
     data = datasets.Dataset.from_dict({"prompt": prompts_of(args.prompts) * (args.steps + 1)})
-    trainer = GRPOTrainer(model=model, reward_funcs=reward_a, args=config, train_dataset=data,
-                          processing_class=tokenizer, callbacks=[Timer()])
+    cls = Trainer if args.breakdown and hasattr(GRPOTrainer, "_generate_and_score_completions") \
+        else GRPOTrainer
+    trainer = cls(model=model, reward_funcs=reward_a, args=config, train_dataset=data,
+                  processing_class=tokenizer, callbacks=[Timer()])
     trainer.train()
     steady = float(np.median(times[1:]))
-    return dict(seconds=steady, times=times[1:], first_call_s=times[0])
+    out = dict(seconds=steady, times=times[1:], first_call_s=times[0])
+    if len(gen_times) == len(times):
+        out["generate_s"] = float(np.median(gen_times[1:]))
+    return out
 
 
 def run(args) -> dict:
@@ -246,8 +277,10 @@ def _table(r: dict) -> str:
              f"new tokens; median of {c['steps']} steps after a warm-up",
              f"{'':28}{'s/step':>9}{'steps (s)':>28}"]
     for name, v in rows:
+        gen = (f"   generation {v['generate_s']:.3f} s, the rest {v['seconds'] - v['generate_s']:.3f} s"
+               if "generate_s" in v else "")
         lines.append(f"{name:28}{v['seconds']:>9.3f}"
-                     f"{' '.join(f'{t:.2f}' for t in v['times']):>28}")
+                     f"{' '.join(f'{t:.2f}' for t in v['times']):>28}{gen}")
     tail = f"our compile {r['jaxrl_lm']['compile_s']:.1f} s"
     if "ratio" in r:
         tail = f"ratio {r['ratio']:.2f}x (target >= {r['target_ratio']:.0f}x); " + tail
