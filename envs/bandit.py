@@ -16,13 +16,15 @@ pulls as RLFT does:
     Pulls left: 49. Answer with ACTION=<arm>.
 Gaussian rewards are shown rounded to 2 decimals, Bernoulli ones as 0/1.
 
-With `render="summary"` it shows, after the pulls made so far, each arm's pull
+With `render="summary"` it shows the pulls made so far and each arm's pull
 count and mean shown reward (RLFT's summary statistics option), so a
-Markovian prompt carries everything a bandit algorithm needs, in ~10
-characters an arm; an untried arm shows its count only:
-    Step 3/50
-    0: 2 0.71
-    1: 0
+Markovian prompt carries everything a bandit algorithm needs. Every field has
+a fixed width (numbers right-aligned, an untried arm's mean is "-"), so the
+prompt has one length and each arm's numbers sit at a fixed distance from the
+answer, a layout a small model learns to read fast (11 characters an arm):
+    Step  3/50
+    0: 2  0.71
+    1: 0     -
     2: 1 -0.35
     Answer ACTION=<arm>
 The mean is of the rewards as shown (hundredths), rounded half up.
@@ -165,7 +167,7 @@ class Bandit(Env):
 
     def text_pieces(self) -> tuple[str, ...]:
         if self.render == "summary":
-            return (*"0123456789", "-", ".", "\n", "Step ", f"/{self.horizon}\n", ": ", " ",
+            return (*"0123456789", "-", ".", "\n", "Step ", f"/{self.horizon}\n", ":", " ",
                     "Answer ACTION=<arm>\n")
         return (*"0123456789", "-", ".", "\n", self._header(), "Step=", " Action=",
                 " Reward=", "Pulls left: ", ". Answer with ACTION=<arm>.\n")
@@ -173,13 +175,11 @@ class Bandit(Env):
     # digits of a step number, of an arm, of a reward
     _LINE = 1 + 3 + 1 + 2 + 1 + 6 + 1
 
-    # digits of an arm, ": ", digits of a count, " " and a mean, "\n"
-    _ARM_LINE = 2 + 1 + 3 + 1 + 6 + 1
-
     @property
     def max_render_pieces(self) -> int:
         if self.render == "summary":
-            return 1 + 3 + 1 + self.k * self._ARM_LINE + 1
+            wa, wn, wm = self._widths()
+            return 1 + wn + 1 + self.k * (wa + 1 + wn + 1 + wm + 1) + 1
         return 1 + self.context * self._LINE + 5
 
     def render_pieces(self, state: BanditState) -> jax.Array:
@@ -204,28 +204,45 @@ class Bandit(Env):
                                   jnp.asarray([tail])])
         return jnp.concatenate([jnp.asarray([header]), lines.reshape(-1), footer]).astype(jnp.int32)
 
+    def _widths(self) -> tuple[int, int, int]:
+        """Summary field widths: arm, count, mean (sign, integer digits, 2 decimals)."""
+        top = 1.0 if self.dist == "bernoulli" else 1 + 5 * self.sigma
+        return len(str(self.k - 1)), len(str(self.horizon)), len(str(int(top))) + 4
+
     def _summary_pieces(self, state: BanditState) -> jax.Array:
         zero, minus, dot, nl, step, of, colon, space, tail = 0, *range(10, 18)
+        wa, wn, wm = self._widths()
+
+        def padded(n, width):  # right-aligned: leading zeros become spaces
+            return jnp.where(digit_pieces(n, width, zero) < 0, space, digit_pieces(n, width, zero))
+
+        def mean_pieces(q):  # q hundredths as "%{wm}.2f", sign before the first digit
+            a = jnp.abs(q)
+            ints = jnp.concatenate([jnp.asarray([-1]), digit_pieces(a // 100, wm - 4, zero)])
+            first = jnp.argmax(ints >= 0)
+            ints = jnp.where((jnp.arange(wm - 3) == first - 1) & (q < 0), minus, ints)
+            return jnp.concatenate([jnp.where(ints < 0, space, ints), jnp.asarray([dot]),
+                                    jnp.stack([zero + a // 10 % 10, zero + a % 10])])
 
         def line(arm, count, shown_sum):
-            q = mean_hundredths(shown_sum, jnp.maximum(count, 1))
-            mean = jnp.concatenate([jnp.asarray([space]),
-                                    reward_pieces(q, "gaussian", zero, minus, dot)])
+            mean = mean_pieces(mean_hundredths(shown_sum, jnp.maximum(count, 1)))
+            untried = jnp.full((wm,), space).at[-1].set(minus)
             return jnp.concatenate([
-                digit_pieces(arm, 2, zero), jnp.asarray([colon]), digit_pieces(count, 3, zero),
-                jnp.where(count > 0, mean, -1), jnp.asarray([nl])])
+                padded(arm, wa), jnp.asarray([colon]), padded(count, wn), jnp.asarray([space]),
+                jnp.where(count > 0, mean, untried), jnp.asarray([nl])])
 
         lines = jax.vmap(line)(jnp.arange(self.k), state.counts, state.shown_sums)
         return jnp.concatenate([
-            jnp.asarray([step]), digit_pieces(state.step_count, 3, zero), jnp.asarray([of]),
+            jnp.asarray([step]), padded(state.step_count, wn), jnp.asarray([of]),
             lines.reshape(-1), jnp.asarray([tail])]).astype(jnp.int32)
 
     def _summary_text(self, state: BanditState) -> str:
-        out = [f"Step {int(state.step_count)}/{self.horizon}\n"]
+        wa, wn, wm = self._widths()
+        out = [f"Step {int(state.step_count):>{wn}}/{self.horizon}\n"]
         for arm in range(self.k):
             n, total = int(state.counts[arm]), int(state.shown_sums[arm])
-            mean = f" {format_hundredths(mean_hundredths(total, n), 'gaussian')}" if n else ""
-            out.append(f"{arm}: {n}{mean}\n")
+            mean = format_hundredths(mean_hundredths(total, n), "gaussian") if n else "-"
+            out.append(f"{arm:>{wa}}:{n:>{wn}} {mean:>{wm}}\n")
         out.append("Answer ACTION=<arm>\n")
         return "".join(out)
 

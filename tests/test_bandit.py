@@ -102,15 +102,17 @@ def test_bandit_render_hand_worked():
 
 
 def test_bandit_summary_render_hand_worked():
-    env = envs.make("bandit", k=3, horizon=20, render="summary")
-    # means of shown rewards: -3.05 / 2 = -1.525 -> -1.52 (half up), 0.07, untried
+    # means of shown rewards: -3.05 / 2 = -1.525 -> -1.52 (half up), 0.07, untried, -10.00
+    env = envs.make("bandit", k=4, horizon=20, sigma=3.0, render="summary")
     state = env.init(jax.random.PRNGKey(0)).replace(
-        step_count=jnp.int32(3), counts=jnp.asarray([2, 1, 0]),
-        shown_sums=jnp.asarray([-305, 7, 0]))
-    want = "Step 3/20\n0: 2 -1.52\n1: 1 0.07\n2: 0\nAnswer ACTION=<arm>\n"
+        step_count=jnp.int32(4), counts=jnp.asarray([2, 1, 0, 1]),
+        shown_sums=jnp.asarray([-305, 7, 0, -1000]))
+    want = ("Step  4/20\n0: 2  -1.52\n1: 1   0.07\n2: 0      -\n3: 1 -10.00\n"
+            "Answer ACTION=<arm>\n")
     assert env.render_text(jax.tree.map(np.asarray, state)) == want
     idx = np.asarray(jit(env.render_pieces)(state))
     assert "".join(env.text_pieces()[i] for i in idx if i >= 0) == want
+    assert len(idx) == env.max_render_pieces and np.all(idx >= 0)  # one fixed length
     assert [int(bandit.mean_hundredths(s, n)) for s, n in [(5, 2), (-5, 2), (7, 3), (-7, 3)]] == [
         3, -2, 2, -2]
 
