@@ -23,10 +23,11 @@ in the `out_sharding` metadata, read by `nnx.get_partition_spec`):
     value_head.bias        []              ()                                  if value_head
 
 Layers are stacked on a leading L axis and run with `lax.scan` (one compiled
-block, fast compiles for deep models). HF mapping: `q_proj.weight` [H*Hd, D]
-is `q_proj[l].reshape(D, H*Hd).T`; `o_proj.weight` [D, H*Hd] is
-`o_proj[l].reshape(H*Hd, D).T`; MLP/lm_head weights are transposed; norm
-weights are copied as stored (Gemma's are stored as w - 1, used as 1 + w).
+block, fast compiles for deep models; unrolled when L <= UNROLL_LAYERS). HF
+mapping: `q_proj.weight` [H*Hd, D] is `q_proj[l].reshape(D, H*Hd).T`;
+`o_proj.weight` [D, H*Hd] is `o_proj[l].reshape(H*Hd, D).T`; MLP/lm_head weights
+are transposed; norm weights are copied as stored (Gemma's are stored as w - 1,
+used as 1 + w).
 
 Calls (positions are explicit; rows are right-padded; see `layers.block`):
 
@@ -55,6 +56,13 @@ from flax import nnx
 
 from jaxrl_lm.models.config import ModelConfig
 from jaxrl_lm.models.layers import KEY_BLOCK, KVCache, block, cache_slots, rms_norm, rope_table
+
+# Layer stacks up to this deep run the cache-free scan fully unrolled. On XLA:CPU the
+# scan's backward zero-fills and copies stacked [L, ...] residual buffers (~40% of a
+# 4-layer fwd+bwd in a profile); unrolled, a 4-layer log-prob fwd+bwd took ~11% less
+# CPU time, a whole GRPO step (`bench grpo-step`) ~9% less, and compiled no slower.
+# Deeper stacks keep the rolled scan's fast compile.
+UNROLL_LAYERS = 8
 
 
 def _param(key: jax.Array, shape: tuple[int, ...], names: tuple, dtype, std: float | None):
@@ -175,7 +183,8 @@ class Decoder(nnx.Module):
 
         if remat:
             step = jax.checkpoint(step)
-        return jax.lax.scan(step, x, self.layers.arrays())
+        unroll = cfg.num_layers <= UNROLL_LAYERS
+        return jax.lax.scan(step, x, self.layers.arrays(), unroll=unroll)
 
     def layer_params(self) -> tuple[dict[str, jax.Array], ...]:
         """One {name: array} per layer: the stacked parameters sliced on the layer axis.
