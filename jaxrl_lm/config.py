@@ -195,16 +195,13 @@ class WarmupSection:
     batch_size: int = 16  # warm-up examples per step
     # "sampled": imitate one move drawn from the player per board; "expected": the
     # cross-entropy against the player's whole move distribution (the mean of the
-    # sampled loss over its moves; needs player random and one-token moves)
+    # sampled loss over its moves; needs moves that differ in one answer token)
     targets: str = "sampled"
 
     def __post_init__(self):
         _at_least(self, "steps", 0)
         _choice(self, "player", PLAYERS)
         _choice(self, "targets", WARMUP_TARGETS)
-        if self.targets == "expected" and self.player != "random":
-            raise ConfigError(f"warmup.targets='expected' needs warmup.player='random' (the "
-                              f"player whose move distribution is known), got {self.player!r}")
         _at_least(self, "lr", 0.0, strict=True)
         _at_least(self, "batch_size", 1)
 
@@ -284,6 +281,10 @@ class Config:
         if o.warmup_steps > t.steps:
             raise ConfigError(f"optim.warmup_steps={o.warmup_steps} must be <= "
                               f"train.steps={t.steps}")
+        if self.warmup.steps and self.warmup.player == "greedy_frequency" and \
+                self.env.name != "bandit":
+            raise ConfigError(f"warmup.player='greedy_frequency' plays env.name='bandit' only "
+                              f"(it reads arm counts and means), got {self.env.name!r}")
         needs_env = a.name != "sft" or t.data == "env"
         if needs_env and t.max_len < self.env.max_prompt_len + a.max_new_tokens:
             raise ConfigError(

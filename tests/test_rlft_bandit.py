@@ -11,7 +11,8 @@ import pytest
 import envs
 from jaxrl_lm.config import WarmupSection
 from jaxrl_lm.train import bandit_eval
-from jaxrl_lm.train.env_data import PLAYERS, get_player, greedy_frequency_player
+from jaxrl_lm.train.env_data import (PLAYER_PROBS, PLAYERS, get_player, greedy_frequency_player,
+                                     greedy_frequency_probs)
 
 
 def _state(counts, sums):
@@ -41,8 +42,40 @@ def test_player_first_pull_is_uniform():
     np.testing.assert_allclose(np.bincount(a, minlength=4) / a.size, 0.25, atol=0.03)
 
 
+def _probs_f64(counts, sums, explore, repeat):
+    """greedy_frequency's move distribution in float64 numpy, from its definition."""
+    counts, sums = np.asarray(counts), np.asarray(sums, np.float64)
+    k = counts.size
+    if not (counts > 0).any():
+        return np.full(k, 1.0 / k)
+    means = np.where(counts > 0, sums / np.maximum(counts, 1), -np.inf)
+    p = np.full(k, explore / k)
+    p[int(np.argmax(counts))] += (1 - explore) * repeat
+    p[int(np.argmax(means))] += (1 - explore) * (1 - repeat)
+    return p
+
+
+@pytest.mark.parametrize("counts,sums,explore,repeat", [
+    ([0, 5, 1, 2, 0], [0.0, 1.0, 0.9, -2.0, 0.0], 0.05, 0.5),  # most-pulled != best
+    ([0, 5, 1, 2, 0], [0.0, 4.0, 0.3, -2.0, 0.0], 0.05, 0.5),  # the same arm is both
+    ([2, 2, 0, 1], [-1.0, -3.0, 0.0, -0.5], 0.2, 0.7),  # tied counts; best mean is arm 3
+    ([0, 0, 0], [0.0, 0.0, 0.0], 0.05, 0.5),  # nothing pulled yet: uniform
+])
+def test_probs_match_numpy_and_the_players_frequencies(counts, sums, explore, repeat):
+    state = _state(counts, sums)
+    want = _probs_f64(counts, sums, explore, repeat)
+    got = np.asarray(greedy_frequency_probs(state, explore=explore, repeat=repeat), np.float64)
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
+    assert got.sum() == pytest.approx(1.0, abs=1e-6)
+    # the sampled player draws from exactly this distribution: chi-square over 20000 draws
+    n = 20000
+    freq = np.bincount(_picks(state, n, explore=explore, repeat=repeat), minlength=want.size)
+    stat = ((freq - n * want) ** 2 / (n * want)).sum()
+    assert stat < 20.5, (freq, n * want)  # chi-square, <= 4 dof, p < 0.0004
+
+
 def test_player_registry():
-    assert set(PLAYERS) == {"random", "greedy_frequency"}
+    assert set(PLAYERS) == {"random", "greedy_frequency"} == set(PLAYER_PROBS)
     assert get_player("greedy_frequency") is greedy_frequency_player
     assert WarmupSection(player="greedy_frequency").player == "greedy_frequency"
     with pytest.raises(ValueError, match="warmup.player"):

@@ -117,8 +117,9 @@ def test_expected_targets_errors_name_the_field():
     from jaxrl_lm.config import ConfigError
     from jaxrl_lm.train import env_data
 
-    with pytest.raises(ConfigError, match="warmup.targets='expected' needs warmup.player='random'"):
-        load_config(PRESET, ["--warmup.targets", "expected", "--warmup.player", "greedy_frequency"])
+    with pytest.raises(ConfigError, match="warmup.player='greedy_frequency' plays "
+                                          "env.name='bandit' only"):
+        load_config(PRESET, ["--warmup.player", "greedy_frequency", "--warmup.steps", "5"])
     # arithmetic answers are several digits: the moves differ in more than one token
     cfg = load_config(PRESET, ["--warmup.targets", "expected", "--env.name", "arithmetic",
                                "--env.options", "{}", "--env.max_prompt_len", "64"])

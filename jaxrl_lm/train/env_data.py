@@ -34,8 +34,11 @@ def random_legal_player(state: Any, key: jax.Array) -> jax.Array:
     return jax.random.categorical(key, logits).astype(jnp.int32)
 
 
-def greedy_frequency_player(state: Any, key: jax.Array, *, explore: float = 0.05,
-                            repeat: float = 0.5) -> jax.Array:
+GREEDY_EXPLORE, GREEDY_REPEAT = 0.05, 0.5  # greedy_frequency's defaults
+
+
+def greedy_frequency_player(state: Any, key: jax.Array, *, explore: float = GREEDY_EXPLORE,
+                            repeat: float = GREEDY_REPEAT) -> jax.Array:
     """A bandit player with the failure modes RLFT found in LLMs (needs a state
     with `counts` and `sums`, as envs.bandit has): its first pull is a random
     arm; then, with probability `explore`, a random arm; else with probability
@@ -60,8 +63,25 @@ def random_legal_probs(state: Any) -> jax.Array:
     return legal / jnp.maximum(legal.sum(), 1.0)
 
 
+def greedy_frequency_probs(state: Any, *, explore: float = GREEDY_EXPLORE,
+                           repeat: float = GREEDY_REPEAT) -> jax.Array:
+    """f32[k]: greedy_frequency_player's move distribution: uniform before any
+    pull, else explore / k on every arm plus (1 - explore) split as repeat on
+    the most-pulled arm and 1 - repeat on the best tried mean (the same arm may
+    get both); ties to the lowest index, as the player breaks them."""
+    counts = state.counts
+    k = counts.shape[-1]
+    tried = counts > 0
+    means = jnp.where(tried, state.sums / jnp.maximum(counts, 1), -jnp.inf)
+    most = jax.nn.one_hot(jnp.argmax(counts), k)
+    best = jax.nn.one_hot(jnp.argmax(means), k)
+    p = explore / k + (1.0 - explore) * (repeat * most + (1.0 - repeat) * best)
+    return jnp.where(tried.any(), p, 1.0 / k).astype(jnp.float32)
+
+
 # players whose move distribution is known (warmup.targets="expected")
-PLAYER_PROBS: dict[str, Callable[[Any], jax.Array]] = {"random": random_legal_probs}
+PLAYER_PROBS: dict[str, Callable[[Any], jax.Array]] = {"random": random_legal_probs,
+                                                       "greedy_frequency": greedy_frequency_probs}
 
 
 def move_token(text: Any) -> tuple[int, np.ndarray]:
