@@ -36,6 +36,7 @@ import numpy as np
 from flax import nnx
 
 from jaxrl_lm.models.config import ModelConfig
+from jaxrl_lm.models.tokenizer import quiet_transformers
 
 SUPPORTED_MODEL_TYPES = ("llama", "qwen2", "gemma")
 # Buffers some exporters write next to the weights; they are recomputed, not loaded.
@@ -185,6 +186,7 @@ def load_config(path, *, dtype: str = "float32", param_dtype: str | None = None,
 
 def load_tokenizer(path):
     """The folder's tokenizer through transformers' AutoTokenizer, local files only."""
+    quiet_transformers()
     from transformers import AutoTokenizer
 
     path = _folder(path)

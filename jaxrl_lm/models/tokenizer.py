@@ -22,6 +22,7 @@ Regenerate the shipped folder with
 from __future__ import annotations
 
 import argparse
+import os
 import pathlib
 
 from tokenizers import AddedToken, Tokenizer, decoders, models
@@ -58,8 +59,16 @@ def char_tokenizer() -> Tokenizer:
     return tok
 
 
+def quiet_transformers() -> None:
+    """Before importing transformers: skip its advisory notices (without torch it
+    prints "PyTorch was not found" on import, though we only use its tokenizers
+    and configs). An explicit TRANSFORMERS_NO_ADVISORY_WARNINGS is kept."""
+    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+
+
 def char_tokenizer_hf(model_max_length: int = 2048):
     """The same tokenizer wrapped for transformers (PreTrainedTokenizerFast)."""
+    quiet_transformers()
     from transformers import PreTrainedTokenizerFast
 
     return PreTrainedTokenizerFast(
