@@ -48,15 +48,35 @@ def _eval(argv: list[str]) -> int:
 
 COMMANDS = {"bench": _bench, "train": _train, "eval": _eval, "plot": _plot}
 
+HELP = """\
+usage: jaxrl-lm {bench,eval,plot,train} ...
+
+RL fine-tuning of language models in JAX. `jaxrl-lm COMMAND --help` lists a
+command's flags.
+
+commands:
+  train   run a config: SFT, or warm-up + RL + before/after evaluation
+            jaxrl-lm train --config launch/configs/tictactoe.yaml --out runs/ttt [--resume]
+            (any config field: --section.field VALUE, e.g. --train.steps 50)
+  eval    play an env with a run's policy (greedy) and print win/draw/loss
+            jaxrl-lm eval --checkpoint runs/ttt --env tictactoe --opponent minimax
+  plot    redraw a run's curves from its metrics.jsonl
+            jaxrl-lm plot runs/ttt
+  bench   speed and memory benchmarks against a baseline measured in the same run
+            jaxrl-lm bench envs|sampler|logprobs-memory|rollout|grpo-step [--json]
+"""
+
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
-        print("usage: jaxrl-lm {" + ",".join(sorted(COMMANDS)) + "} ...", file=sys.stderr)
-        if argv and argv[0] not in ("-h", "--help"):
-            print(f"jaxrl-lm: unknown command {argv[0]!r}", file=sys.stderr)
-            return 2
+    if not argv or argv[0] in ("-h", "--help"):
+        print(HELP, end="")
         return 0
+    if argv[0] not in COMMANDS:
+        print(HELP, end="", file=sys.stderr)
+        print(f"jaxrl-lm: unknown command {argv[0]!r}; choose one of "
+              f"{', '.join(sorted(COMMANDS))}", file=sys.stderr)
+        return 2
     return COMMANDS[argv[0]](argv[1:])
 
 

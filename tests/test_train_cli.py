@@ -46,3 +46,14 @@ def test_resume_flag_continues_from_latest_intact_checkpoint(tmp_path, capsys):
     assert [r["loss"] for r in got] == [r["loss"] for r in rows]  # steps 3, 4 redone exactly
     assert read(os.path.join(run, "hf", "model.safetensors")) == \
         read(os.path.join(full, "hf", "model.safetensors"))
+
+
+def test_top_level_help_lists_every_command(capsys):
+    from jaxrl_lm.cli import COMMANDS
+
+    assert cli_main(["--help"]) == 0
+    out = capsys.readouterr().out
+    for name in COMMANDS:
+        assert f"\n  {name} " in out, name  # one described line per command
+    assert cli_main(["fit"]) == 2
+    assert "unknown command 'fit'; choose one of bench, eval, plot, train" in capsys.readouterr().err
