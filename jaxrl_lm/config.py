@@ -274,10 +274,8 @@ class Config:
         if t.batch_size % a.group_size:
             raise ConfigError(f"algo.group_size={a.group_size} must divide "
                               f"train.batch_size={t.batch_size}")
-        if (t.batch_size // t.micro_batches) % a.group_size:
-            raise ConfigError(f"algo.group_size={a.group_size} must divide the micro-batch "
-                              f"train.batch_size/train.micro_batches="
-                              f"{t.batch_size // t.micro_batches}")
+        # no group constraint per micro-batch: advantages are computed over the whole
+        # batch before the update, and micro-batches cut its turn rows, not its groups
         if o.warmup_steps > t.steps:
             raise ConfigError(f"optim.warmup_steps={o.warmup_steps} must be <= "
                               f"train.steps={t.steps}")

@@ -76,3 +76,32 @@ def test_resume_is_bit_identical(tmp_path):
     assert resumed.resumed_from == 1
     for x, y in zip(jax.tree.leaves(straight.state.params), jax.tree.leaves(resumed.state.params)):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def test_a_group_may_span_micro_batches(tmp_path):
+    """Advantages come from the whole batch before the update, so one group of
+    8 episodes cut into 4 micro-batches of turn rows gives the update of 1.
+    Adam's eps is set far above the gradient entries so that its step is linear
+    in the gradient: with eps 1e-8 a coordinate whose gradient is ~1e-9 turns
+    float rounding in the accumulation order into a visible step difference."""
+    base = ["--train.batch_size", "8", "--algo.group_size", "8", "--optim.warmup_steps", "0",
+            "--train.progress", "false", "--algo.max_new_tokens", "6", "--train.steps", "1",
+            "--env.max_turns", "4", "--train.ckpt_every", "1", "--optim.eps", "1.0",
+            "--optim.lr", "1.0", "--algo.epochs", "1"]
+    params, rows = [], []
+    for k in ("1", "4"):
+        cfg = load_config(PRESET, [*base, "--train.micro_batches", k])
+        model, tok = build_policy(cfg)
+        runner = RLRunner(cfg, model, tok)
+        start = jax.tree.map(np.asarray, runner.engine.init_state(cfg.train.seed).params)
+        params.append(runner.train(str(tmp_path / k)).state.params)
+        rows.append(json.loads(open(tmp_path / k / "metrics.jsonl").readline()))
+    # and so are the logged metrics (token means weighted by tokens, maxima as maxima)
+    for key in ("loss", "grad_norm", "policy_loss", "kl", "approx_kl", "ratio_mean",
+                "ratio_max", "clip_frac_low", "clip_frac_high", "env_return"):
+        assert rows[0][key] == pytest.approx(rows[1][key], rel=1e-5, abs=1e-7), key
+    moved = 0.0
+    for x, y, s in zip(*map(jax.tree.leaves, params), jax.tree.leaves(start)):
+        np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-5, atol=1e-7)
+        moved = max(moved, float(np.abs(np.asarray(x) - s).max()))
+    assert moved > 1e-3, moved  # the update did something, 1e4 x the tolerance

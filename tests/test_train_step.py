@@ -46,7 +46,9 @@ def ce_loss(model, batch):
     tgt = batch["tokens"][:, 1:]
     nll = -jnp.take_along_axis(logp, tgt[..., None], -1)[..., 0]
     mask = batch["loss_mask"][:, 1:]
-    return ((nll * mask).sum(), mask.sum()), {"mask_frac": mask.mean()}
+    metrics = {"mask_frac": mask.mean(), "nll_mean": (nll * mask).sum() / jnp.maximum(mask.sum(), 1),
+               "nll_max": jnp.max(jnp.where(mask > 0, nll, -jnp.inf), initial=0.0)}
+    return ((nll * mask).sum(), mask.sum()), metrics
 
 
 def toy_batch(seed=0, b=8):
@@ -184,9 +186,16 @@ def test_empty_micro_batches_are_skipped_exactly():
         sk, mk = eng_k.step(sk, eng_k.place_batch(batch))
         assert float(mk["finite"]) == 1.0
         np.testing.assert_allclose(float(m1["loss"]), float(mk["loss"]), rtol=1e-6)
-    # metrics average over the 2 computed micro-batches only
-    want = np.mean([float(batch["loss_mask"][2 * i:2 * i + 2, 1:].mean()) for i in range(2)])
-    np.testing.assert_allclose(float(mk["mask_frac"]), want, rtol=1e-6)
+        # a token-mean metric and a max come out as the whole batch's
+        np.testing.assert_allclose(float(mk["nll_mean"]), float(m1["nll_mean"]), rtol=1e-5)
+        np.testing.assert_allclose(float(mk["nll_max"]), float(m1["nll_max"]), rtol=1e-5)
+    # other metrics: the mean over the 2 computed micro-batches, weighted by their
+    # loss tokens (the empty ones weigh 0)
+    mask = np.asarray(batch["loss_mask"])
+    frac = [mask[2 * i:2 * i + 2, 1:].mean() for i in range(2)]
+    w = [mask[2 * i:2 * i + 2].sum() for i in range(2)]
+    np.testing.assert_allclose(float(mk["mask_frac"]), np.dot(w, frac) / np.sum(w), rtol=1e-6)
+    assert abs(np.dot(w, frac) / np.sum(w) - np.mean(frac)) > 1e-3  # the weights matter here
     for a, b in zip(jax.tree.leaves(host(s1.params)), jax.tree.leaves(host(sk.params))):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 

@@ -9,7 +9,8 @@ micro-batches the step minimises exactly
     L = sum_i loss_sum_i / sum_i denom_i,   grad L = sum_i grad(loss_sum_i) / sum_i denom_i
 
 the same value and gradient as one pass over the whole batch (Tunix's
-accumulation). Params are Flax NNX state split off a module; the module is
+accumulation). Metrics (flat scalars) combine by `combine_metrics`: token
+means and `*_max` / `*_min` come out as one pass's would. Params are Flax NNX state split off a module; the module is
 merged back inside the jitted function (the NNX jit-boundary pattern).
 """
 
@@ -71,6 +72,26 @@ def make_optimizer(cfg: OptimSection, total_steps: int) -> tuple[optax.GradientT
 def _all_finite(tree: Any) -> jax.Array:
     leaves = [jnp.isfinite(x).all() for x in jax.tree.leaves(tree)]
     return jnp.stack(leaves).all() if leaves else jnp.array(True)
+
+
+def combine_metrics(metrics_k: dict, weight_k: jax.Array) -> dict:
+    """One value per metric from k micro-batches' values [k] and weights [k]:
+    names ending in `_max` / `_min` take the max / min over the micro-batches
+    of weight > 0; the others a weighted mean. With weights = loss tokens, a
+    token-mean metric (clip fractions, ratio_mean, the token-mean loss and KL)
+    comes out as the whole batch's, however it was cut."""
+    used = weight_k > 0
+    total = jnp.maximum(weight_k.sum(), 1e-8)
+
+    def one(name, m):  # no micro-batch computed: 0, as the skipped ones report
+        m = m.astype(jnp.float32)
+        if name.endswith("_max"):
+            return jnp.where(used.any(), jnp.max(jnp.where(used, m, -jnp.inf)), 0.0)
+        if name.endswith("_min"):
+            return jnp.where(used.any(), jnp.min(jnp.where(used, m, jnp.inf)), 0.0)
+        return jnp.tensordot(weight_k, m, 1) / total
+
+    return {name: one(name, m) for name, m in metrics_k.items()}
 
 
 @dataclasses.dataclass
@@ -176,16 +197,15 @@ class Engine:
             out = jax.lax.cond(used, run, zero_out, mb) if skip_empty else run(mb)
             (loss_sum, (denom, metrics)), g = out
             g_acc = jax.tree.map(jnp.add, g_acc, g)
-            return (g_acc, l_acc + loss_sum, d_acc + denom), (metrics, used)
+            # a micro-batch's metrics weigh by its loss tokens (1 without a loss_mask)
+            weight = (jnp.sum(mb["loss_mask"], dtype=jnp.float32) if "loss_mask" in mb
+                      else jnp.float32(1.0))
+            return (g_acc, l_acc + loss_sum, d_acc + denom), (metrics, used * weight)
 
         zeros = jax.tree.map(jnp.zeros_like, params)
         init = (zeros, jnp.zeros((), jnp.float32), jnp.zeros((), jnp.float32))
-        (g_sum, l_sum, d_sum), (metrics_k, used_k) = jax.lax.scan(body, init, mbs)
-        # metrics: the mean over the micro-batches that were computed
-        w = used_k.astype(jnp.float32)
-        n_used = jnp.maximum(w.sum(), 1.0)
-        return g_sum, l_sum, d_sum, jax.tree.map(
-            lambda m: jnp.tensordot(w, m.astype(jnp.float32), 1) / n_used, metrics_k)
+        (g_sum, l_sum, d_sum), (metrics_k, w) = jax.lax.scan(body, init, mbs)
+        return g_sum, l_sum, d_sum, combine_metrics(metrics_k, w)
 
     def _step_fn(self, state: TrainState, batch, rest, ref_params):
         g_sum, l_sum, d_sum, metrics = self._grads(state.params, batch, rest, ref_params)
