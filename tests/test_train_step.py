@@ -47,7 +47,8 @@ def ce_loss(model, batch):
     nll = -jnp.take_along_axis(logp, tgt[..., None], -1)[..., 0]
     mask = batch["loss_mask"][:, 1:]
     metrics = {"mask_frac": mask.mean(), "nll_mean": (nll * mask).sum() / jnp.maximum(mask.sum(), 1),
-               "nll_max": jnp.max(jnp.where(mask > 0, nll, -jnp.inf), initial=0.0)}
+               "nll_max": jnp.max(jnp.where(mask > 0, nll, -jnp.inf), initial=0.0),
+               "loss_tokens": mask.sum()}
     return ((nll * mask).sum(), mask.sum()), metrics
 
 
@@ -179,6 +180,7 @@ def test_empty_micro_batches_are_skipped_exactly():
         (l, d), m = ce_loss(model, b)
         return (l + jnp.where(d == 0, jnp.nan, 0.0), d), m
 
+    mask_tokens = float(batch["loss_mask"][:, 1:].sum())
     eng_1, eng_k = engine(k=1), engine(k=4, loss=nan_if_empty)
     s1, sk = eng_1.init_state(), eng_k.init_state()
     for _ in range(2):
@@ -189,6 +191,7 @@ def test_empty_micro_batches_are_skipped_exactly():
         # a token-mean metric and a max come out as the whole batch's
         np.testing.assert_allclose(float(mk["nll_mean"]), float(m1["nll_mean"]), rtol=1e-5)
         np.testing.assert_allclose(float(mk["nll_max"]), float(m1["nll_max"]), rtol=1e-5)
+        assert float(mk["loss_tokens"]) == float(m1["loss_tokens"]) == mask_tokens
     # other metrics: the mean over the 2 computed micro-batches, weighted by their
     # loss tokens (the empty ones weigh 0)
     mask = np.asarray(batch["loss_mask"])

@@ -10,8 +10,9 @@ micro-batches the step minimises exactly
 
 the same value and gradient as one pass over the whole batch (Tunix's
 accumulation). Metrics (flat scalars) combine by `combine_metrics`: token
-means and `*_max` / `*_min` come out as one pass's would. Params are Flax NNX state split off a module; the module is
-merged back inside the jitted function (the NNX jit-boundary pattern).
+means, `*_max` / `*_min` and `*_tokens` counts come out as one pass's would.
+Params are Flax NNX state split off a module; the module is merged back
+inside the jitted function (the NNX jit-boundary pattern).
 """
 
 from __future__ import annotations
@@ -77,7 +78,8 @@ def _all_finite(tree: Any) -> jax.Array:
 def combine_metrics(metrics_k: dict, weight_k: jax.Array) -> dict:
     """One value per metric from k micro-batches' values [k] and weights [k]:
     names ending in `_max` / `_min` take the max / min over the micro-batches
-    of weight > 0; the others a weighted mean. With weights = loss tokens, a
+    of weight > 0, counts named `*_tokens` are summed; the others are a
+    weighted mean. With weights = loss tokens, a
     token-mean metric (clip fractions, ratio_mean, the token-mean loss and KL)
     comes out as the whole batch's, however it was cut."""
     used = weight_k > 0
@@ -89,6 +91,8 @@ def combine_metrics(metrics_k: dict, weight_k: jax.Array) -> dict:
             return jnp.where(used.any(), jnp.max(jnp.where(used, m, -jnp.inf)), 0.0)
         if name.endswith("_min"):
             return jnp.where(used.any(), jnp.min(jnp.where(used, m, jnp.inf)), 0.0)
+        if name.endswith("_tokens"):
+            return jnp.sum(jnp.where(used, m, 0.0))
         return jnp.tensordot(weight_k, m, 1) / total
 
     return {name: one(name, m) for name, m in metrics_k.items()}
