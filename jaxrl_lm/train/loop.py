@@ -72,6 +72,51 @@ def _kill_point() -> int | None:
     return int(v) if v else None
 
 
+class RunFiles:
+    """What a run writes under its directory: Orbax checkpoints and the logger.
+
+    Opening restores the newest intact checkpoint into `state` when resuming
+    (`self.state`, `self.start`); `after_step` checkpoints on schedule and
+    honours the JAXRL_LM_KILL_AFTER_STEP hook; use it as a context manager so
+    both writers are closed (and pending checkpoints finished) on any exit.
+    """
+
+    def __init__(self, cfg: Config, run_dir: str, state: TrainState, *, resume: bool):
+        t = cfg.train
+        self.steps, self.ckpt_every, self.log_every = t.steps, t.ckpt_every, t.log_every
+        self.ckpt = Checkpointer(os.path.join(run_dir, "checkpoints"), keep=t.keep_checkpoints)
+        self.state, self.start = state, 0
+        if resume:
+            restored = self.ckpt.restore(state)
+            if restored is not None:
+                self.state, meta = restored
+                self.start = int(meta["step"])
+        self.logger = RunLogger(run_dir, dump_yaml(cfg), total_steps=t.steps,
+                                start_step=self.start, progress=t.progress,
+                                enabled=jax.process_index() == 0)
+        self._config, self._kill_after = to_dict(cfg), _kill_point()
+
+    def log_due(self, done: int) -> bool:
+        return done % self.log_every == 0 or done == self.steps
+
+    def after_step(self, done: int, state: TrainState,
+                   data_state: Callable[[int], Any] | None = None) -> None:
+        """Checkpoint after step `done` when due, storing `data_state(done)`
+        (default `{"step": done}`); then the kill hook."""
+        if done % self.ckpt_every == 0 or done == self.steps:
+            data = data_state(done) if data_state else {"step": done}
+            self.ckpt.save(done, state, data_state=data, config=self._config)
+        if self._kill_after is not None and done == self._kill_after:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    def __enter__(self) -> "RunFiles":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.ckpt.close()
+        self.logger.close()
+
+
 def train(cfg: Config, run_dir: str, *, model: nnx.Module, loss_fn: LossFn, data_fn: DataFn,
           resume: bool = False, ref_params: Any = None,
           data_state_fn: Callable[[int], Any] | None = None) -> RunResult:
@@ -93,33 +138,17 @@ def train(cfg: Config, run_dir: str, *, model: nnx.Module, loss_fn: LossFn, data
     state = engine.init_state(t.seed)
     if ref_params is not None:
         ref_params = mesh_lib.place(ref_params, engine.param_sh)
-    ckpt = Checkpointer(os.path.join(run_dir, "checkpoints"), keep=t.keep_checkpoints)
-    start = 0
-    if resume:
-        restored = ckpt.restore(state)
-        if restored is not None:
-            state, meta = restored
-            start = int(meta["step"])
-    logger = RunLogger(run_dir, dump_yaml(cfg), total_steps=t.steps, start_step=start,
-                       progress=t.progress, enabled=jax.process_index() == 0)
-    kill_after, row, tokens = _kill_point(), {}, 0
-    config_dict = to_dict(cfg)
-    try:
-        for step in range(start, t.steps):
+    row, tokens = {}, 0
+    with RunFiles(cfg, run_dir, state, resume=resume) as files:
+        state = files.state
+        for step in range(files.start, t.steps):
             key = jax.random.fold_in(state.rng, step)
             batch = data_fn(step, key)
             tokens += int(np.prod(np.shape(batch["tokens"]))) if "tokens" in batch else 0
             state, metrics = engine.step(state, engine.place_batch(batch), ref_params)
             done = step + 1
-            if done % t.log_every == 0 or done == t.steps:
-                row = logger.log(done, jax.device_get(metrics), tokens=tokens or None)
+            if files.log_due(done):
+                row = files.logger.log(done, jax.device_get(metrics), tokens=tokens or None)
                 tokens = 0
-            if done % t.ckpt_every == 0 or done == t.steps:
-                data_state = data_state_fn(done) if data_state_fn else {"step": done}
-                ckpt.save(done, state, data_state=data_state, config=config_dict)
-            if kill_after is not None and done == kill_after:
-                os.kill(os.getpid(), signal.SIGKILL)
-    finally:
-        ckpt.close()
-        logger.close()
-    return RunResult(state, engine, row, start)
+            files.after_step(done, state, data_state_fn)
+    return RunResult(state, engine, row, files.start)

@@ -15,8 +15,6 @@ checkpoint replays exactly what it lost, like the supervised loop.
 
 from __future__ import annotations
 
-import os
-import signal
 from typing import Any
 
 import jax
@@ -27,12 +25,10 @@ import envs
 from envs.text import TextInterface
 from jaxrl_lm import rewards as rewards_lib
 from jaxrl_lm.algorithms import advantage_fn, common
-from jaxrl_lm.config import Config, dump_yaml, to_dict
+from jaxrl_lm.config import Config
 from jaxrl_lm.rollout import Trajectory, episode_returns, make_rollout
 from jaxrl_lm.train import mesh as mesh_lib
-from jaxrl_lm.train.checkpoint import Checkpointer
-from jaxrl_lm.train.logging import RunLogger
-from jaxrl_lm.train.loop import RunResult, _kill_point
+from jaxrl_lm.train.loop import RunFiles, RunResult
 from jaxrl_lm.train.sft import encode
 from jaxrl_lm.train.step import Engine, make_optimizer
 
@@ -144,33 +140,19 @@ class RLRunner:
         ref_params = None
         if a.beta > 0:  # the frozen reference: the params RL starts from
             ref_params = jax.tree.map(jnp.copy, state.params)
-        ckpt = Checkpointer(os.path.join(run_dir, "checkpoints"), keep=t.keep_checkpoints)
-        start = 0
-        if resume:
-            restored = ckpt.restore(state)
-            if restored is not None:
-                state, meta = restored
-                start = int(meta["step"])
-        logger = RunLogger(run_dir, dump_yaml(cfg), total_steps=t.steps, start_step=start,
-                           progress=t.progress, enabled=jax.process_index() == 0)
-        kill_after, row, config_dict = _kill_point(), {}, to_dict(cfg)
-        try:
-            for it in range(start, t.steps):
+        row = {}
+        with RunFiles(cfg, run_dir, state, resume=resume) as files:
+            state = files.state
+            for it in range(files.start, t.steps):
                 key = jax.random.fold_in(state.rng, it)
                 batch, stats = self.collect(state.params, eng.rest, ref_params, key)
                 batch = eng.place_batch(batch)
                 for _ in range(a.epochs):
                     state, metrics = eng.step(state, batch)
                 done = it + 1
-                tokens = int(batch["loss_mask"].sum())
-                if done % t.log_every == 0 or done == t.steps:
-                    row = logger.log(done, {**jax.device_get(stats), **jax.device_get(metrics)},
-                                     tokens=tokens)
-                if done % t.ckpt_every == 0 or done == t.steps:
-                    ckpt.save(done, state, data_state={"iteration": done}, config=config_dict)
-                if kill_after is not None and done == kill_after:
-                    os.kill(os.getpid(), signal.SIGKILL)
-        finally:
-            ckpt.close()
-            logger.close()
-        return RunResult(state, eng, row, start)
+                if files.log_due(done):
+                    row = files.logger.log(done, {**jax.device_get(stats),
+                                                  **jax.device_get(metrics)},
+                                           tokens=int(batch["loss_mask"].sum()))
+                files.after_step(done, state, lambda n: {"iteration": n})
+        return RunResult(state, eng, row, files.start)
