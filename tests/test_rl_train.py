@@ -105,3 +105,25 @@ def test_a_group_may_span_micro_batches(tmp_path):
         np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-5, atol=1e-7)
         moved = max(moved, float(np.abs(np.asarray(x) - s).max()))
     assert moved > 1e-3, moved  # the update did something, 1e4 x the tolerance
+
+
+def test_action_coverage_counts_the_policys_own_distinct_actions():
+    """Worked by hand: episode 0 plays 0, 0, 1, 2 (3 distinct); episode 1 plays
+    1, an invalid answer (its stand-in 3 does not count), 1, then is over;
+    episode 2 plays 2 and an out-of-range 9. (3 + 1 + 1) / 3 episodes / 5 actions."""
+    from types import SimpleNamespace
+
+    import jax.numpy as jnp
+
+    from jaxrl_lm.rollout import Trajectory
+    from jaxrl_lm.train.rl import episode_stats
+
+    action = jnp.array([[0, 1, 2], [0, 3, 9], [1, 1, 2], [2, 4, 2]])
+    active = jnp.array([[1, 1, 1], [1, 1, 1], [1, 1, 0], [1, 0, 0]], bool)
+    valid = jnp.array([[1, 1, 1], [1, 0, 1], [1, 1, 1], [1, 1, 1]], bool)
+    zeros = jnp.zeros(action.shape)
+    traj = Trajectory(prompt=None, prompt_len=None, completion=None, completion_len=zeros,
+                      logp=None, active=active, action=action, valid=valid, env_reward=zeros,
+                      reward=zeros, done=zeros,
+                      states=SimpleNamespace(legal_action_mask=jnp.ones((4, 3, 5), bool)))
+    assert float(episode_stats(traj)["action_coverage"]) == pytest.approx(5 / 15)

@@ -57,6 +57,13 @@ def episode_stats(traj: Trajectory) -> dict[str, jax.Array]:
     picked = jnp.take_along_axis(legal, jnp.clip(traj.action, 0, legal.shape[-1] - 1)[..., None],
                                  -1)[..., 0]
     illegal = traj.valid & ~(in_range & picked)
+    # distinct actions the policy itself chose in an episode, over the action
+    # space (RLFT's action coverage for bandits; stand-ins for invalid answers
+    # do not count)
+    chose = traj.active & traj.valid & in_range
+    num_actions = legal.shape[-1]
+    played_ba = jax.vmap(lambda a, c: jnp.zeros(num_actions, bool).at[a].max(c), in_axes=1)(
+        jnp.clip(traj.action, 0, num_actions - 1), chose)
     return {
         "reward": episode_returns(traj).mean(),
         "env_return": env_ret.mean(),
@@ -67,6 +74,7 @@ def episode_stats(traj: Trajectory) -> dict[str, jax.Array]:
         "illegal_rate": (illegal * act).sum() / jnp.maximum(turns, 1.0),
         "turns": act.sum(0).mean(),
         "completion_len": (traj.completion_len * act).sum() / jnp.maximum(turns, 1.0),
+        "action_coverage": played_ba.sum(-1).mean() / num_actions,
     }
 
 
