@@ -147,6 +147,7 @@ def main_eval(argv: list[str]) -> int:
     if args.json:
         print(json.dumps(res))
     else:
+        w = max(map(len, res))
         for k, v in res.items():
-            print(f"{k:>15}: {v:.3f}" if isinstance(v, float) else f"{k:>15}: {v}")
+            print(f"{k:>{w}}: {v:.3f}" if isinstance(v, float) else f"{k:>{w}}: {v}")
     return 0
