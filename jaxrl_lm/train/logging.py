@@ -20,7 +20,8 @@ from typing import Any
 import numpy as np
 
 # Curves drawn when present, in this order; anything with "reward" or "win" too.
-MAIN_CURVES = ("loss", "reward", "grad_norm", "lr", "tokens_per_s", "kl", "entropy", "skipped")
+MAIN_CURVES = ("loss", "reward", "env_return", "action_coverage", "invalid_rate", "grad_norm", "lr",
+               "tokens_per_s", "kl", "entropy", "skipped")
 
 
 def _scalar(v: Any) -> float | int | None:
