@@ -6,6 +6,7 @@ Every field is validated in `__post_init__`; a bad value raises `ConfigError`
 (a ValueError) naming the field and what is allowed. Checks that need the
 outside world (the env registry, the device count) live in `check_runtime`,
 which the CLI calls before anything is compiled. (Levanter / Flax gemma style.)
+The sections themselves live in `jaxrl_lm.config_sections`.
 """
 
 from __future__ import annotations
@@ -17,245 +18,12 @@ from typing import Any
 
 import yaml
 
-DTYPES = ("float32", "bfloat16", "float16")
-OPTIMIZERS = ("adamw", "adafactor", "lion")
-SCHEDULES = ("cosine", "constant")
-ALGORITHMS = ("sft", "grpo", "dr_grpo", "ppo", "opo", "rloo", "reinforce")
-RATIO_LEVELS = ("token", "sequence", "sequence-token")
-GRPO_SCALES = ("group", "batch", "none")
-KL_IN = ("loss", "reward")
-PLAYERS = ("random", "greedy_frequency")
-# warm-up targets: the player's sampled move | its whole move distribution (env_data)
-WARMUP_TARGETS = ("sampled", "expected")
-KL_KINDS = ("k1", "k2", "k3")
-AGG_MODES = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum",
-             "seq-mean-token-sum-norm")
-MODEL_SOURCES = ("default", "hf")
-DATA_SOURCES = ("sorting", "env")
-
-
-class ConfigError(ValueError):
-    """An invalid configuration; the CLI prints it as `error: <message>`."""
-
-
-def _fail(obj: Any, field: str, msg: str) -> None:
-    raise ConfigError(f"{_SECTION_OF.get(type(obj), type(obj).__name__)}.{field}"
-                      f"={getattr(obj, field)!r}: {msg}")
-
-
-def _choice(obj: Any, field: str, allowed: tuple) -> None:
-    if getattr(obj, field) not in allowed:
-        _fail(obj, field, f"must be one of {', '.join(map(str, allowed))}")
-
-
-def _at_least(obj: Any, field: str, lo: float, strict: bool = False) -> None:
-    v = getattr(obj, field)
-    if (v <= lo) if strict else (v < lo):
-        _fail(obj, field, f"must be {'>' if strict else '>='} {lo:g}")
-
-
-@dataclasses.dataclass(frozen=True)
-class ModelSection:
-    source: str = "default"  # "default" (embedded tiny policy) | "hf" (a local HF folder)
-    path: str | None = None  # HF folder when source == "hf"
-    dtype: str = "float32"  # activation dtype: float32 | bfloat16 | float16
-    param_dtype: str = "float32"  # master parameter dtype
-
-    def __post_init__(self):
-        _choice(self, "source", MODEL_SOURCES)
-        _choice(self, "dtype", DTYPES)
-        _choice(self, "param_dtype", DTYPES)
-        if self.source == "hf" and not self.path:
-            _fail(self, "path", "must name a local HF folder when model.source is 'hf'")
-
-
-@dataclasses.dataclass(frozen=True)
-class MeshSection:
-    data: int = -1  # data-parallel size; -1 = the devices left over
-    fsdp: int = 1  # parameter/optimizer sharding size; -1 allowed (once)
-    tensor: int = 1  # tensor-parallel size; -1 allowed (once)
-    coordinator_address: str | None = None  # host:port of process 0 (multi-host)
-    num_processes: int | None = None  # processes in a multi-host run
-    process_id: int | None = None  # this process's index
-
-    def __post_init__(self):
-        sizes = (self.data, self.fsdp, self.tensor)
-        for name in ("data", "fsdp", "tensor"):
-            v = getattr(self, name)
-            if v == 0 or v < -1:
-                _fail(self, name, "must be a positive size or -1 (the rest of the devices)")
-        if sizes.count(-1) > 1:
-            raise ConfigError(f"mesh: at most one of data/fsdp/tensor may be -1, got {sizes}")
-        if (self.num_processes is None) != (self.process_id is None):
-            raise ConfigError("mesh.num_processes and mesh.process_id must be given together")
-        if self.num_processes is not None:
-            _at_least(self, "num_processes", 1)
-            if not 0 <= self.process_id < self.num_processes:
-                _fail(self, "process_id", f"must lie in [0, {self.num_processes})")
-
-    @property
-    def shape(self) -> tuple[int, int, int]:
-        return (self.data, self.fsdp, self.tensor)
-
-
-@dataclasses.dataclass(frozen=True)
-class OptimSection:
-    name: str = "adamw"  # adamw | adafactor | lion
-    lr: float = 1e-3  # peak learning rate
-    schedule: str = "cosine"  # after warmup: cosine decay | constant
-    warmup_steps: int = 0  # linear warmup from 0 to lr
-    min_lr_ratio: float = 0.1  # cosine ends at lr * min_lr_ratio
-    b1: float = 0.9  # first-moment decay (adamw, lion)
-    b2: float = 0.999  # second-moment decay (adamw, lion)
-    eps: float = 1e-8  # adamw denominator epsilon
-    weight_decay: float = 0.0  # decoupled weight decay
-    max_grad_norm: float = 1.0  # global-norm clipping; 0 disables
-
-    def __post_init__(self):
-        _choice(self, "name", OPTIMIZERS)
-        _choice(self, "schedule", SCHEDULES)
-        _at_least(self, "lr", 0.0, strict=True)
-        _at_least(self, "warmup_steps", 0)
-        if not 0.0 <= self.min_lr_ratio <= 1.0:
-            _fail(self, "min_lr_ratio", "must lie in [0, 1]")
-        for name in ("b1", "b2"):
-            if not 0.0 <= getattr(self, name) < 1.0:
-                _fail(self, name, "must lie in [0, 1)")
-        _at_least(self, "eps", 0.0, strict=True)
-        _at_least(self, "weight_decay", 0.0)
-        _at_least(self, "max_grad_norm", 0.0)
-
-
-@dataclasses.dataclass(frozen=True)
-class AlgoSection:
-    name: str = "sft"  # sft | grpo | dr_grpo | ppo | opo | rloo | reinforce
-    group_size: int = 1  # episodes per task group (contiguous in the batch)
-    beta: float = 0.0  # KL coefficient towards the frozen reference policy
-    kl_kind: str = "k3"  # KL estimator: k1 | k2 | k3
-    kl_in: str = "loss"  # where the KL goes: loss (a loss term) | reward (per-turn penalty)
-    clip_low: float = 0.2  # PPO ratio clip below 1
-    clip_high: float | None = None  # PPO ratio clip above 1 (None = clip_low; DAPO: 0.28)
-    dual_clip: float | None = None  # dual-clip bound c > 1 for negative advantages
-    ratio_level: str = "token"  # token | sequence (GSPO) | sequence-token (GSPO-token)
-    loss_agg: str = "token-mean"  # how per-token losses are reduced
-    scale: str = "group"  # GRPO advantage std: group | batch | none
-    dynamic_sampling: bool = False  # DAPO: drop groups whose returns are all equal
-    overlong_cache: int = 0  # DAPO soft overlong penalty window in tokens (0 = off)
-    gamma: float = 1.0  # discount over turns (ppo, reinforce)
-    lam: float = 0.95  # GAE lambda (ppo)
-    vf_coef: float = 0.5  # value-loss weight (ppo)
-    value_clip: float | None = None  # PPO value clipping range (None = off)
-    epochs: int = 1  # optimizer steps per rollout batch (opo: must be 1, strictly on-policy)
-    invalid_penalty: float = -5.0  # reward added to a turn whose answer does not parse
-    exploration_bonus: float = 0.0  # RLFT: reward added to a turn whose parsed action is new
-    max_new_tokens: int = 8  # completion length budget per turn
-    temperature: float = 1.0  # sampling temperature for rollouts
-
-    def __post_init__(self):
-        _choice(self, "name", ALGORITHMS)
-        _choice(self, "kl_kind", KL_KINDS)
-        _choice(self, "kl_in", KL_IN)
-        _choice(self, "loss_agg", AGG_MODES)
-        _choice(self, "ratio_level", RATIO_LEVELS)
-        _choice(self, "scale", GRPO_SCALES)
-        _at_least(self, "group_size", 1)
-        _at_least(self, "beta", 0.0)
-        if not 0.0 <= self.clip_low < 1.0:
-            _fail(self, "clip_low", "must lie in [0, 1)")
-        if self.clip_high is not None:
-            _at_least(self, "clip_high", 0.0)
-        if self.dual_clip is not None and not self.dual_clip > 1.0:
-            _fail(self, "dual_clip", "must be None or > 1")
-        _at_least(self, "overlong_cache", 0)
-        for name in ("gamma", "lam"):
-            if not 0.0 <= getattr(self, name) <= 1.0:
-                _fail(self, name, "must lie in [0, 1]")
-        _at_least(self, "vf_coef", 0.0)
-        if self.value_clip is not None:
-            _at_least(self, "value_clip", 0.0, strict=True)
-        _at_least(self, "epochs", 1)
-        if self.name == "opo" and self.epochs != 1:
-            _fail(self, "epochs", "must be 1 for opo (strictly on-policy: one update per batch)")
-        if self.name == "rloo" and self.group_size < 2:
-            _fail(self, "group_size", "must be >= 2 for rloo (leave-one-out needs a peer)")
-        if self.invalid_penalty > 0:
-            _fail(self, "invalid_penalty", "must be <= 0")
-        _at_least(self, "exploration_bonus", 0.0)
-        if self.overlong_cache >= self.max_new_tokens and self.overlong_cache:
-            _fail(self, "overlong_cache", f"must be < algo.max_new_tokens={self.max_new_tokens}")
-        _at_least(self, "max_new_tokens", 1)
-        _at_least(self, "temperature", 0.0, strict=True)
-
-
-@dataclasses.dataclass(frozen=True)
-class WarmupSection:
-    steps: int = 0  # supervised warm-up steps on scripted play before RL (0 = none)
-    player: str = "random"  # scripted player whose moves are imitated
-    lr: float = 2.0e-3  # warm-up learning rate (constant after optim.warmup_steps)
-    batch_size: int = 16  # warm-up examples per step
-    # "sampled": imitate one move drawn from the player per board; "expected": the
-    # cross-entropy against the player's whole move distribution (the mean of the
-    # sampled loss over its moves; needs moves that differ in one answer token)
-    targets: str = "sampled"
-
-    def __post_init__(self):
-        _at_least(self, "steps", 0)
-        _choice(self, "player", PLAYERS)
-        _choice(self, "targets", WARMUP_TARGETS)
-        _at_least(self, "lr", 0.0, strict=True)
-        _at_least(self, "batch_size", 1)
-
-
-@dataclasses.dataclass(frozen=True)
-class TrainSection:
-    steps: int = 100  # optimizer steps in the run
-    batch_size: int = 16  # sequences per step (all processes together)
-    micro_batches: int = 1  # gradient-accumulation chunks per step
-    max_len: int = 64  # token length of every training sequence
-    seed: int = 0  # root of every random key in the run
-    data: str = "sorting"  # data source: sorting (synthetic SFT) | env (scripted env play)
-    log_every: int = 1  # steps between metric lines
-    ckpt_every: int = 50  # steps between checkpoints (and one at the end)
-    keep_checkpoints: int = 3  # checkpoints kept on disk
-    progress: bool = True  # show a rich progress bar
-
-    def __post_init__(self):
-        _choice(self, "data", DATA_SOURCES)
-        for name in ("steps", "batch_size", "micro_batches", "max_len", "log_every",
-                     "ckpt_every", "keep_checkpoints"):
-            _at_least(self, name, 1)
-        _at_least(self, "seed", 0)
-        if self.batch_size % self.micro_batches:
-            _fail(self, "micro_batches", f"must divide train.batch_size={self.batch_size}")
-
-
-@dataclasses.dataclass(frozen=True)
-class EnvSection:
-    name: str = "tictactoe"  # a registered env (envs.registered())
-    options: dict = dataclasses.field(default_factory=dict)  # passed to envs.make
-    max_prompt_len: int = 32  # fixed length of rendered prompts, in tokens
-    max_turns: int = 9  # turns per episode in a rollout
-
-    def __post_init__(self):
-        _at_least(self, "max_prompt_len", 1)
-        _at_least(self, "max_turns", 1)
-
-
-@dataclasses.dataclass(frozen=True)
-class EvalSection:
-    episodes: int = 64  # episodes per evaluation
-    every: int = 0  # steps between evaluations; 0 = only at the end
-    greedy: bool = True  # argmax decoding during evaluation
-    variants: dict = dataclasses.field(default_factory=dict)  # label -> env.options overrides,
-    #   each evaluated (e.g. {minimax: {opponent: minimax}}); none: the training env itself
-
-    def __post_init__(self):
-        _at_least(self, "episodes", 1)
-        _at_least(self, "every", 0)
-        for label, opts in self.variants.items():
-            if not isinstance(opts, dict):
-                _fail(self, "variants", f"{label!r} must map to a dict of env options, "
-                                         f"got {opts!r}")
+from jaxrl_lm.config_sections import (  # noqa: F401  (re-exported)
+    DTYPES, OPTIMIZERS, SCHEDULES, ALGORITHMS, RATIO_LEVELS, GRPO_SCALES, KL_IN, PLAYERS,
+    WARMUP_TARGETS, KL_KINDS, AGG_MODES, MODEL_SOURCES, DATA_SOURCES, ConfigError,
+    ModelSection, MeshSection, OptimSection, AlgoSection, WarmupSection, TrainSection,
+    EnvSection, EvalSection,
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -288,11 +56,6 @@ class Config:
             raise ConfigError(
                 f"train.max_len={t.max_len} is shorter than env.max_prompt_len + "
                 f"algo.max_new_tokens = {self.env.max_prompt_len + a.max_new_tokens}")
-
-
-_SECTION_OF = {ModelSection: "model", MeshSection: "mesh", OptimSection: "optim",
-               AlgoSection: "algo", TrainSection: "train", EnvSection: "env",
-               EvalSection: "eval", WarmupSection: "warmup", Config: "config"}
 
 
 def _coerce(value: Any, hint: Any, where: str) -> Any:
