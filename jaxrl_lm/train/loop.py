@@ -75,26 +75,31 @@ def _kill_point() -> int | None:
 class RunFiles:
     """What a run writes under its directory: Orbax checkpoints and the logger.
 
-    Opening restores the newest intact checkpoint into `state` when resuming
-    (`self.state`, `self.start`); `after_step` checkpoints on schedule and
-    honours the JAXRL_LM_KILL_AFTER_STEP hook; use it as a context manager so
-    both writers are closed (and pending checkpoints finished) on any exit.
+    `begin(state, resume=...)` returns the state to train from (the newest
+    intact checkpoint when resuming) and sets `start`; `after_step`
+    checkpoints on schedule and honours the JAXRL_LM_KILL_AFTER_STEP hook. Use
+    it as a context manager so both writers are closed (and pending
+    checkpoints finished) on any exit. It keeps no train state of its own.
     """
 
-    def __init__(self, cfg: Config, run_dir: str, state: TrainState, *, resume: bool):
+    def __init__(self, cfg: Config, run_dir: str):
         t = cfg.train
         self.steps, self.ckpt_every, self.log_every = t.steps, t.ckpt_every, t.log_every
         self.ckpt = Checkpointer(os.path.join(run_dir, "checkpoints"), keep=t.keep_checkpoints)
-        self.state, self.start = state, 0
-        if resume:
-            restored = self.ckpt.restore(state)
-            if restored is not None:
-                self.state, meta = restored
-                self.start = int(meta["step"])
-        self.logger = RunLogger(run_dir, dump_yaml(cfg), total_steps=t.steps,
+        self.start, self.logger = 0, None
+        self._cfg, self._run_dir = cfg, run_dir
+        self._config, self._kill_after = to_dict(cfg), _kill_point()
+
+    def begin(self, state: TrainState, *, resume: bool) -> TrainState:
+        restored = self.ckpt.restore(state) if resume else None
+        if restored is not None:
+            state, meta = restored
+            self.start = int(meta["step"])
+        t = self._cfg.train
+        self.logger = RunLogger(self._run_dir, dump_yaml(self._cfg), total_steps=t.steps,
                                 start_step=self.start, progress=t.progress,
                                 enabled=jax.process_index() == 0)
-        self._config, self._kill_after = to_dict(cfg), _kill_point()
+        return state
 
     def log_due(self, done: int) -> bool:
         return done % self.log_every == 0 or done == self.steps
@@ -114,7 +119,8 @@ class RunFiles:
 
     def __exit__(self, *exc) -> None:
         self.ckpt.close()
-        self.logger.close()
+        if self.logger is not None:
+            self.logger.close()
 
 
 def train(cfg: Config, run_dir: str, *, model: nnx.Module, loss_fn: LossFn, data_fn: DataFn,
@@ -139,8 +145,8 @@ def train(cfg: Config, run_dir: str, *, model: nnx.Module, loss_fn: LossFn, data
     if ref_params is not None:
         ref_params = mesh_lib.place(ref_params, engine.param_sh)
     row, tokens = {}, 0
-    with RunFiles(cfg, run_dir, state, resume=resume) as files:
-        state = files.state
+    with RunFiles(cfg, run_dir) as files:
+        state = files.begin(state, resume=resume)
         for step in range(files.start, t.steps):
             key = jax.random.fold_in(state.rng, step)
             batch = data_fn(step, key)

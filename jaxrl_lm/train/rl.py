@@ -62,8 +62,8 @@ def episode_stats(traj: Trajectory) -> dict[str, jax.Array]:
     # do not count)
     chose = traj.active & traj.valid & in_range
     num_actions = legal.shape[-1]
-    played_ba = jax.vmap(lambda a, c: jnp.zeros(num_actions, bool).at[a].max(c), in_axes=1)(
-        jnp.clip(traj.action, 0, num_actions - 1), chose)
+    played_ba = (jax.nn.one_hot(traj.action, num_actions, dtype=jnp.bool_)
+                 & chose[..., None]).any(0)
     return {
         "reward": episode_returns(traj).mean(),
         "env_return": env_ret.mean(),
@@ -149,8 +149,8 @@ class RLRunner:
         if a.beta > 0:  # the frozen reference: the params RL starts from
             ref_params = jax.tree.map(jnp.copy, state.params)
         row = {}
-        with RunFiles(cfg, run_dir, state, resume=resume) as files:
-            state = files.state
+        with RunFiles(cfg, run_dir) as files:
+            state = files.begin(state, resume=resume)
             for it in range(files.start, t.steps):
                 key = jax.random.fold_in(state.rng, it)
                 batch, stats = self.collect(state.params, eng.rest, ref_params, key)
