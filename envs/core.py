@@ -24,6 +24,7 @@ Single-agent from the learner's side: opponents live inside `_step`.
 
 from __future__ import annotations
 
+import abc
 import dataclasses
 import functools
 from typing import Any, ClassVar
@@ -63,8 +64,9 @@ def base_fields(num_actions: int) -> dict[str, jax.Array]:
 
 
 @dataclasses.dataclass(frozen=True)
-class Env:
-    """Base class. Subclasses are frozen dataclasses whose fields are options."""
+class Env(abc.ABC):
+    """Base class. Subclasses are frozen dataclasses whose fields are options;
+    one that leaves out an abstract member below cannot be constructed."""
 
     illegal: str = "end"  # what an illegal action does: "end" | "random"
     illegal_penalty: float = -1.0  # reward for an illegal action
@@ -77,19 +79,23 @@ class Env:
 
     # --- to implement -----------------------------------------------------
     @property
+    @abc.abstractmethod
     def num_actions(self) -> int:
-        raise NotImplementedError
+        """Size of the discrete action space."""
 
     @property
+    @abc.abstractmethod
     def max_steps(self) -> int:
         """Agent steps after which an episode is truncated."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def _init(self, key: jax.Array) -> State:
-        raise NotImplementedError
+        """A fresh episode's state (`init` returns it as it is)."""
 
+    @abc.abstractmethod
     def _step(self, state: State, action: jax.Array, key: jax.Array) -> State:
-        raise NotImplementedError
+        """The env's own transition for a legal action (`step` handles illegal
+        actions, the penalty, truncation at max_steps and absorbing terminals)."""
 
     @property
     def fixed_legal_mask(self) -> bool:
@@ -99,35 +105,35 @@ class Env:
         return False
 
     @property
+    @abc.abstractmethod
     def reward_range(self) -> tuple[float, float]:
         """(lo, hi) bounding every reward `step` can return, the illegal
         penalty included; the shared API test checks it."""
-        raise NotImplementedError
 
     # --- text hooks (turned into token tables by envs/text.py) -------------
+    @abc.abstractmethod
     def action_strings(self) -> tuple[str, ...]:
         """Text of each action as written after `ACTION=`: num_actions
         distinct, non-empty ASCII strings without whitespace."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def text_pieces(self) -> tuple[str, ...]:
         """The finite list of strings every render is concatenated from."""
-        raise NotImplementedError
 
     @property
+    @abc.abstractmethod
     def max_render_pieces(self) -> int:
         """Upper bound on the number of pieces in one render."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def render_pieces(self, state: State) -> jax.Array:
         """i32[max_render_pieces] indices into `text_pieces`, -1 = empty slot
         (anywhere); their concatenation in order is the prompt. Jittable."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def render_text(self, state: State) -> str:
         """Host reference for one unbatched state, written independently of
         `render_pieces` (plain Python on numpy values); must equal it."""
-        raise NotImplementedError
 
     # --- shared semantics -------------------------------------------------
     def init(self, key: jax.Array) -> State:

@@ -231,3 +231,16 @@ def test_wrong_option_types_raise(name):
 def test_unknown_env_raises():
     with pytest.raises(ValueError, match="available"):
         envs.make("no_such_env")
+
+
+def test_an_env_missing_a_member_cannot_be_built():
+    """Env's members are abstract: an env that leaves out `_step` is a
+    TypeError naming it at construction, not an error deep inside a trace."""
+    from envs.bandit import Bandit
+
+    kept = ("num_actions", "max_steps", "_init", "reward_range", "action_strings",
+            "text_pieces", "max_render_pieces", "render_pieces", "render_text")
+    half = dataclasses.dataclass(frozen=True)(
+        type("Half", (envs.core.Env,), {name: getattr(Bandit, name) for name in kept}))
+    with pytest.raises(TypeError, match="_step"):
+        half()
