@@ -118,34 +118,3 @@ def pick_cell(mask: jax.Array, bits: jax.Array) -> jax.Array:
     count = jnp.asarray(POPCOUNT)[mask]
     rank = (bits % jnp.maximum(count, 1).astype(jnp.uint32)).astype(jnp.int32)
     return jnp.asarray(NTH_BIT)[mask * NUM_CELLS + rank]
-
-
-def _fmix32(h: jax.Array) -> jax.Array:
-    """MurmurHash3's 32-bit finalizer (Appleby 2011): a bijective avalanche mix."""
-    h = h ^ (h >> 16)
-    h = h * jnp.uint32(0x85EBCA6B)
-    h = h ^ (h >> 13)
-    h = h * jnp.uint32(0xC2B2AE35)
-    return h ^ (h >> 16)
-
-
-def key_bits(key: jax.Array, salt) -> jax.Array:
-    """uint32[*salt.shape]: random bits hashed from the key's words and a salt.
-
-    The step's key is already a fresh output of `jax.random.split`, so a cheap
-    hash of its data is as random as a threefry call on it, at a fraction of
-    the cost (threefry was ~60% of the step and seconds of compile time);
-    chaining the mix over every word keeps plain seeds like key(0), key(1),
-    ... well spread too. Distinct salts (a counter) give independent-looking
-    draws from one key, as in counter-based generators (Salmon et al. 2011).
-    """
-    words = jax.random.key_data(key).reshape(-1).astype(jnp.uint32)
-    h = _fmix32((jnp.asarray(salt).astype(jnp.uint32) + 1) * jnp.uint32(0x9E3779B9))
-    for i in range(words.shape[0]):
-        h = _fmix32(h ^ words[i])
-    return h
-
-
-def uniform_from_bits(bits: jax.Array) -> jax.Array:
-    """f32[] in [0, 1) from the top 24 bits of a uint32."""
-    return jnp.right_shift(bits, 8).astype(jnp.float32) * jnp.float32(2.0**-24)

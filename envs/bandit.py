@@ -39,6 +39,7 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
+from envs.bits import key_bits, normal_from_bits, uniform_from_bits
 from envs.core import Env, State, base_fields, check_choice, check_range, digit_pieces, register
 
 SIGMAS = (0.1, 1.0, 3.0)
@@ -58,11 +59,18 @@ class BanditState(State):
 
 
 def draw_reward(dist: str, sigma: float, mu_a: jax.Array, key: jax.Array) -> jax.Array:
-    """One reward sample of an arm with mean mu_a (shared with best_arm)."""
+    """One reward sample of an arm with mean mu_a (shared with best_arm),
+    from bits hashed from the key (envs.bits: no threefry call per step)."""
+    bits = key_bits(key, 0)
     if dist == "bernoulli":
-        return (jax.random.uniform(key) < mu_a).astype(jnp.float32)
-    r = mu_a + sigma * jax.random.normal(key)
+        return (uniform_from_bits(bits) < mu_a).astype(jnp.float32)
+    r = mu_a + sigma * normal_from_bits(bits)
     return jnp.clip(r, -5 * sigma, 1 + 5 * sigma).astype(jnp.float32)
+
+
+def arm_means(key: jax.Array, k: int) -> jax.Array:
+    """f32[k]: the arms' means, U(0, 1) each (shared with best_arm)."""
+    return uniform_from_bits(key_bits(key, 1 + jnp.arange(k, dtype=jnp.uint32)))
 
 
 def hundredths(r: jax.Array) -> jax.Array:
@@ -138,7 +146,7 @@ class Bandit(Env):
         return min(lo, self.illegal_penalty), hi + max(self.illegal_penalty, 0.0)
 
     def _init(self, key: jax.Array) -> BanditState:
-        mu = jax.random.uniform(key, (self.k,))
+        mu = arm_means(key, self.k)
         zeros_c = jnp.zeros((self.context,), jnp.int32)
         return BanditState(
             **base_fields(self.k), mu=mu, counts=jnp.zeros((self.k,), jnp.int32),

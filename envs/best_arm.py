@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
-from envs.bandit import SIGMAS, draw_reward, format_hundredths, hundredths, reward_pieces
+from envs.bandit import SIGMAS, arm_means, draw_reward, format_hundredths, hundredths, reward_pieces
 from envs.core import Env, State, base_fields, check_choice, check_range, digit_pieces, register
 
 
@@ -75,7 +75,7 @@ class BestArm(Env):
         return jnp.concatenate([jnp.full((self.k,), pull_ok), jnp.ones((self.k,), jnp.bool_)])
 
     def _init(self, key: jax.Array) -> BestArmState:
-        mu = jax.random.uniform(key, (self.k,))
+        mu = arm_means(key, self.k)
         base = base_fields(self.num_actions)
         base["legal_action_mask"] = self._mask(jnp.zeros((), jnp.int32))
         return BestArmState(

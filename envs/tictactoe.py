@@ -19,7 +19,7 @@ Reward (agent's side), on the step that ends the game: +1 win, 0 draw,
 The step is branch-free: the board is also kept as a base-3 code
 (sum board[i] 3^i) so the game status and the minimax moves are one gather
 each, and an opponent move is one uint32 hashed from the key (see
-`_tictactoe_tables.key_bits`) turned into a rank
+`envs.bits.key_bits`) turned into a rank
 among the allowed cells.
 
 Prompt (about 130 characters):
@@ -42,6 +42,7 @@ from flax import struct
 
 from envs import _tictactoe_tables as tables
 from envs._tictactoe_mcts import mcts_move
+from envs.bits import key_bits, uniform_from_bits
 from envs.core import Env, State, base_fields, check_choice, check_range, register
 
 OPPONENTS = ("random", "minimax", "mcts", "noisy")
@@ -102,12 +103,12 @@ class TicTacToe(Env):
         mark = 3 - self.me
         if self.opponent == "mcts":
             return mcts_move(code, mark, key, self.mcts_simulations)
-        bits = tables.key_bits(key, 0)
+        bits = key_bits(key, 0)
         if self.opponent == "random":
             return tables.pick_cell(tables.empty_bits(board_9), bits)
         if self.opponent == "minimax":
             return tables.pick_cell(tables.opt_bits(code), bits)
-        explore = tables.uniform_from_bits(tables.key_bits(key, 1)) < self.noise
+        explore = uniform_from_bits(key_bits(key, 1)) < self.noise
         mask = jnp.where(explore, tables.empty_bits(board_9), tables.opt_bits(code))
         return tables.pick_cell(mask, bits)
 

@@ -31,6 +31,7 @@ import jax
 import jax.numpy as jnp
 
 import envs
+from envs.bits import fmix32
 from envs.core import AutoReset
 from envs.text import TextInterface
 
@@ -44,15 +45,6 @@ OURS = [
 setup_jit = functools.partial(jax.jit, compiler_options={"xla_backend_optimization_level": 0})
 SMALL = 32  # up to this many actions, sample by rank; above, by rejection
 TRIES = 16  # rejection tries per step before the exact (rank) fallback
-
-
-def _fmix32(h: jax.Array) -> jax.Array:
-    """MurmurHash3's 32-bit finaliser: a cheap, well-mixed hash of uint32s."""
-    h = h ^ (h >> 16)
-    h = h * jnp.uint32(0x85EBCA6B)
-    h = h ^ (h >> 13)
-    h = h * jnp.uint32(0xC2B2AE35)
-    return h ^ (h >> 16)
 
 
 def _mulhi(bits_b: jax.Array, n_b: jax.Array) -> jax.Array:
@@ -112,7 +104,7 @@ def random_legal(key: jax.Array, mask_ba: jax.Array) -> jax.Array:
     def one_try(carry):
         t, pick_b, hit_b = carry
         salt = (t + 1).astype(jnp.uint32) * jnp.uint32(0x9E3779B9)
-        try_b = _mulhi(_fmix32(bits_b ^ salt), jnp.uint32(a)).astype(jnp.int32)
+        try_b = _mulhi(fmix32(bits_b ^ salt), jnp.uint32(a)).astype(jnp.int32)
         pick_b = jnp.where(hit_b, pick_b, try_b)
         return t + 1, pick_b, hit_b | mask_ba[rows_b, try_b]
 
