@@ -193,8 +193,8 @@ class AutoReset:
       * keys: if only one of the env's step and init reads a key, it gets
         `key` itself (tic-tac-toe's init and arithmetic's step read none);
         otherwise each gets a key hashed from it (`envs.bits.derive_key`,
-        the role of `fold_in` without its threefry call, which took about
-        40% of a bandit step). A split would run threefry for a key nobody
+        the role of `fold_in` without its threefry calls, which took about
+        a quarter of a bandit step). A split would run threefry for a key nobody
         reads, about a third of tic-tac-toe's step;
       * an env with `fixed_legal_mask` keeps its mask, as every state has
         the same one, instead of selecting num_actions bools per env and
