@@ -19,6 +19,8 @@ def test_bench_sampler_json(capsys):
     assert out["ratio"] == pytest.approx(out["jaxrl_lm"]["tokens_per_s"]
                                          / out["transformers"]["tokens_per_s"])
     assert out["config"]["new_tokens"] == 3
+    # --torch-device auto: torch on CUDA only where JAX's backend is a GPU
+    assert out["torch_device"] == ("cuda" if out["backend"] == "gpu" else "cpu")
 
 
 def test_bench_sampler_table(capsys):
@@ -29,3 +31,12 @@ def test_bench_sampler_table(capsys):
 def test_bench_sampler_rejects_bad_heads():
     with pytest.raises(ValueError, match="--kv-heads=3"):
         sampler.main(TINY + ["--kv-heads", "3"])
+
+
+def test_bench_sampler_rejects_cuda_without_one():
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("torch sees a CUDA device here")
+    with pytest.raises(ValueError, match="--torch-device=cuda"):
+        sampler.main(TINY + ["--torch-device", "cuda"])

@@ -1,16 +1,19 @@
 """`jaxrl-lm bench sampler`: tokens/s of `jaxrl_lm.sampling.sample` vs transformers.
 
-Both sides run the same random-weight tiny Qwen2 in float32 on CPU: it is built
-with transformers (torch), written with `save_pretrained`, and read back here
-with `load_hf`, so the weights are identical. Both sample with top-p and no
+Both sides run the same random-weight tiny Qwen2 in float32 on the same kind of
+device (`--torch-device auto`: torch on CUDA when JAX's backend is a GPU and
+torch sees one, else on CPU): it is built with transformers (torch), written
+with `save_pretrained`, and read back here with `load_hf`, so the weights are
+identical. Both sample with top-p and no
 stop token, so every row generates exactly `--new` tokens; tokens/s counts
 batch * new generated tokens over the wall time of one whole generate call
 (prefill included), best of `--repeats` calls. Our compile time is reported
 apart: the first call's time minus the best steady call.
 
-torch runs at 1 thread and at one thread per CPU, and the faster counts as
-the baseline: on a CPU shared with other work, torch's spinning OpenMP
-threads can make 2 threads several times slower than 1.
+On CPU, torch runs at 1 thread and at one thread per CPU, and the faster
+counts as the baseline: on a CPU shared with other work, torch's spinning
+OpenMP threads can make 2 threads several times slower than 1. On CUDA each
+timed call ends with `torch.cuda.synchronize()`.
 
     jaxrl-lm bench sampler            # B=32, prompt 64, 128 new tokens, top-p 0.95
     jaxrl-lm bench sampler --json
@@ -48,6 +51,9 @@ def _parser() -> argparse.ArgumentParser:
     add("--torch-threads", default=None,
         help="comma list of torch intra-op thread counts to try; the fastest is the "
              "baseline (default: 1 and the CPUs this process may use)")
+    add("--torch-device", default="auto", choices=("auto", "cpu", "cuda"),
+        help="where transformers runs (auto: cuda when JAX's backend is a GPU and torch "
+             "sees one, else cpu)")
     add("--seed", type=int, default=0)
     add("--json", action="store_true", help="print one JSON object instead of a table")
     return p
@@ -65,6 +71,18 @@ def _check(args) -> None:
         raise ValueError(f"--top-p={args.top_p}: must be in (0, 1]")
     if not args.temperature > 0:
         raise ValueError(f"--temperature={args.temperature}: must be > 0 (sampling, not greedy)")
+
+
+def _torch_device(choice: str) -> str:
+    """'cpu' or 'cuda' for `--torch-device` (auto follows JAX's backend)."""
+    import jax
+    import torch
+
+    if choice == "auto":
+        return "cuda" if jax.default_backend() == "gpu" and torch.cuda.is_available() else "cpu"
+    if choice == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--torch-device=cuda: torch sees no CUDA device (use cpu or auto)")
+    return choice
 
 
 def _write_hf_folder(args, path: str):
@@ -99,7 +117,7 @@ def _time_calls(fn, repeats: int) -> list[float]:
 def _bench_torch(model, prompt: np.ndarray, args) -> dict:
     import torch
 
-    ids = torch.as_tensor(prompt, dtype=torch.long)
+    ids = torch.as_tensor(prompt, dtype=torch.long, device=args.device)
     kw = dict(attention_mask=torch.ones_like(ids), do_sample=True, top_p=args.top_p, top_k=0,
               temperature=args.temperature, max_new_tokens=args.new, min_new_tokens=args.new,
               eos_token_id=None, pad_token_id=0)
@@ -107,10 +125,12 @@ def _bench_torch(model, prompt: np.ndarray, args) -> dict:
     def call(new=args.new):
         with torch.inference_mode():
             out = model.generate(ids, **dict(kw, max_new_tokens=new, min_new_tokens=new))
+        if args.device == "cuda":
+            torch.cuda.synchronize()
         assert out.shape == (args.batch, args.prompt + new), out.shape
 
     runs = {}
-    for n in args.thread_counts:
+    for n in args.thread_counts if args.device == "cpu" else [torch.get_num_threads()]:
         torch.set_num_threads(n)
         call(2)  # warm-up: first-call allocations and dispatch caches
         times = _time_calls(call, args.repeats)
@@ -158,6 +178,7 @@ def run(args) -> dict:
         raise ValueError(f"--torch-threads={args.torch_threads!r}: must be a comma list of "
                          "ints >= 1")
     args.thread_counts = sorted(set(counts))
+    args.device = _torch_device(args.torch_device)
     prompt = np.random.default_rng(args.seed).integers(
         1, args.vocab, (args.batch, args.prompt)).astype(np.int64)
     with tempfile.TemporaryDirectory() as tmp:
@@ -166,7 +187,7 @@ def run(args) -> dict:
 
         ours_model, _ = load_hf(tmp)
     ours = _bench_ours(ours_model, prompt, args)
-    theirs = _bench_torch(hf_model, prompt, args)
+    theirs = _bench_torch(hf_model.to(args.device), prompt, args)
     import jax
     import transformers
 
@@ -178,7 +199,7 @@ def run(args) -> dict:
                     repeats=args.repeats),
         jaxrl_lm=ours, transformers=theirs,
         ratio=ours["tokens_per_s"] / theirs["tokens_per_s"], target_ratio=TARGET_RATIO,
-        torch_threads=theirs["threads"], cpus=cpus,
+        torch_threads=theirs["threads"], torch_device=args.device, cpus=cpus,
         versions=dict(jax=jax.__version__, torch=torch.__version__,
                       transformers=transformers.__version__),
         backend=jax.default_backend())
@@ -196,10 +217,11 @@ def _table(r: dict) -> str:
         f"{'transformers generate':26}{r['transformers']['tokens_per_s']:>10.0f}"
         f"{r['transformers']['seconds']:>9.3f}",
         f"ratio {r['ratio']:.2f}x (target >= {r['target_ratio']:.0f}x); our compile "
-        f"{r['jaxrl_lm']['compile_s']:.2f} s; torch baseline at {r['torch_threads']} "
-        f"thread(s) of {r['cpus']} CPUs; jax backend {r['backend']}",
+        f"{r['jaxrl_lm']['compile_s']:.2f} s; torch baseline on {r['torch_device']}"
+        + (f" at {r['torch_threads']} thread(s) of {r['cpus']} CPUs"
+           if r["torch_device"] == "cpu" else "") + f"; jax backend {r['backend']}",
     ]
-    for n, t in r["transformers"]["by_threads"].items():
+    for n, t in (r["transformers"]["by_threads"].items() if r["torch_device"] == "cpu" else ()):
         lines.append(f"  transformers at {n} thread(s): {t['tokens_per_s']:.0f} tokens/s")
     return "\n".join(lines)
 
