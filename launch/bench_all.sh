@@ -15,8 +15,6 @@ benches=("$@")
 [ ${#benches[@]} -gt 0 ] || benches=(rollout sampler envs)
 cd "$(dirname "$0")/.."
 py=${PYTHON:-$([ -x .venv/bin/python ] && echo .venv/bin/python || echo python3)}
-mkdir -p "$out"
-
 declare -A flags=(
   [rollout]="--settings main,full"
   [rollout-large]="--settings main --batches 1024"
@@ -31,6 +29,7 @@ for name in "${benches[@]}"; do
     exit 2
   fi
 done
+mkdir -p "$out"
 status=0
 for name in "${benches[@]}"; do
   bench=${name%-large}  # NAME-large: the same bench at accelerator-sized batches
