@@ -1,0 +1,33 @@
+"""jaxrl_lm.experiments.update_moves on a tiny version of the main job: the
+sampler's log-probs equal the trainer's on the parameters that sampled them,
+and an update moves log-probs exactly when its learning rate is not zero."""
+
+import json
+
+from jaxrl_lm.experiments import update_moves
+
+TINY = ["--warmup.steps", "0", "--train.batch_size", "16", "--algo.group_size", "8",
+        "--train.micro_batches", "1", "--algo.max_new_tokens", "4",
+        "--optim.warmup_steps", "2"]
+
+
+def test_update_moves_tiny_main_job(tmp_path, capsys):
+    assert update_moves.main(["--run", str(tmp_path), "--iterations", "1", "--json"] + TINY) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [(r["iteration"], r["epoch"]) for r in rows] == [(1, 1), (1, 2)]  # algo.epochs 2
+    first, second = rows
+    assert first["tokens"] > 0 and first["mismatch"] < 1e-4 and second["mismatch"] is None
+    # the lr warm-up starts at 0: the first update moves nothing; the second does
+    # (the untrained policy's answers are invalid, so random legal moves play
+    # and the games' outcomes differ within a group: non-zero advantages)
+    assert first["max_move"] == 0.0
+    assert second["max_move"] > 0 and second["max_move"] >= second["p99_move"] >= 0
+
+
+def test_update_moves_rejects_bad_input(tmp_path, capsys):
+    assert update_moves.main(["--run", str(tmp_path), "--iterations", "0"]) == 2
+    assert update_moves.main(["--run", str(tmp_path), "--config",
+                              "launch/configs/tiny.yaml"]) == 2
+    assert update_moves.main(["--run", str(tmp_path), "--optim.lr", "-1"]) == 2
+    err = capsys.readouterr().err
+    assert "--iterations 0" in err and "algo.name='sft'" in err and "optim.lr" in err
