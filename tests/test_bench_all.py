@@ -18,12 +18,12 @@ print(json.dumps(args))
 """
 
 
-def _run(tmp_path, *names, **env):
+def _run(tmp_path, *names):
     stub = tmp_path / "python"
     stub.write_text(STUB)
     stub.chmod(0o755)
     return subprocess.run(["bash", SCRIPT, str(tmp_path / "out"), *names], capture_output=True,
-                          text=True, env={**os.environ, "PYTHON": str(stub), **env})
+                          text=True, env={**os.environ, "PYTHON": str(stub)})
 
 
 def test_unknown_bench_stops_before_running_anything(tmp_path):

@@ -3,8 +3,11 @@ sampler's log-probs equal the trainer's on the parameters that sampled them,
 and an update moves log-probs exactly when its learning rate is not zero."""
 
 import json
+import os
 
 from jaxrl_lm.experiments import update_moves
+
+TINY_SFT = os.path.join(os.path.dirname(update_moves.MAIN_CONFIG), "tiny.yaml")
 
 TINY = ["--warmup.steps", "0", "--train.batch_size", "16", "--algo.group_size", "8",
         "--train.micro_batches", "1", "--algo.max_new_tokens", "4",
@@ -26,8 +29,7 @@ def test_update_moves_tiny_main_job(tmp_path, capsys):
 
 def test_update_moves_rejects_bad_input(tmp_path, capsys):
     assert update_moves.main(["--run", str(tmp_path), "--iterations", "0"]) == 2
-    assert update_moves.main(["--run", str(tmp_path), "--config",
-                              "launch/configs/tiny.yaml"]) == 2
+    assert update_moves.main(["--run", str(tmp_path), "--config", TINY_SFT]) == 2
     assert update_moves.main(["--run", str(tmp_path), "--optim.lr", "-1"]) == 2
     err = capsys.readouterr().err
     assert "--iterations 0" in err and "algo.name='sft'" in err and "optim.lr" in err

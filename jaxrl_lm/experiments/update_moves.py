@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import pathlib
 import sys
 
 import jax
@@ -33,7 +34,7 @@ from flax import nnx
 
 from jaxrl_lm import sampling
 
-MAIN_CONFIG = "launch/configs/tictactoe.yaml"
+MAIN_CONFIG = str(pathlib.Path(__file__).resolve().parents[2] / "launch/configs/tictactoe.yaml")
 
 
 def update_moves(cfg, model, tokenizer, iterations: int, *, context: int = 12) -> list[dict]:
@@ -46,8 +47,8 @@ def update_moves(cfg, model, tokenizer, iterations: int, *, context: int = 12) -
     ref = jax.tree.map(jnp.copy, state.params)
 
     @jax.jit
-    def logp(params, batch):
-        m = nnx.merge(eng.graphdef, params, eng.rest)
+    def logp(params, rest, batch):
+        m = nnx.merge(eng.graphdef, params, rest)
         return sampling.token_logprobs(m, batch["tokens"], batch["loss_mask"],
                                        temperature=cfg.algo.temperature,
                                        positions_bt=batch["positions"])
@@ -57,11 +58,11 @@ def update_moves(cfg, model, tokenizer, iterations: int, *, context: int = 12) -
         batch, _ = runner.collect(state.params, eng.rest, ref, jax.random.fold_in(state.rng, it))
         batch = eng.place_batch(batch)
         mask = np.asarray(batch["loss_mask"]) > 0
-        before = np.asarray(logp(state.params, batch))
+        before = np.asarray(logp(state.params, eng.rest, batch))
         mismatch = float(np.abs(np.where(mask, np.asarray(batch["old_logp"]) - before, 0)).max())
         for epoch in range(cfg.algo.epochs):
             state, metrics = eng.step(state, batch)
-            after = np.asarray(logp(state.params, batch))
+            after = np.asarray(logp(state.params, eng.rest, batch))
             move = np.where(mask, np.abs(after - before), 0.0)
             r, t = np.unravel_index(move.argmax(), move.shape)
             ids = np.asarray(batch["tokens"][r])
@@ -100,6 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--iterations", type=int, default=8)
     p.add_argument("--json", action="store_true", help="print one JSON list, no table")
     args, overrides = p.parse_known_args(sys.argv[1:] if argv is None else argv)
+
     def fail(msg: str) -> int:
         print(f"error: {msg}", file=sys.stderr)
         return 2
