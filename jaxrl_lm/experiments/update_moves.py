@@ -94,7 +94,9 @@ def main(argv: list[str] | None = None) -> int:
     from jaxrl_lm.train.run import build_policy
 
     p = argparse.ArgumentParser(prog="python -m jaxrl_lm.experiments.update_moves",
-                                description=__doc__.split("\n")[0])
+                                description="Per RL update: the sampler/trainer log-prob "
+                                            "mismatch and how far each token's log-prob moved.",
+                                epilog="Any config field can follow: --section.field VALUE.")
     p.add_argument("--config", default=MAIN_CONFIG, help="an RL config (default: the main job's)")
     p.add_argument("--run", required=True,
                    help="run directory whose warmup/ is reused (or trained into)")
