@@ -46,6 +46,7 @@ from envs.bits import key_bits, uniform_from_bits
 from envs.core import Env, State, base_fields, check_choice, check_range, register
 
 OPPONENTS = ("random", "minimax", "mcts", "noisy")
+PROMPTS = ("full", "short", "board")
 SYMBOLS = ".XO"  # by board value
 
 
@@ -66,7 +67,8 @@ class TicTacToe(Env):
     noise: float = 0.2  # noisy opponent: rate of uniformly random moves, [0, 1]
     mcts_simulations: int = 100  # mcts opponent: simulations per move, 1..10000
     prompt: str = "full"  # "full": rules, board, legal-move list | "short": the board with
-    #                      free cells numbered ("1|O|X"), 35 characters instead of ~150
+    #                      free cells numbered ("1|O|X"), 35 characters instead of ~150 |
+    #                      "board": the agent's mark on a line, then that board: 20 characters
 
     name: ClassVar[str] = "tictactoe"
 
@@ -76,7 +78,7 @@ class TicTacToe(Env):
         check_choice(self, "opponent", OPPONENTS)
         check_range(self, "noise", 0.0, 1.0)
         check_range(self, "mcts_simulations", 1, 10000)
-        check_choice(self, "prompt", ("full", "short"))
+        check_choice(self, "prompt", PROMPTS)
 
     @property
     def me(self) -> int:
@@ -136,22 +138,26 @@ class TicTacToe(Env):
 
     # --- text -------------------------------------------------------------
     def _header(self) -> str:
+        if self.prompt == "board":
+            return f"{self.agent_player.upper()}\n"
         if self.prompt == "short":
             return f"You are {self.agent_player.upper()}.\n"
         return (f"Tic-tac-toe: get 3 in a row. You are {self.agent_player.upper()}. "
                 "Cells 1-9, row by row.\n")
 
     def _footer(self) -> str:
-        return "Move?\n" if self.prompt == "short" else "Answer with ACTION=<cell>.\n"
+        """The prompt's last line ("board" has none: its slot renders empty)."""
+        return {"short": "Move?\n", "board": ""}.get(self.prompt, "Answer with ACTION=<cell>.\n")
 
     def action_strings(self) -> tuple[str, ...]:
         return tuple(str(i + 1) for i in range(9))
 
     def text_pieces(self) -> tuple[str, ...]:
-        if self.prompt == "short":
+        if self.prompt != "full":
             # 0 header, 1 "X", 2 "O", 3 "|", 4 "\n", 5-13 free cells "1".."9", 14 footer
-            return (self._header(), "X", "O", "|", "\n", *(str(i + 1) for i in range(9)),
-                    self._footer())
+            # ("board": no footer, so no piece 14)
+            pieces = (self._header(), "X", "O", "|", "\n", *(str(i + 1) for i in range(9)))
+            return pieces + ((self._footer(),) if self._footer() else ())
         # 0 header, 1-3 cell symbols by board value, 4 "|", 5 "\n", 6 "Legal:",
         # 7-15 " 1".." 9", 16 answer format
         return (self._header(), *SYMBOLS, "|", "\n", "Legal:",
@@ -159,16 +165,17 @@ class TicTacToe(Env):
 
     @property
     def max_render_pieces(self) -> int:
-        return 1 + 18 + 1 + (0 if self.prompt == "short" else 9 + 2)
+        return 1 + 18 + 1 + (0 if self.prompt != "full" else 9 + 2)
 
     def render_pieces(self, state: TicTacToeState) -> jax.Array:
         board = state.board.astype(jnp.int32)
-        if self.prompt == "short":
+        if self.prompt != "full":
             cells = jnp.where(board == 0, 5 + jnp.arange(9, dtype=jnp.int32), board)
             sep_33 = jnp.broadcast_to(jnp.asarray([3, 3, 4], jnp.int32), (3, 3))
             rows = jnp.stack([cells.reshape(3, 3), sep_33], axis=-1).reshape(-1)
+            footer = 14 if self.prompt == "short" else -1
             return jnp.concatenate([jnp.asarray([0], jnp.int32), rows,
-                                    jnp.asarray([14], jnp.int32)])
+                                    jnp.asarray([footer], jnp.int32)])
         cells_33 = (1 + board).reshape(3, 3)
         sep_33 = jnp.broadcast_to(jnp.asarray([4, 4, 5], jnp.int32), (3, 3))
         rows = jnp.stack([cells_33, sep_33], axis=-1).reshape(-1)
@@ -178,7 +185,7 @@ class TicTacToe(Env):
 
     def render_text(self, state: TicTacToeState) -> str:
         board = [int(v) for v in jax.device_get(state.board)]
-        if self.prompt == "short":
+        if self.prompt != "full":
             cell = [str(i + 1) if v == 0 else SYMBOLS[v] for i, v in enumerate(board)]
             rows = "".join(f"{cell[3 * r]}|{cell[3 * r + 1]}|{cell[3 * r + 2]}\n" for r in range(3))
             return f"{self._header()}{rows}{self._footer()}"

@@ -64,6 +64,8 @@ VARIANTS = [(name, {}) for name in envs.registered()] + [
     ("bandit", {"render": "summary"}),
     ("bandit", {"render": "summary", "k": 2, "sigma": 3.0}),  # 2-digit counts, negative means
     ("bandit", {"render": "summary", "dist": "bernoulli", "k": 12}),
+    ("tictactoe", {"prompt": "short", "agent_player": "o"}),
+    ("tictactoe", {"prompt": "board"}),
 ]
 VARIANT_IDS = [name + "".join(f"-{k}={v}" for k, v in opts.items()) for name, opts in VARIANTS]
 

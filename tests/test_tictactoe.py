@@ -296,6 +296,26 @@ def test_short_prompt_numbers_free_cells():
     assert env.render_text(s) == "You are O.\nX|2|O\n4|X|6\n7|8|9\nMove?\n"
 
 
+def test_board_prompt_is_the_short_board_without_header_and_footer():
+    """prompt="board": the mark on its own line, then the short prompt's board."""
+    short = envs.make("tictactoe", agent_player="o", opponent="random", prompt="short")
+    board = envs.make("tictactoe", agent_player="o", opponent="random", prompt="board")
+    _, traj = play(short, RANDOM, 100, seed=2)
+    pieces = np.asarray(jit(jax.vmap(jax.vmap(board.render_pieces)))(traj))
+    text_pieces = board.text_pieces()
+    for t in range(5):
+        for g in range(10):
+            s = jax.tree.map(lambda x: x[t, g], traj)
+            text = board.render_text(s)
+            assert "".join(text_pieces[i] for i in pieces[t, g] if i >= 0) == text
+            assert text == "O\n" + short.render_text(s)[len("You are O.\n"):-len("Move?\n")]
+    s = jax.tree.map(lambda x: x[0, 0], traj)
+    s = s.replace(board=jnp.asarray([1, 0, 2, 0, 1, 0, 0, 0, 0], jnp.int8))
+    assert board.render_text(s) == "O\nX|2|O\n4|X|6\n7|8|9\n"
+    assert board.max_render_pieces == short.max_render_pieces
+    assert len(text_pieces) == len(short.text_pieces()) - 1  # no footer piece
+
+
 @pytest.mark.parametrize("bad, field", [
     (dict(agent_player="X"), "agent_player"), (dict(opponent="alphazero"), "opponent"),
     (dict(noise=1.5), "noise"), (dict(noise=-0.1), "noise"),
