@@ -38,11 +38,19 @@ def test_cli_pipeline_and_eval(tmp_path, capsys):
     assert os.path.exists(os.path.join(out, "warmup", "metrics.jsonl"))
     assert "evaluation" in capsys.readouterr().out
     # the exported policy plays through `jaxrl-lm eval`
+    # the run's own env options apply first (its prompt), then the ones given
+    trained = load_config(PRESET).env.options
     assert cli_main(["eval", "--checkpoint", out, "--env", "tictactoe", "--opponent", "minimax",
-                     "--option", "prompt=short", "--episodes", "4", "--json"]) == 0
+                     "--option", "illegal=end", "--episodes", "4", "--json"]) == 0
     res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert res["episodes"] == 4 and res["options"] == {"prompt": "short", "opponent": "minimax"}
+    assert res["episodes"] == 4
+    assert res["options"] == {**trained, "opponent": "minimax", "illegal": "end"}
     assert res["win"] == 0.0  # nobody beats minimax
+    # the bare HF folder has no run config: only the options given
+    assert cli_main(["eval", "--checkpoint", os.path.join(out, "hf"), "--env", "tictactoe",
+                     "--option", "prompt=short", "--episodes", "2", "--json"]) == 0
+    res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert res["options"] == {"prompt": "short"}
 
 
 @pytest.mark.parametrize("argv,message", [

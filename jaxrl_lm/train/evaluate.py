@@ -96,7 +96,9 @@ def main_eval(argv: list[str]) -> int:
     p.add_argument("--env", required=True, help="a registered env name (envs.registered())")
     p.add_argument("--opponent", help="shortcut for --option opponent=NAME")
     p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
-                   help="an env option (repeatable); the value is read as YAML")
+                   help="an env option (repeatable; the value is read as YAML). A run "
+                        "directory's own env options (its prompt, say) apply first when "
+                        "--env is the env it trained on; these override them")
     p.add_argument("--episodes", type=int, default=64)
     p.add_argument("--max-prompt-len", type=int, default=None,
                    help="default: the run's env.max_prompt_len, else 160")
@@ -115,14 +117,14 @@ def main_eval(argv: list[str]) -> int:
 
     if args.env not in envs.registered():
         return fail(f"--env {args.env!r}: unknown env; choose one of {', '.join(envs.registered())}")
-    options = {}
+    given = {}
     for item in args.option + ([f"opponent={args.opponent}"] if args.opponent else []):
         key, eq, raw = item.partition("=")
         if not eq or not key:
             return fail(f"--option {item!r}: expected KEY=VALUE")
-        options[key] = yaml.safe_load(raw)
+        given[key] = yaml.safe_load(raw)
     try:
-        envs.make(args.env, **options)
+        envs.make(args.env, **given)
     except (TypeError, ValueError) as e:
         return fail(f"env options: {e}")
     if args.episodes < 1:
@@ -135,6 +137,15 @@ def main_eval(argv: list[str]) -> int:
         path = os.path.join(path, "hf")
     if not os.path.exists(os.path.join(path, "config.json")):
         return fail(f"--checkpoint {args.checkpoint!r}: no HF folder (config.json) there")
+    # A run's policy knows its own prompt: start from the env options it trained
+    # with (same env only), then apply the ones given here.
+    run_env = run_cfg.get("env") or {}
+    options = {**(run_env.get("options") or {}), **given} if run_env.get("name") == args.env \
+        else given
+    try:
+        envs.make(args.env, **options)
+    except (TypeError, ValueError) as e:
+        return fail(f"env options {options}: {e}")
     from jaxrl_lm.models.hf import load_hf
 
     model, tokenizer = load_hf(path)
