@@ -5,7 +5,7 @@ Both sides play B episodes of tic-tac-toe with the embedded default policy
 prompts padded to the same fixed length so neither recompiles). Two settings:
 
   main       the main job's own (launch/configs/tictactoe.yaml, read at run time):
-             env options (noisy minimax, the 35-character `short` prompt),
+             env options (noisy minimax, the 20-character `board` prompt),
              max_prompt_len, max_turns, max_new_tokens, temperature, newline/EOS
              stops and train.batch_size episodes. The primary row.
   full       the env's default prompt (rules, board, legal-move list, 136
