@@ -142,6 +142,11 @@ class AlgoSection:
     exploration_bonus: float = 0.0  # RLFT: reward added to a turn whose parsed action is new
     max_new_tokens: int = 8  # completion length budget per turn
     temperature: float = 1.0  # sampling temperature for rollouts
+    # Shrink an iteration's parameter step when its updates moved the log-probs
+    # of the batch's sampled tokens by more than this many nats on average
+    # (mean |log pi_new - log pi_old| over the loss tokens, one extra forward
+    # pass each): the step is scaled back along itself until within; 0 = off
+    max_update_move: float = 0.0
 
     def __post_init__(self):
         _choice(self, "name", ALGORITHMS)
@@ -177,6 +182,7 @@ class AlgoSection:
             _fail(self, "overlong_cache", f"must be < algo.max_new_tokens={self.max_new_tokens}")
         _at_least(self, "max_new_tokens", 1)
         _at_least(self, "temperature", 0.0, strict=True)
+        _at_least(self, "max_update_move", 0.0)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -34,6 +34,8 @@ INVALID = [
     ("zero mesh size", {"mesh": {"tensor": 0}}, "mesh.tensor=0: must be a positive size or -1"),
     ("wrong type", {"train": {"steps": "many"}}, "train.steps='many': expected a value of type int"),
     ("negative KL coefficient", {"algo": {"beta": -0.1}}, "algo.beta=-0.1: must be >= 0"),
+    ("negative update bound", {"algo": {"max_update_move": -0.1}},
+     "algo.max_update_move=-0.1: must be >= 0"),
     ("bad KL estimator", {"algo": {"kl_kind": "k4"}}, "algo.kl_kind='k4': must be one of k1, k2, k3"),
     ("bad loss aggregation", {"algo": {"loss_agg": "mean"}}, "algo.loss_agg='mean': must be one of"),
     ("keep no checkpoints", {"train": {"keep_checkpoints": 0}}, "train.keep_checkpoints=0: must be >= 1"),

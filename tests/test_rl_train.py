@@ -115,6 +115,46 @@ def test_a_group_may_span_micro_batches(tmp_path):
     assert moved > 1e-3, moved  # the update did something, 1e4 x the tolerance
 
 
+def test_update_move_bound_shrinks_the_step_along_itself(tmp_path):
+    """With algo.max_update_move at 0.3 of the update's real move, the kept params
+    lie on the unguarded iteration's own step, at the logged scale of it (to
+    float32 rounding), and the sampled tokens' log-probs move by at most the
+    bound, as measured again outside the loop. Both runs see the same batch: a
+    rollout is a pure function of (params, key)."""
+    base = ["--train.batch_size", "8", "--algo.group_size", "4", "--optim.warmup_steps", "0",
+            "--train.progress", "false", "--algo.max_new_tokens", "6", "--train.steps", "1",
+            "--env.max_turns", "4", "--train.ckpt_every", "1", "--train.micro_batches", "1"]
+
+    def run(name, extra):
+        cfg = load_config(PRESET, [*base, *extra])
+        runner = RLRunner(cfg, *build_policy(cfg))
+        eng = runner.engine
+        init = eng.init_state(cfg.train.seed)
+        start = jax.tree.map(np.array, init.params)
+        # the loop's first batch, collected here too (training donates init's buffers)
+        batch = eng.place_batch(runner.collect(init.params, eng.rest, init.params,
+                                               jax.random.fold_in(init.rng, 0))[0])
+        params = runner.train(str(tmp_path / name)).state.params
+        row = json.loads(open(tmp_path / name / "metrics.jsonl").readline())
+        return row, params, start, float(runner.update_move(params, eng.rest, batch))
+
+    row, full, start, full_move = run("off", [])
+    assert "update_move" not in row and full_move > 0
+    bound = 0.3 * full_move
+    row, kept, _, kept_move = run("on", ["--algo.max_update_move", repr(bound)])
+    assert row["update_move"] == pytest.approx(full_move, rel=1e-5)  # the loop's own measure
+    scale = row["update_scale"]
+    assert 0.0 < scale < bound / full_move  # moves grow less than linearly: more than one try
+    for f, k, s in zip(*map(jax.tree.leaves, (full, kept, start))):
+        f, k, s = (np.asarray(x, np.float64) for x in (f, k, s))
+        expected = s + scale * (f - s)
+        ulp = np.spacing(np.abs(s).astype(np.float32)).astype(np.float64)
+        assert np.all(np.abs(k - expected) <= 2 * ulp + 1e-6 * np.abs(f - s))
+    assert np.abs(k - s).max() > 100 * ulp.max()  # the kept step is far above rounding
+    assert kept_move == pytest.approx(row["update_move_kept"], rel=1e-5)
+    assert 0.5 * bound < kept_move <= bound, (kept_move, bound)
+
+
 def test_action_coverage_counts_the_policys_own_distinct_actions():
     """Worked by hand: episode 0 plays 0, 0, 1, 2 (3 distinct); episode 1 plays
     1, an invalid answer (its stand-in 3 does not count), 1, then is over;

@@ -7,6 +7,12 @@ reward), computes the algorithm's advantages, packs every turn into a
 training row and, for a KL in the loss, scores the rows once under the frozen
 reference; then `algo.epochs` optimizer steps of the shared clipped loss on
 those rows (`Engine.step`, exact micro-batch accumulation, non-finite guard).
+With `algo.max_update_move` set, one more forward pass measures how far those
+updates moved the sampled tokens' log-probs (mean absolute change, in nats)
+and an iteration that moved them further is shrunk: the params go back along
+the iteration's own step until the move is within the bound (a trust region
+checked after the fact, `bound_move`; the optimizer moments and step count
+are kept).
 
 Everything random comes from `fold_in(rng, iteration)`, and a rollout is a
 pure function of (params, key), so a killed run resumed from its last
@@ -15,6 +21,7 @@ checkpoint replays exactly what it lost, like the supervised loop.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import jax
@@ -120,6 +127,9 @@ class RLRunner:
                              micro_batches=t.micro_batches)
         self.adv_fn = advantage_fn(a.name)
         self.collect = jax.jit(self._collect)
+        self.update_move = jax.jit(self._update_move)
+        self.shrink = jax.jit(lambda old, new, s: jax.tree.map(
+            lambda o, n: (o + (n - o) * s).astype(n.dtype), old, new))
 
     def _collect(self, params, rest, ref_params, key):
         cfg, a = self.cfg, self.cfg.algo
@@ -141,6 +151,49 @@ class RLRunner:
         stats["kept_turns"] = sig.keep.sum() / jnp.maximum(traj.active.sum(), 1)
         return batch, stats
 
+    def _update_move(self, params, rest, batch):
+        """Mean |log pi(params) - old_logp| over the batch's loss tokens, in nats."""
+        model = nnx.merge(self.engine.graphdef, params, rest)
+        logp = common.ref_logprobs(self.cfg.algo, model, batch,
+                                   chunks=self.cfg.train.micro_batches)
+        mask = batch["loss_mask"].astype(jnp.float32)
+        diff = jnp.abs(logp - batch["old_logp"]) * mask
+        return diff.sum() / jnp.maximum(mask.sum(), 1.0)
+
+    def bound_move(self, state, before, batch, tries: int = 6):
+        """Scale the iteration's step (before -> state.params) back until the
+        sampled tokens' log-probs move by at most algo.max_update_move (mean
+        nats). Moves grow less than linearly with the step near full size and
+        about linearly near zero, so the search first guesses move ~ scale**0.5
+        from above, then bisects log(scale) once a scale within the bound is
+        known; it stops at a scale moving them by half the bound or more. After
+        `tries` measures it keeps the largest scale found within the bound (0,
+        the iteration's start, if none was; a NaN move counts as too far).
+        """
+        bound, eng = self.cfg.algo.max_update_move, self.engine
+        scale = 1.0
+        move = first = float(self.update_move(state.params, eng.rest, batch))
+        if move <= bound:
+            return state, {"update_move": first, "update_scale": 1.0, "update_move_kept": move}
+        lo, hi, hi_move = 0.0, 1.0, move
+        best = (0.0, before, 0.0)
+        for _ in range(tries):
+            if lo == 0.0:
+                scale = hi * (0.98 * bound / hi_move) ** 2 if hi_move == hi_move else hi / 16
+            else:
+                scale = math.sqrt(lo * hi)
+            new = self.shrink(before, state.params, jnp.float32(scale))
+            move = float(self.update_move(new, eng.rest, batch))
+            if move <= bound:
+                lo, best = scale, (scale, new, move)
+                if move >= 0.5 * bound:
+                    break
+            else:
+                hi, hi_move = scale, move
+        scale, new, move = best
+        return (state._replace(params=new),
+                {"update_move": first, "update_scale": scale, "update_move_kept": move})
+
     def train(self, run_dir: str, *, resume: bool = False) -> RunResult:
         cfg, a, t = self.cfg, self.cfg.algo, self.cfg.train
         eng = self.engine
@@ -155,8 +208,13 @@ class RLRunner:
                 key = jax.random.fold_in(state.rng, it)
                 batch, stats = self.collect(state.params, eng.rest, ref_params, key)
                 batch = eng.place_batch(batch)
+                # eng.step donates its state: keep a copy to roll back to
+                before = jax.tree.map(jnp.copy, state.params) if a.max_update_move else None
                 for _ in range(a.epochs):
                     state, metrics = eng.step(state, batch)
+                if a.max_update_move:
+                    state, guard = self.bound_move(state, before, batch)
+                    metrics = {**metrics, **guard}
                 done = it + 1
                 if files.log_due(done):
                     row = files.logger.log(done, {**jax.device_get(stats),
