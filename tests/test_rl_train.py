@@ -138,7 +138,7 @@ def test_update_move_bound_shrinks_the_step_along_itself(tmp_path):
         row = json.loads(open(tmp_path / name / "metrics.jsonl").readline())
         return row, params, start, float(runner.update_move(params, eng.rest, batch))
 
-    row, full, start, full_move = run("off", [])
+    row, full, start, full_move = run("off", ["--algo.max_update_move", "0"])
     assert "update_move" not in row and full_move > 0
     bound = 0.3 * full_move
     row, kept, _, kept_move = run("on", ["--algo.max_update_move", repr(bound)])

@@ -171,7 +171,6 @@ class RLRunner:
         the iteration's start, if none was; a NaN move counts as too far).
         """
         bound, eng = self.cfg.algo.max_update_move, self.engine
-        scale = 1.0
         move = first = float(self.update_move(state.params, eng.rest, batch))
         if move <= bound:
             return state, {"update_move": first, "update_scale": 1.0, "update_move_kept": move}
