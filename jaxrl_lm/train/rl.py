@@ -207,7 +207,7 @@ class RLRunner:
                 key = jax.random.fold_in(state.rng, it)
                 batch, stats = self.collect(state.params, eng.rest, ref_params, key)
                 batch = eng.place_batch(batch)
-                # eng.step donates its state: keep a copy to roll back to
+                # eng.step donates its state: keep the step's start for bound_move
                 before = jax.tree.map(jnp.copy, state.params) if a.max_update_move else None
                 for _ in range(a.epochs):
                     state, metrics = eng.step(state, batch)
