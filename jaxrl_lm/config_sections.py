@@ -140,6 +140,10 @@ class AlgoSection:
     epochs: int = 1  # optimizer steps per rollout batch (opo: must be 1, strictly on-policy)
     invalid_penalty: float = -5.0  # reward added to a turn whose answer does not parse
     exploration_bonus: float = 0.0  # RLFT: reward added to a turn whose parsed action is new
+    # turn-level credit: a turn whose answer is unparsable or illegal gets its own
+    # whitened -1 advantage, times this weight, on top of the episode's (0 = off;
+    # not ppo, whose GAE already credits each turn)
+    turn_weight: float = 0.0
     max_new_tokens: int = 8  # completion length budget per turn
     temperature: float = 1.0  # sampling temperature for rollouts
     # Shrink an iteration's parameter step when its updates moved the log-probs
@@ -178,6 +182,9 @@ class AlgoSection:
         if self.invalid_penalty > 0:
             _fail(self, "invalid_penalty", "must be <= 0")
         _at_least(self, "exploration_bonus", 0.0)
+        _at_least(self, "turn_weight", 0.0)
+        if self.turn_weight and self.name == "ppo":
+            _fail(self, "turn_weight", "must be 0 for ppo (GAE already credits each turn)")
         if self.overlong_cache >= self.max_new_tokens and self.overlong_cache:
             _fail(self, "overlong_cache", f"must be < algo.max_new_tokens={self.max_new_tokens}")
         _at_least(self, "max_new_tokens", 1)

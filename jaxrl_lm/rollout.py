@@ -123,6 +123,19 @@ def make_rollout(env: Env, text: TextInterface, *, num_groups: int, group_size: 
     return play
 
 
+def turn_faults(traj: Trajectory) -> tuple[jax.Array, jax.Array]:
+    """(invalid, illegal), bool[T, B] each, over active turns: the answer did not
+    parse, or it parsed to an action the state did not allow (out of range or
+    masked; the env's `illegal` rule then applies)."""
+    legal = traj.states.legal_action_mask
+    n = legal.shape[-1]
+    in_range = (traj.action >= 0) & (traj.action < n)
+    picked = jnp.take_along_axis(legal, jnp.clip(traj.action, 0, n - 1)[..., None], -1)[..., 0]
+    invalid = traj.active & ~traj.valid
+    illegal = traj.active & traj.valid & ~(in_range & picked)
+    return invalid, illegal
+
+
 def episode_returns(traj: Trajectory) -> jax.Array:
     """f32[B]: the sum of each episode's shaped per-turn rewards."""
     return traj.reward.sum(0)

@@ -5,6 +5,7 @@ REINFORCE gradient."""
 from __future__ import annotations
 
 import dataclasses
+from types import SimpleNamespace
 
 import jax
 import jax.numpy as jnp
@@ -241,3 +242,35 @@ def test_config_rules_for_algorithms():
     with pytest.raises(ValueError, match="RL algorithms are"):
         advantage_fn("sft")
     assert dataclasses.replace(AlgoSection(), name="reinforce").name == "reinforce"
+
+
+def test_turn_credit_whitens_each_turns_own_faults():
+    """algo.turn_weight: a turn with an unparsable answer or an illegal action gets
+    r = -1 (else 0), whitened over the kept turns, added to the episode advantage."""
+    legal = np.ones((T, B, 3), bool)
+    legal[1, 3, 2] = False  # turn 1 of episode 3 plays cell 2: illegal
+    action = np.zeros((T, B), np.int32)
+    action[1, 3] = 2
+    action[2, 0] = 7  # out of range: illegal
+    valid = np.ones((T, B), bool)
+    valid[0, 1] = False  # unparsable
+    valid[2, 2] = False  # unparsable but the episode was over: no credit
+    traj = make_traj()._replace(action=jnp.asarray(action), valid=jnp.asarray(valid),
+                                states=SimpleNamespace(legal_action_mask=jnp.asarray(legal)))
+    base = common.Advantages(jnp.full((T, B), 0.5, jnp.float32), traj.active)
+    got = np.asarray(common.turn_credit(traj, base, 2.0).adv)
+
+    r = np.zeros((T, B))
+    r[0, 1] = r[1, 3] = r[2, 0] = -1.0
+    m = r[ACTIVE]  # 9 kept turns, 3 faults
+    want = 0.5 + np.where(ACTIVE, 2.0 * (r - m.mean()) / np.sqrt(m.var() + 1e-8), 0.0)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    # hand check of one entry: mean -1/3, std sqrt(2)/3 -> a fault gets 0.5 - 2*sqrt(2)
+    np.testing.assert_allclose(got[0, 1], 0.5 - 2.0 * np.sqrt(2.0), rtol=1e-5)
+
+    clean = make_traj()._replace(states=SimpleNamespace(legal_action_mask=jnp.ones((T, B, 3), bool)))
+    np.testing.assert_array_equal(common.turn_credit(clean, base, 2.0).adv, base.adv)
+    with pytest.raises(Exception, match="algo.turn_weight=1.0: must be 0 for ppo"):
+        AlgoSection(name="ppo", turn_weight=1.0)
+    with pytest.raises(Exception, match="algo.turn_weight=-1.0: must be >= 0"):
+        AlgoSection(name="grpo", turn_weight=-1.0)

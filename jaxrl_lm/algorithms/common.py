@@ -22,9 +22,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxrl_lm import advantages as adv_lib
 from jaxrl_lm import losses, sampling
 from jaxrl_lm.config import AlgoSection
-from jaxrl_lm.rollout import Trajectory, pack_turns
+from jaxrl_lm.rollout import Trajectory, pack_turns, turn_faults
 
 
 class Advantages(NamedTuple):
@@ -44,6 +45,27 @@ def episode_lengths(traj: Trajectory) -> jax.Array:
 def broadcast_episode(adv_b: jax.Array, traj: Trajectory) -> jax.Array:
     """An episode-level advantage [B] given to each of its turns [T, B]."""
     return jnp.broadcast_to(adv_b[None, :], traj.active.shape).astype(jnp.float32)
+
+
+def turn_credit(traj: Trajectory, sig: Advantages, weight: float) -> Advantages:
+    """Add turn-level credit for the turn's own faults (algo.turn_weight).
+
+    An episode-level advantage gives every turn of an episode the same signal,
+    so one illegal move among four good ones is punished no more than its
+    neighbours. Here each kept turn also gets r_t = -1 if its answer did not
+    parse or named an illegal action, else 0, whitened over the batch's kept
+    turns, times `weight`:
+
+        A[t, i] <- A[t, i] + weight * (r[t, i] - mean r) / std r
+
+    (the turn-level advantage of multi-turn GRPO, Zeng et al. 2025, with a
+    batch rather than a per-turn-index group baseline). A batch without faults,
+    or with only faults, adds nothing.
+    """
+    invalid, illegal = turn_faults(traj)
+    r = -(invalid | illegal).astype(jnp.float32)
+    turn_adv = adv_lib.whiten(r, sig.keep)
+    return sig._replace(adv=sig.adv + weight * turn_adv)
 
 
 def value_positions(traj: Trajectory) -> jax.Array:

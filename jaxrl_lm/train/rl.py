@@ -33,7 +33,7 @@ from envs.text import TextInterface
 from jaxrl_lm import rewards as rewards_lib
 from jaxrl_lm.algorithms import advantage_fn, common
 from jaxrl_lm.config import Config
-from jaxrl_lm.rollout import Trajectory, episode_returns, make_rollout
+from jaxrl_lm.rollout import Trajectory, episode_returns, make_rollout, turn_faults
 from jaxrl_lm.train import mesh as mesh_lib
 from jaxrl_lm.train.loop import RunFiles, RunResult
 from jaxrl_lm.train.sft import encode
@@ -61,9 +61,7 @@ def episode_stats(traj: Trajectory) -> dict[str, jax.Array]:
     env_ret = (traj.env_reward * act).sum(0)
     legal = traj.states.legal_action_mask
     in_range = (traj.action >= 0) & (traj.action < legal.shape[-1])
-    picked = jnp.take_along_axis(legal, jnp.clip(traj.action, 0, legal.shape[-1] - 1)[..., None],
-                                 -1)[..., 0]
-    illegal = traj.valid & ~(in_range & picked)
+    invalid, illegal = turn_faults(traj)
     # distinct actions the policy itself chose in an episode, over the action
     # space (RLFT's action coverage for bandits; stand-ins for invalid answers
     # do not count)
@@ -77,8 +75,8 @@ def episode_stats(traj: Trajectory) -> dict[str, jax.Array]:
         "win_rate": (env_ret > 0).mean(),
         "draw_rate": (env_ret == 0).mean(),
         "loss_rate": (env_ret < 0).mean(),
-        "invalid_rate": ((~traj.valid) * act).sum() / jnp.maximum(turns, 1.0),
-        "illegal_rate": (illegal * act).sum() / jnp.maximum(turns, 1.0),
+        "invalid_rate": invalid.sum() / jnp.maximum(turns, 1.0),
+        "illegal_rate": illegal.sum() / jnp.maximum(turns, 1.0),
         "turns": act.sum(0).mean(),
         "completion_len": (traj.completion_len * act).sum() / jnp.maximum(turns, 1.0),
         "action_coverage": played_ba.sum(-1).mean() / num_actions,
@@ -142,6 +140,8 @@ class RLRunner:
             traj = traj._replace(reward=traj.reward + jnp.where(traj.active, kl_r, 0.0))
         values = common.turn_values(model, traj) if a.name == "ppo" else None
         sig = self.adv_fn(a, traj, values)
+        if a.turn_weight:
+            sig = common.turn_credit(traj, sig, a.turn_weight)
         batch = common.make_batch(traj, sig, pad_id=self.pad_id)
         if a.beta > 0 and a.kl_in == "loss":
             ref = nnx.merge(self.engine.graphdef, ref_params, rest)
