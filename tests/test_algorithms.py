@@ -270,7 +270,9 @@ def test_turn_credit_whitens_each_turns_own_faults():
 
     clean = make_traj()._replace(states=SimpleNamespace(legal_action_mask=jnp.ones((T, B, 3), bool)))
     np.testing.assert_array_equal(common.turn_credit(clean, base, 2.0).adv, base.adv)
-    with pytest.raises(Exception, match="algo.turn_weight=1.0: must be 0 for ppo"):
+    from jaxrl_lm.config import ConfigError
+
+    with pytest.raises(ConfigError, match="algo.turn_weight=1.0: must be 0 for ppo"):
         AlgoSection(name="ppo", turn_weight=1.0)
-    with pytest.raises(Exception, match="algo.turn_weight=-1.0: must be >= 0"):
+    with pytest.raises(ConfigError, match="algo.turn_weight=-1.0: must be >= 0"):
         AlgoSection(name="grpo", turn_weight=-1.0)
