@@ -9,6 +9,11 @@ so one int32 indexes every per-position table (3**9 = 19683 entries, a few
 tens of KB, cheap to gather from under vmap). The tables cover all codes,
 reachable or not; only the reachable 5478 are ever looked up.
 
+The env's state keeps the board as two 9-bit cell sets instead (X's and
+O's, bit i = cell i): placing a mark is one OR, a win one lookup in a 512-entry
+table (`WIN`), a full board one compare; the base-3 code is two lookups
+(`code_of_bits`), read only by the minimax and MCTS opponents.
+
 Minimax is solved by retrograde analysis over the whole game tree, one layer
 of filled-cell count at a time from full boards down to the empty board, with
 a depth-aware negamax score for the player to move (Knuth & Moore 1975 for
@@ -83,17 +88,52 @@ def _rank_tables() -> tuple[np.ndarray, np.ndarray]:
     return popcount, nth.reshape(-1)
 
 
+def _bit_tables() -> tuple[np.ndarray, np.ndarray]:
+    """win bool[512]: the 9-bit cell set m holds a whole line; pow3 i32[512]:
+    sum of 3**i over the set bits i of m (so a board's code is
+    pow3[x_bits] + 2 * pow3[o_bits])."""
+    masks = np.arange(512)
+    has = (masks[:, None] >> np.arange(NUM_CELLS)) & 1
+    win = has[:, LINES].all(-1).any(-1)
+    return win, (has * POW3).sum(1).astype(np.int32)
+
+
 BOARDS = decode_all()
 STATUS = _status(BOARDS)  # i8[NUM_CODES]: ONGOING | X_WON | O_WON | DRAW
 SCORE, OPT_BITS = _solve(BOARDS, STATUS)
 POPCOUNT, NTH_BIT = _rank_tables()
+WIN, POW3_OF_BITS = _bit_tables()
+FULL = (1 << NUM_CELLS) - 1  # every cell taken
 
 
 # --- jnp helpers (jittable, vmappable; numpy tables become constants) ------
-def place(board_9: jax.Array, code: jax.Array, cell: jax.Array, mark: int):
-    """Write `mark` at `cell`: (board i8[9], code i32[]). The cell must be empty."""
-    board_9 = jnp.where(jnp.arange(NUM_CELLS) == cell, jnp.int8(mark), board_9)
-    return board_9, code + mark * jnp.asarray(POW3)[cell]
+def cell_bit(cell: jax.Array) -> jax.Array:
+    """i32[]: the 9-bit mask of one cell."""
+    return jnp.left_shift(jnp.int32(1), jnp.asarray(cell, jnp.int32))
+
+
+def has_line(bits: jax.Array) -> jax.Array:
+    """bool[]: the cell set `bits` (one player's marks) holds a whole line."""
+    return jnp.asarray(WIN)[bits]
+
+
+def code_of_bits(x_bits: jax.Array, o_bits: jax.Array) -> jax.Array:
+    """i32[]: the base-3 code of the board with X on `x_bits`, O on `o_bits`."""
+    pow3 = jnp.asarray(POW3_OF_BITS)
+    return pow3[x_bits] + 2 * pow3[o_bits]
+
+
+def board_of_bits(x_bits: jax.Array, o_bits: jax.Array) -> jax.Array:
+    """i8[..., 9]: cells (0 empty, 1 X, 2 O) of (batches of) bit boards."""
+    shift = jnp.arange(NUM_CELLS, dtype=jnp.int32)
+    x = (jnp.asarray(x_bits, jnp.int32)[..., None] >> shift) & 1
+    o = (jnp.asarray(o_bits, jnp.int32)[..., None] >> shift) & 1
+    return (x + 2 * o).astype(jnp.int8)
+
+
+def free_mask(taken_bits: jax.Array) -> jax.Array:
+    """bool[9]: the cells not in the 9-bit set `taken_bits`."""
+    return (jnp.right_shift(taken_bits, jnp.arange(NUM_CELLS, dtype=jnp.int32)) & 1) == 0
 
 
 def status_of(code: jax.Array) -> jax.Array:

@@ -16,11 +16,13 @@ replies unless the game is over. Opponents:
 Reward (agent's side), on the step that ends the game: +1 win, 0 draw,
 -1 loss; 0 on every other step. Illegal moves follow envs.core's rule.
 
-The step is branch-free: the board is also kept as a base-3 code
-(sum board[i] 3^i) so the game status and the minimax moves are one gather
-each, and an opponent move is one uint32 hashed from the key (see
-`envs.bits.key_bits`) turned into a rank
-among the allowed cells.
+The step is branch-free and works on bit boards: the state keeps X's and
+O's cells as two 9-bit sets, so a move is one OR, a win one lookup in a
+512-entry table, the legal mask one shift; the base-3 code (the minimax
+table's index) is derived only for the minimax, noisy and mcts opponents.
+An opponent move is one uint32 hashed from the key (see `envs.bits.key_bits`)
+turned into a rank among the allowed cells. `board`, `code` and `winner` are
+computed from the bits on demand (render, scripted players, tests).
 
 Prompt (about 130 characters):
     Tic-tac-toe: get 3 in a row. You are X. Cells 1-9, row by row.
@@ -52,9 +54,31 @@ SYMBOLS = ".XO"  # by board value
 
 @struct.dataclass
 class TicTacToeState(State):
-    board: jax.Array  # i8[9] row-major cells: 0 empty, 1 X, 2 O
-    code: jax.Array  # i32[] base-3 board code sum board[i] * 3**i (table index)
-    winner: jax.Array  # i8[] 0 none (ongoing or draw), 1 X, 2 O
+    x: jax.Array  # i32[] 9-bit set of X's cells (bit i = cell i, row-major)
+    o: jax.Array  # i32[] 9-bit set of O's cells
+
+    @property
+    def board(self) -> jax.Array:
+        """i8[..., 9] row-major cells: 0 empty, 1 X, 2 O."""
+        return tables.board_of_bits(self.x, self.o)
+
+    @property
+    def code(self) -> jax.Array:
+        """i32[...] base-3 board code sum board[i] * 3**i (the tables' index)."""
+        return tables.code_of_bits(self.x, self.o)
+
+    @property
+    def winner(self) -> jax.Array:
+        """i8[...]: 0 none (ongoing or draw), 1 X, 2 O."""
+        return (tables.has_line(self.x) + 2 * tables.has_line(self.o)).astype(jnp.int8)
+
+    def with_board(self, board_9) -> "TicTacToeState":
+        """This state with its cells (and legal mask) set from a 0/1/2 board."""
+        board_9 = jnp.asarray(board_9, jnp.int32)
+        bit = jnp.left_shift(1, jnp.arange(tables.NUM_CELLS, dtype=jnp.int32))
+        x = jnp.sum(jnp.where(board_9 == 1, bit, 0), -1)
+        o = jnp.sum(jnp.where(board_9 == 2, bit, 0), -1)
+        return self.replace(x=x, o=o, legal_action_mask=board_9 == 0)
 
 
 @register
@@ -100,41 +124,43 @@ class TicTacToe(Env):
             return min(-1.0, p - 1.0), max(1.0, p + 1.0)
         return min(-1.0, p), max(1.0, p)
 
-    def opponent_move(self, board_9: jax.Array, code: jax.Array, key: jax.Array) -> jax.Array:
-        """i32[]: the opponent's cell (legal whenever the game is not over)."""
-        mark = 3 - self.me
+    def opponent_move(self, mine: jax.Array, theirs: jax.Array, key: jax.Array) -> jax.Array:
+        """i32[]: the opponent's cell, given the agent's cells `mine` and the
+        opponent's `theirs` (9-bit sets); legal whenever the game is not over."""
+        x, o = (mine, theirs) if self.me == 1 else (theirs, mine)
         if self.opponent == "mcts":
-            return mcts_move(code, mark, key, self.mcts_simulations)
+            return mcts_move(tables.code_of_bits(x, o), 3 - self.me, key, self.mcts_simulations)
         bits = key_bits(key, 0)
+        empty = tables.FULL & ~(x | o)
         if self.opponent == "random":
-            return tables.pick_cell(tables.empty_bits(board_9), bits)
+            return tables.pick_cell(empty, bits)
+        best = tables.opt_bits(tables.code_of_bits(x, o))
         if self.opponent == "minimax":
-            return tables.pick_cell(tables.opt_bits(code), bits)
+            return tables.pick_cell(best, bits)
         explore = uniform_from_bits(key_bits(key, 1)) < self.noise
-        mask = jnp.where(explore, tables.empty_bits(board_9), tables.opt_bits(code))
-        return tables.pick_cell(mask, bits)
+        return tables.pick_cell(jnp.where(explore, empty, best), bits)
 
     def _init(self, key: jax.Array) -> TicTacToeState:
-        board, code = jnp.zeros((9,), jnp.int8), jnp.int32(0)
+        x = jnp.int32(0)
         if self.agent_player == "o":
-            board, code = tables.place(board, code, self.opponent_move(board, code, key), 1)
+            x = tables.cell_bit(self.opponent_move(jnp.int32(0), jnp.int32(0), key))
         base = base_fields(9)
-        base["legal_action_mask"] = board == 0
-        return TicTacToeState(**base, board=board, code=code, winner=jnp.int8(0))
+        base["legal_action_mask"] = tables.free_mask(x)
+        return TicTacToeState(**base, x=x, o=jnp.int32(0))
 
     def _step(self, state: TicTacToeState, action: jax.Array, key: jax.Array) -> TicTacToeState:
-        me = self.me
-        board1, code1 = tables.place(state.board, state.code, action, me)
-        cell = self.opponent_move(board1, code1, key)
-        board2, code2 = tables.place(board1, code1, cell, 3 - me)
-        over1 = tables.status_of(code1) != tables.ONGOING
-        board = jnp.where(over1, board1, board2)
-        code = jnp.where(over1, code1, code2)
-        status = tables.status_of(code)
-        reward = (status == me).astype(jnp.float32) - (status == 3 - me).astype(jnp.float32)
+        mine, theirs = (state.x, state.o) if self.me == 1 else (state.o, state.x)
+        mine = mine | tables.cell_bit(action)
+        won = tables.has_line(mine)
+        over = won | ((mine | theirs) == tables.FULL)
+        reply = tables.cell_bit(self.opponent_move(mine, theirs, key))
+        theirs = jnp.where(over, theirs, theirs | reply)
+        lost = tables.has_line(theirs)
+        taken = mine | theirs
+        x, o = (mine, theirs) if self.me == 1 else (theirs, mine)
         return state.replace(
-            board=board, code=code, winner=jnp.where(status < tables.DRAW, status, 0).astype(jnp.int8),
-            reward=reward, done=status != tables.ONGOING, legal_action_mask=board == 0)
+            x=x, o=o, reward=won.astype(jnp.float32) - lost.astype(jnp.float32),
+            done=over | lost | (taken == tables.FULL), legal_action_mask=tables.free_mask(taken))
 
     # --- text -------------------------------------------------------------
     def _header(self) -> str:
@@ -203,7 +229,7 @@ def minimax(env: TicTacToe, state: TicTacToeState, key: jax.Array) -> jax.Array:
     (any empty cell once the game is over, so the pick stays legal)."""
     del env
     opt = tables.opt_bits(state.code)
-    mask = jnp.where(opt == 0, tables.empty_bits(state.board), opt)
+    mask = jnp.where(opt == 0, tables.FULL & ~(state.x | state.o), opt)
     return tables.pick_cell(mask, jax.random.bits(key, (), jnp.uint32))
 
 
@@ -215,7 +241,8 @@ def mcts(env: TicTacToe, state: TicTacToeState, key: jax.Array) -> jax.Array:
 def random(env: TicTacToe, state: TicTacToeState, key: jax.Array) -> jax.Array:
     """A uniformly random empty cell."""
     del env
-    return tables.pick_cell(tables.empty_bits(state.board), jax.random.bits(key, (), jnp.uint32))
+    return tables.pick_cell(tables.FULL & ~(state.x | state.o),
+                            jax.random.bits(key, (), jnp.uint32))
 
 
 BASELINES = {"minimax": minimax, "random": random, "mcts": mcts}

@@ -190,12 +190,27 @@ def test_minimax_never_loses(minimax_mark):
             assert worst(b) == ref_value(b, p), b
 
 
+def test_bit_board_views_match_references():
+    """The state's board / code / winner, computed from its two bit sets,
+    against the plain references on every reachable position."""
+    boards = np.asarray(list(REACH))
+    s = envs.make("tictactoe").init(jax.random.key(0))
+    s = jax.tree.map(lambda x: jnp.broadcast_to(x, (len(boards),) + x.shape), s).with_board(boards)
+    np.testing.assert_array_equal(s.x, [bits_of(b, 1) for b in REACH])
+    np.testing.assert_array_equal(s.o, [bits_of(b, 2) for b in REACH])
+    np.testing.assert_array_equal(s.board, boards)
+    np.testing.assert_array_equal(s.code, [code_of(b) for b in REACH])
+    np.testing.assert_array_equal(s.winner, [ref_winner(b) for b in REACH])
+    np.testing.assert_array_equal(s.legal_action_mask, boards == 0)
+
+
 def test_minimax_baseline_picks_every_optimal_move():
     boards = [b for b in REACH if not ref_winner(b) and not all(b)]
     codes = np.asarray([code_of(b) for b in boards])
     states = envs.make("tictactoe").init(jax.random.key(0))
     states = jax.tree.map(lambda x: jnp.broadcast_to(x, (len(boards),) + x.shape), states)
-    states = states.replace(board=jnp.asarray(boards, jnp.int8), code=jnp.asarray(codes, jnp.int32))
+    states = states.with_board(np.asarray(boards))
+    np.testing.assert_array_equal(states.code, codes)
     pick = jit(jax.vmap(jax.vmap(lambda s, k: BASELINES["minimax"](None, s, k), (None, 0)),
                             (0, None)))
     cells = np.asarray(pick(states, jax.random.split(jax.random.key(1), 64)))
@@ -225,8 +240,13 @@ def test_mcts_opponent_beats_random():
     assert int(move(jax.random.key(6))) == 5
 
 
+def bits_of(b, mark):
+    return sum(1 << i for i, v in enumerate(b) if v == mark)
+
+
 def opponent_moves(env, b, n, seed=0):
-    mv = jit(jax.vmap(lambda k: env.opponent_move(jnp.asarray(b, jnp.int8), code_of(b), k)))
+    mine, theirs = bits_of(b, env.me), bits_of(b, 3 - env.me)
+    mv = jit(jax.vmap(lambda k: env.opponent_move(jnp.int32(mine), jnp.int32(theirs), k)))
     return np.asarray(mv(jax.random.split(jax.random.key(seed), n)))
 
 
@@ -268,8 +288,8 @@ def test_render_matches_pieces_and_hand_worked_prompt():
             assert "".join(text_pieces[i] for i in pieces[t, g] if i >= 0) == text
             assert len(text) <= 250 and pieces.shape[-1] == env.max_render_pieces
     s = jax.tree.map(lambda x: x[0], s0)
-    s = s.replace(board=jnp.asarray([1, 0, 2, 0, 1, 0, 0, 0, 0], jnp.int8),
-                  legal_action_mask=jnp.asarray([0, 1, 0, 1, 0, 1, 1, 1, 1], bool))
+    s = s.with_board([1, 0, 2, 0, 1, 0, 0, 0, 0])
+    np.testing.assert_array_equal(s.legal_action_mask, [0, 1, 0, 1, 0, 1, 1, 1, 1])
     assert env.render_text(s) == (
         "Tic-tac-toe: get 3 in a row. You are O. Cells 1-9, row by row.\n"
         "X|.|O\n.|X|.\n.|.|.\nLegal: 2 4 6 7 8 9\nAnswer with ACTION=<cell>.\n")
@@ -292,7 +312,7 @@ def test_short_prompt_numbers_free_cells():
             shown = sorted(int(c) - 1 for c in text if c.isdigit())
             assert shown == [i for i in range(9) if board[i] == 0]
     s = jax.tree.map(lambda x: x[0, 0], traj)
-    s = s.replace(board=jnp.asarray([1, 0, 2, 0, 1, 0, 0, 0, 0], jnp.int8))
+    s = s.with_board([1, 0, 2, 0, 1, 0, 0, 0, 0])
     assert env.render_text(s) == "You are O.\nX|2|O\n4|X|6\n7|8|9\nMove?\n"
 
 
@@ -310,7 +330,7 @@ def test_board_prompt_is_the_short_board_without_header_and_footer():
             assert "".join(text_pieces[i] for i in pieces[t, g] if i >= 0) == text
             assert text == "O\n" + short.render_text(s)[len("You are O.\n"):-len("Move?\n")]
     s = jax.tree.map(lambda x: x[0, 0], traj)
-    s = s.replace(board=jnp.asarray([1, 0, 2, 0, 1, 0, 0, 0, 0], jnp.int8))
+    s = s.with_board([1, 0, 2, 0, 1, 0, 0, 0, 0])
     assert board.render_text(s) == "O\nX|2|O\n4|X|6\n7|8|9\n"
     assert board.max_render_pieces == short.max_render_pieces
     assert len(text_pieces) == len(short.text_pieces()) - 1  # no footer piece
