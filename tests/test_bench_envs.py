@@ -15,9 +15,11 @@ from jaxrl_lm.bench import envs as bench
 from jaxrl_lm.cli import main as cli_main
 
 
-def test_quick_json(capsys):
-    assert cli_main(["bench", "envs", "--quick", "--json", "--envs", "bandit"]) == 0
+@pytest.mark.parametrize("rng", bench.RNGS)
+def test_quick_json(capsys, rng):
+    assert cli_main(["bench", "envs", "--quick", "--json", "--envs", "bandit", "--rng", rng]) == 0
     out = json.loads(capsys.readouterr().out)
+    assert out["rng"] == rng
     rows = {r["env"]: r for r in out["step_rows"]}
     assert set(rows) == {"null", "pgx tic_tac_toe", "gymnax BernoulliBandit",
                          "bandit k=2 bernoulli", "bandit"}
@@ -31,11 +33,37 @@ def test_quick_json(capsys):
     assert text["prompt_len"] % 64 == 0
 
 
+def test_hashed_draws_are_uniform_distinct_and_uncorrelated():
+    """The default harness's per-step draws: action bits uniform (chi-square
+    of the top and the low 4 bits), every (env, step) key distinct, and
+    consecutive steps' bits of one env uncorrelated."""
+    b, t = 4096, 16
+    data = jax.random.key_data(jax.random.split(jax.random.key(0), b)).astype(jnp.uint32)
+    words, bits = jax.vmap(bench.hashed_draws, (None, 0))(data, jnp.arange(t, dtype=jnp.uint32))
+    words, bits = np.asarray(words), np.asarray(bits).astype(np.int64)  # [t, b, 2], [t, b]
+    assert words.shape == (t, b, 2) and bits.shape == (t, b)
+    n = t * b
+    for bins in (bits >> 28, bits & 15):  # Pearson chi-square, 15 dof, P = 0.001: 37.70
+        counts = np.bincount(bins.reshape(-1), minlength=16)
+        assert ((counts - n / 16) ** 2 / (n / 16)).sum() < 37.70
+    pairs = words.reshape(n, 2).astype(np.uint64)
+    assert len(np.unique(pairs[:, 0] << np.uint64(32) | pairs[:, 1])) == n
+    u = bits / 2.0**32
+    corr = np.corrcoef(u[:-1].reshape(-1), u[1:].reshape(-1))[0, 1]
+    assert abs(corr) < 5 / np.sqrt(n)
+    # a harness key is a valid key of the seeds' impl
+    keys = jax.random.wrap_key_data(jnp.asarray(words[0]), impl=jax.random.key_impl(
+        jax.random.key(0)))
+    assert jax.random.uniform(keys[0]).shape == ()
+
+
 def test_bad_arguments():
     with pytest.raises(ValueError, match="--envs"):
         bench.main(["--envs", "nope"])
     with pytest.raises(ValueError, match="--batch"):
         bench.main(["--batch", "0"])
+    with pytest.raises(ValueError, match="--rng"):
+        bench.harness(None, None, None, None, 1, rng="philox")
 
 
 @pytest.mark.parametrize("size,illegal", [

@@ -3,7 +3,20 @@
 One harness for every side: B envs run `--steps` steps in one jitted
 `lax.scan` over vmapped steps, each step playing a uniformly random legal
 action (`random_legal`), with auto-reset (ours: `envs.AutoReset`, pgx:
-`pgx.experimental.auto_reset`, gymnax: its built-in reset). Compile time is
+`pgx.experimental.auto_reset`, gymnax: its built-in reset). Each step the
+harness draws, per env, the action's random bits and the key passed to the
+env's step (`--rng`):
+
+  hash      (default) hashed from the env's seed words and the step number
+            (`hashed_draws`: MurmurHash3 finalisers, a counter-based
+            generator), about 15 ns per env and step on the 2-core CPU;
+  threefry  jax.random.split / bits per step, as a plain jit(vmap) loop
+            does. XLA:CPU runs threefry as a rolled loop: these two draws
+            and the rank sampler then cost ~2/3 of a pgx tic-tac-toe step
+            before any env runs, so every ratio is squeezed towards 1.
+
+Either way the draws are the same for every side, and the keys are valid
+keys of the default impl (pgx and gymnax draw from them with jax.random). Compile time is
 measured on its own (`lower().compile()`); steps/s is B * steps over the
 best of `--reps` timed calls. Ratios are against the named baseline at the
 same batch size, measured in the same run:
@@ -31,7 +44,7 @@ import jax
 import jax.numpy as jnp
 
 import envs
-from envs.bits import fmix32
+from envs.bits import GOLDEN, fmix32
 from envs.core import AutoReset
 from envs.text import TextInterface
 
@@ -43,6 +56,7 @@ OURS = [
 ]
 # Setup (not timed) compiles at XLA's cheapest backend level: ~3x faster.
 setup_jit = functools.partial(jax.jit, compiler_options={"xla_backend_optimization_level": 0})
+RNGS = ("hash", "threefry")
 SMALL = 32  # up to this many actions, sample by rank; above, by rejection
 TRIES = 16  # rejection tries per step before the exact (rank) fallback
 
@@ -81,9 +95,14 @@ def _by_rank(bits_b: jax.Array, mask_ba: jax.Array) -> jax.Array:
 
 
 def random_legal(key: jax.Array, mask_ba: jax.Array) -> jax.Array:
-    """i32[B]: a uniformly random legal action of each row of `mask_ba`.
+    """i32[B]: a uniformly random legal action of each row of `mask_ba`, from
+    one threefry draw of 32 bits per row (`random_legal_from_bits`)."""
+    return random_legal_from_bits(jax.random.bits(key, (mask_ba.shape[0],), jnp.uint32), mask_ba)
 
-    One 32-bit draw per row (bias <= A / 2**32). Up to SMALL actions:
+
+def random_legal_from_bits(bits_b: jax.Array, mask_ba: jax.Array) -> jax.Array:
+    """i32[B]: a uniformly random legal action of each row of `mask_ba`, from
+    32 uniformly random bits per row (bias <= A / 2**32). Up to SMALL actions:
     the r-th legal action, r = floor(bits * #legal / 2**32). Above (a prefix
     sum over thousands of actions per step would cost more than most envs):
     the first legal one of up to TRIES indices hashed from the bits, which is
@@ -96,7 +115,6 @@ def random_legal(key: jax.Array, mask_ba: jax.Array) -> jax.Array:
     b, a = mask_ba.shape
     if a >= 2**16:
         raise ValueError(f"random_legal: {a} actions; at most 65535 are supported")
-    bits_b = jax.random.bits(key, (b,), jnp.uint32)
     if a <= SMALL:
         return _by_rank(bits_b, mask_ba)
     rows_b = jnp.arange(b)
@@ -115,51 +133,86 @@ def random_legal(key: jax.Array, mask_ba: jax.Array) -> jax.Array:
                         lambda: jnp.where(hit_b, pick_b, _by_rank(bits_b, mask_ba)))
 
 
+def hashed_draws(data_bw: jax.Array, t: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """(key words u32[B, W], action bits u32[B]) of scan step `t` for B envs
+    whose seed keys have data `data_bw`: each env's words are hashed with the
+    step number (two passes of MurmurHash3's finaliser, as
+    `envs.bits.derive_key` does: every output word depends on every seed word
+    and on t), the action bits are one more hash. Distinct (env, t) pairs give
+    independent-looking draws, without threefry (tests/test_bench_envs.py
+    checks uniformity and distinctness)."""
+    h = jnp.broadcast_to(fmix32((t.astype(jnp.uint32) + 1) * jnp.uint32(GOLDEN)),
+                         data_bw.shape[:1])
+    for w in range(data_bw.shape[1]):
+        h = fmix32(h ^ data_bw[:, w])
+    words = []
+    for w in range(data_bw.shape[1]):
+        h = fmix32(h ^ data_bw[:, w])
+        words.append(h)
+    return jnp.stack(words, axis=1), fmix32(h ^ jnp.uint32(0x68E31DA4))
+
+
 def harness(init: Callable, step: Callable, mask: Callable, reward: Callable,
-            steps: int, **jit_options) -> Callable:
+            steps: int, rng: str = "hash", **jit_options) -> Callable:
     """keys[B] -> summed reward[B]: `steps` steps of B envs in one jitted
-    lax.scan over vmapped steps (what jit(vmap(scan)) compiles to)."""
+    lax.scan over vmapped steps (what jit(vmap(scan)) compiles to), with the
+    per-step draws of `rng` (see the module docstring)."""
+    if rng not in RNGS:
+        raise ValueError(f"--rng {rng!r} unknown (allowed: {RNGS})")
 
     def run(keys_b):
         b = keys_b.shape[0]
+        data = jax.random.key_data(keys_b)
+        data_bw = data.reshape(b, -1).astype(jnp.uint32)
 
-        def body(state, k):
-            k_act, k_step = jax.random.split(k)
-            action_b = random_legal(k_act, jax.vmap(mask)(state))
-            state = jax.vmap(step)(state, action_b, jax.random.split(k_step, b))
+        def body(state, x):
+            if rng == "threefry":
+                k_act, k_step = jax.random.split(x)
+                bits_b = jax.random.bits(k_act, (b,), jnp.uint32)
+                step_keys = jax.random.split(k_step, b)
+            else:
+                words_bw, bits_b = hashed_draws(data_bw, x)
+                step_keys = jax.random.wrap_key_data(
+                    words_bw.reshape(data.shape).astype(data.dtype),
+                    impl=jax.random.key_impl(keys_b))
+            action_b = random_legal_from_bits(bits_b, jax.vmap(mask)(state))
+            state = jax.vmap(step)(state, action_b, step_keys)
             return state, jax.vmap(reward)(state)
 
-        k_run = jax.random.fold_in(keys_b[0], b)
-        _, r_tb = jax.lax.scan(body, jax.vmap(init)(keys_b), jax.random.split(k_run, steps))
+        if rng == "threefry":
+            xs = jax.random.split(jax.random.fold_in(keys_b[0], b), steps)
+        else:
+            xs = jnp.arange(steps, dtype=jnp.uint32)
+        _, r_tb = jax.lax.scan(body, jax.vmap(init)(keys_b), xs)
         return r_tb.sum(0)
 
     return jax.jit(run, **jit_options)
 
 
-def ours(name: str, options: dict, steps: int, **jit_options) -> Callable:
+def ours(name: str, options: dict, steps: int, rng: str = "hash", **jit_options) -> Callable:
     env = AutoReset(envs.make(name, **options))
     return harness(env.init, env.step, lambda s: s.legal_action_mask, lambda s: s.reward, steps,
-                   **jit_options)
+                   rng, **jit_options)
 
 
-def null(steps: int, num_actions: int = 9, **jit_options) -> Callable:
+def null(steps: int, num_actions: int = 9, rng: str = "hash", **jit_options) -> Callable:
     """The harness alone: the state is the last action, the reward a copy of it
     (so XLA cannot drop the action sampling)."""
     return harness(lambda k: jnp.int32(0), lambda s, a, k: a,
                    lambda s: jnp.ones((num_actions,), bool),
-                   lambda s: s.astype(jnp.float32), steps, **jit_options)
+                   lambda s: s.astype(jnp.float32), steps, rng, **jit_options)
 
 
-def pgx_tictactoe(steps: int, **jit_options) -> Callable:
+def pgx_tictactoe(steps: int, rng: str = "hash", **jit_options) -> Callable:
     import pgx
     from pgx.experimental import auto_reset
 
     env = pgx.make("tic_tac_toe")
     return harness(env.init, auto_reset(env.step, env.init), lambda s: s.legal_action_mask,
-                   lambda s: s.rewards[0], steps, **jit_options)
+                   lambda s: s.rewards[0], steps, rng, **jit_options)
 
 
-def gymnax_bandit(steps: int, **jit_options) -> Callable:
+def gymnax_bandit(steps: int, rng: str = "hash", **jit_options) -> Callable:
     import gymnax
 
     env, params = gymnax.make("BernoulliBandit-misc")
@@ -172,7 +225,7 @@ def gymnax_bandit(steps: int, **jit_options) -> Callable:
         return state, r.astype(jnp.float32)
 
     return harness(init, step, lambda s: jnp.ones((env.num_actions,), bool),
-                   lambda s: s[1], steps, **jit_options)
+                   lambda s: s[1], steps, rng, **jit_options)
 
 
 def time_calls(fns: list[Callable], args: tuple, reps: int) -> list[tuple[float, float, Any]]:
@@ -197,17 +250,18 @@ def time_calls(fns: list[Callable], args: tuple, reps: int) -> list[tuple[float,
 
 
 def step_rows(batches: list[int], steps: int, reps: int, env_names: list[str],
-              echo: Callable = print, every_batch: bool = False, **jit_options) -> list[dict]:
+              echo: Callable = print, every_batch: bool = False, rng: str = "hash",
+              **jit_options) -> list[dict]:
     """Steps/s rows. The baselines and their peers run at every batch size,
     the other envs at the largest only (unless `every_batch`)."""
     peers: list[tuple[str, Callable, str | None]] = [
-        ("null", lambda: null(steps, **jit_options), None),
-        ("pgx tic_tac_toe", lambda: pgx_tictactoe(steps, **jit_options), None),
-        ("gymnax BernoulliBandit", lambda: gymnax_bandit(steps, **jit_options), None),
+        ("null", lambda: null(steps, rng=rng, **jit_options), None),
+        ("pgx tic_tac_toe", lambda: pgx_tictactoe(steps, rng, **jit_options), None),
+        ("gymnax BernoulliBandit", lambda: gymnax_bandit(steps, rng, **jit_options), None),
     ]
-    peers += [(row, lambda n=n, o=o: ours(n, o, steps, **jit_options), base)
+    peers += [(row, lambda n=n, o=o: ours(n, o, steps, rng, **jit_options), base)
               for row, n, o, base in OURS if n in env_names]
-    rest = [(n, lambda n=n: ours(n, {}, steps, **jit_options), None)
+    rest = [(n, lambda n=n: ours(n, {}, steps, rng, **jit_options), None)
             for n in env_names if n != "tictactoe"]
     rows = []
     for batch in batches:
@@ -302,6 +356,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--every-batch", action="store_true",
                    help="run every env at every batch size (default: the largest only)")
     p.add_argument("--envs", default=",".join(envs.registered()), help="comma-separated envs")
+    p.add_argument("--rng", default="hash", choices=RNGS,
+                   help="the harness's per-step draws (module docstring); the same for every side")
     p.add_argument("--quick", action="store_true", help="tiny sizes (a smoke test, not a timing)")
     p.add_argument("--json", action="store_true", help="print one JSON object, no table")
     args = p.parse_args(argv)
@@ -316,13 +372,14 @@ def main(argv: list[str] | None = None) -> int:
         batches, args.steps, args.reps, args.text_batch = [2], 3, 1, 2
         jit_options = {"compiler_options": {"xla_backend_optimization_level": 0}}
     echo = (lambda line: None) if args.json else (lambda line: print(line, flush=True))
+    echo(f"harness draws: {args.rng}")
     echo(STEP_HEADER)
     steps = step_rows(batches, args.steps, args.reps, names, echo, args.every_batch,
-                      **jit_options)
+                      args.rng, **jit_options)
     echo(f"\n{'text (char tokenizer)':24s} {'batch':>6s} {'L':>6s} {'krender/s':>10s} "
          f"{'Mtok/s':>10s} {'kparse/s':>10s} {'compile':>8s}")
     text = text_rows(args.text_batch, args.reps, names, echo, **jit_options)
     if args.json:
-        print(json.dumps({"device": str(jax.devices()[0]), "steps": args.steps,
+        print(json.dumps({"device": str(jax.devices()[0]), "steps": args.steps, "rng": args.rng,
                           "step_rows": steps, "text_rows": text}, indent=1))
     return 0
