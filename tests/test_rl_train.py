@@ -177,3 +177,45 @@ def test_action_coverage_counts_the_policys_own_distinct_actions():
                       reward=zeros, done=zeros,
                       states=SimpleNamespace(legal_action_mask=jnp.ones((4, 3, 5), bool)))
     assert float(episode_stats(traj)["action_coverage"]) == pytest.approx(5 / 15)
+
+
+def test_turn_weight_credits_each_collected_turns_own_faults(tmp_path):
+    """End to end through RLRunner.collect: after a short warm-up the policy's
+    answers are a mix of legal moves and faults, and turn_weight w moves each
+    kept row's advantage by w * whiten(-fault) over the kept rows, with
+    faults read back on the host from the row's own text (the free cells are
+    the digits the `board` prompt shows; the answer goes through the host
+    parse rule), not from the rollout's flags."""
+    from envs.text import parse_text
+    from jaxrl_lm.train.pipeline import run_warmup
+
+    base = ["--warmup.steps", "60", "--warmup.batch_size", "16", "--train.batch_size", "16",
+            "--algo.group_size", "4", "--train.progress", "false", "--env.max_turns", "5",
+            "--train.micro_batches", "1", "--algo.beta", "0"]
+    cfg = load_config(PRESET, base)
+    model, tok = build_policy(cfg)
+    run_warmup(cfg, str(tmp_path), model, tok, resume=False)
+    advs = {}
+    for w in (0.0, 1.5):
+        runner = RLRunner(load_config(PRESET, [*base, "--algo.turn_weight", repr(w)]), model, tok)
+        init = runner.engine.init_state(cfg.train.seed)
+        batch, _ = runner.collect(init.params, runner.engine.rest, init.params, jax.random.key(3))
+        batch = jax.device_get(batch)
+        advs[w] = np.asarray(batch["adv"], np.float64)
+    loss = np.asarray(batch["loss_mask"]) > 0
+    kept = loss.any(1)
+    fault = np.zeros(len(kept))
+    for i in np.flatnonzero(kept):
+        first = int(np.argmax(loss[i]))
+        tokens = np.asarray(batch["tokens"][i])
+        prompt = runner.text.decode(tokens[:first], first).replace(tok.pad_token or "", "")
+        answer = runner.text.decode(tokens[loss[i]], int(loss[i].sum()))
+        action, valid = parse_text(runner.env, answer)
+        free = {int(c) - 1 for c in prompt if c.isdigit()}
+        fault[i] = not (valid and action in free)
+    # a mix (0.32 of 60 kept turns when written), so the signal is not 0
+    assert 0.05 < fault[kept].mean() < 0.95, fault[kept].mean()
+    r = -fault[kept]
+    expected = 1.5 * (r - r.mean()) / np.sqrt(r.var() + 1e-8)
+    np.testing.assert_allclose(advs[1.5][kept] - advs[0.0][kept], expected, atol=1e-5)
+    np.testing.assert_array_equal(advs[1.5][~kept], advs[0.0][~kept])
