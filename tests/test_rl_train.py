@@ -119,8 +119,12 @@ def test_update_move_bound_shrinks_the_step_along_itself(tmp_path):
     """With algo.max_update_move at 0.3 of the update's real move, the kept params
     lie on the unguarded iteration's own step, at the logged scale of it (to
     float32 rounding), and the sampled tokens' log-probs move by at most the
-    bound, as measured again outside the loop. Both runs see the same batch: a
-    rollout is a pure function of (params, key)."""
+    bound, as measured again outside the loop. The optimizer's moments are
+    kept, unless algo.scale_momentum scales the first one by the same factor
+    (a third run). Every run sees the same batch: a rollout is a pure function
+    of (params, key)."""
+    import optax
+
     base = ["--train.batch_size", "8", "--algo.group_size", "4", "--optim.warmup_steps", "0",
             "--train.progress", "false", "--algo.max_new_tokens", "6", "--train.steps", "1",
             "--env.max_turns", "4", "--train.ckpt_every", "1", "--train.micro_batches", "1"]
@@ -134,9 +138,14 @@ def test_update_move_bound_shrinks_the_step_along_itself(tmp_path):
         # the loop's first batch, collected here too (training donates init's buffers)
         batch = eng.place_batch(runner.collect(init.params, eng.rest, init.params,
                                                jax.random.fold_in(init.rng, 0))[0])
-        params = runner.train(str(tmp_path / name)).state.params
+        result = runner.train(str(tmp_path / name))
+        params, opt_state = result.state.params, result.state.opt_state
         row = json.loads(open(tmp_path / name / "metrics.jsonl").readline())
+        moments[name] = [jax.tree.map(np.asarray, optax.tree_utils.tree_get(opt_state, k))
+                         for k in ("mu", "nu")]
         return row, params, start, float(runner.update_move(params, eng.rest, batch))
+
+    moments = {}
 
     row, full, start, full_move = run("off", ["--algo.max_update_move", "0"])
     assert "update_move" not in row and full_move > 0
@@ -155,6 +164,44 @@ def test_update_move_bound_shrinks_the_step_along_itself(tmp_path):
     assert step_over_ulp > 100  # the kept step is far above float32 rounding somewhere
     assert kept_move == pytest.approx(row["update_move_kept"], rel=1e-5)
     assert 0.5 * bound < kept_move <= bound, (kept_move, bound)
+    row_s, scaled, _, _ = run("scale", ["--algo.max_update_move", repr(bound),
+                                        "--algo.scale_momentum", "true"])
+    assert row_s["update_scale"] == scale
+    for k, s_ in zip(*map(jax.tree.leaves, (kept, scaled))):  # the same params as without it
+        np.testing.assert_array_equal(np.asarray(s_), np.asarray(k))
+    (mu, nu), (mu_k, nu_k), (mu_s, nu_s) = moments["off"], moments["on"], moments["scale"]
+    for a, k, s_ in zip(*map(jax.tree.leaves, (mu, mu_k, mu_s))):
+        np.testing.assert_array_equal(k, a)
+        np.testing.assert_allclose(s_, scale * a, rtol=1e-6, atol=1e-12)
+    for a, k, s_ in zip(*map(jax.tree.leaves, (nu, nu_k, nu_s))):
+        np.testing.assert_array_equal(k, a)
+        np.testing.assert_array_equal(s_, a)
+
+
+def test_scale_first_moment_scales_mu_only():
+    import jax.numpy as jnp
+    import optax
+
+    from jaxrl_lm.train.rl import scale_first_moment
+
+    params = {"w": jnp.ones((2, 3)), "b": jnp.zeros(3)}
+    grads = {"w": jnp.arange(6.0).reshape(2, 3), "b": jnp.array([1.0, -2.0, 0.5])}
+    for opt in (optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(1e-3)),
+                optax.lion(1e-3)):
+        state = opt.update(grads, opt.init(params), params)[1]
+        scaled = scale_first_moment(state, jnp.float32(0.25))
+        get = optax.tree_utils.tree_get
+        for a, b in zip(jax.tree.leaves(get(state, "mu")), jax.tree.leaves(get(scaled, "mu"))):
+            np.testing.assert_array_equal(np.asarray(b), 0.25 * np.asarray(a))
+            assert np.abs(np.asarray(a)).max() > 0
+        rest = [x for x in jax.tree.leaves(state) if x.ndim == 0] + jax.tree.leaves(
+            get(state, "nu") or {})
+        rest_scaled = [x for x in jax.tree.leaves(scaled) if x.ndim == 0] + jax.tree.leaves(
+            get(scaled, "nu") or {})
+        for a, b in zip(rest, rest_scaled):  # step counts and Adam's second moment kept
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    with pytest.raises(ValueError, match="no first moment"):
+        scale_first_moment(optax.adafactor(1e-3).init(params), jnp.float32(0.5))
 
 
 def test_action_coverage_counts_the_policys_own_distinct_actions():

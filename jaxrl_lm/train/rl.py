@@ -11,8 +11,9 @@ With `algo.max_update_move` set, one more forward pass measures how far those
 updates moved the sampled tokens' log-probs (mean absolute change, in nats)
 and an iteration that moved them further is shrunk: the params go back along
 the iteration's own step until the move is within the bound (a trust region
-checked after the fact, `bound_move`; the optimizer moments and step count
-are kept).
+checked after the fact, `bound_move`; the optimizer's step count and second
+moment are kept, its first moment too unless `algo.scale_momentum` scales it
+by the same factor).
 
 Everything random comes from `fold_in(rng, iteration)`, and a rollout is a
 pure function of (params, key), so a killed run resumed from its last
@@ -26,6 +27,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import optax
 from flax import nnx
 
 import envs
@@ -101,6 +103,15 @@ def shape_rewards(cfg: Config, traj: Trajectory) -> Trajectory:
     return traj._replace(reward=r)
 
 
+def scale_first_moment(opt_state: Any, scale: jax.Array) -> Any:
+    """The optax state with every first moment (`mu`: Adam's, Lion's) times scale."""
+    mu = optax.tree_utils.tree_get(opt_state, "mu")
+    if mu is None:
+        raise ValueError("scale_first_moment: the optimizer state has no first moment 'mu'")
+    return optax.tree_utils.tree_set(
+        opt_state, mu=jax.tree.map(lambda m: (m * scale).astype(m.dtype), mu))
+
+
 class RLRunner:
     """Compiles the rollout and update for one config; `train` runs the loop."""
 
@@ -128,6 +139,7 @@ class RLRunner:
         self.update_move = jax.jit(self._update_move)
         self.shrink = jax.jit(lambda old, new, s: jax.tree.map(
             lambda o, n: (o + (n - o) * s).astype(n.dtype), old, new))
+        self.scale_mu = jax.jit(scale_first_moment)
 
     def _collect(self, params, rest, ref_params, key):
         cfg, a = self.cfg, self.cfg.algo
@@ -190,6 +202,8 @@ class RLRunner:
             else:
                 hi, hi_move = scale, move
         scale, new, move = best
+        if self.cfg.algo.scale_momentum:
+            state = state._replace(opt_state=self.scale_mu(state.opt_state, jnp.float32(scale)))
         return (state._replace(params=new),
                 {"update_move": first, "update_scale": scale, "update_move_kept": move})
 
