@@ -51,7 +51,7 @@ class Config:
                 self.env.name != "bandit":
             raise ConfigError(f"warmup.player='greedy_frequency' plays env.name='bandit' only "
                               f"(it reads arm counts and means), got {self.env.name!r}")
-        if a.scale_momentum and o.name not in ("adamw", "lion"):
+        if a.scale_momentum and a.max_update_move and o.name not in ("adamw", "lion"):
             raise ConfigError(f"algo.scale_momentum needs a first moment to scale: optim.name "
                               f"must be adamw or lion, got {o.name!r}")
         needs_env = a.name != "sft" or t.data == "env"

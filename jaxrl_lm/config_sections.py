@@ -153,7 +153,8 @@ class AlgoSection:
     max_update_move: float = 0.0
     # When max_update_move scales a step back by s, also scale the optimizer's
     # first moment (Adam's / Lion's momentum) by s, so the next iteration does
-    # not re-apply the rejected part of the step (false: keep the moments)
+    # not re-apply the rejected part of the step (false: keep the moments; no
+    # effect while max_update_move is 0)
     scale_momentum: bool = False
 
     def __post_init__(self):
@@ -194,8 +195,6 @@ class AlgoSection:
         _at_least(self, "max_new_tokens", 1)
         _at_least(self, "temperature", 0.0, strict=True)
         _at_least(self, "max_update_move", 0.0)
-        if self.scale_momentum and not self.max_update_move:
-            _fail(self, "scale_momentum", "needs algo.max_update_move > 0 (it acts on its scale-backs)")
 
 
 @dataclasses.dataclass(frozen=True)

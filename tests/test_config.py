@@ -36,8 +36,6 @@ INVALID = [
     ("negative KL coefficient", {"algo": {"beta": -0.1}}, "algo.beta=-0.1: must be >= 0"),
     ("negative update bound", {"algo": {"max_update_move": -0.1}},
      "algo.max_update_move=-0.1: must be >= 0"),
-    ("momentum scaling without the trust region", {"algo": {"scale_momentum": True}},
-     "algo.scale_momentum=True: needs algo.max_update_move > 0"),
     ("momentum scaling without a first moment",
      {"algo": {"scale_momentum": True, "max_update_move": 0.1}, "optim": {"name": "adafactor"}},
      "algo.scale_momentum needs a first moment to scale: optim.name must be adamw or lion"),

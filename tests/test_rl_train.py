@@ -147,10 +147,12 @@ def test_update_move_bound_shrinks_the_step_along_itself(tmp_path):
 
     moments = {}
 
+    # the preset's scale_momentum is idle without a bound
     row, full, start, full_move = run("off", ["--algo.max_update_move", "0"])
     assert "update_move" not in row and full_move > 0
     bound = 0.3 * full_move
-    row, kept, _, kept_move = run("on", ["--algo.max_update_move", repr(bound)])
+    row, kept, _, kept_move = run("on", ["--algo.max_update_move", repr(bound),
+                                         "--algo.scale_momentum", "false"])
     assert row["update_move"] == pytest.approx(full_move, rel=1e-5)  # the loop's own measure
     scale = row["update_scale"]
     assert 0.0 < scale < 1.0
