@@ -112,6 +112,11 @@ def cell_bit(cell: jax.Array) -> jax.Array:
     return jnp.left_shift(jnp.int32(1), jnp.asarray(cell, jnp.int32))
 
 
+def free_bits(x_bits: jax.Array, o_bits: jax.Array) -> jax.Array:
+    """i32[]: the 9-bit set of the cells neither X nor O holds."""
+    return FULL & ~(x_bits | o_bits)
+
+
 def has_line(bits: jax.Array) -> jax.Array:
     """bool[]: the cell set `bits` (one player's marks) holds a whole line."""
     return jnp.asarray(WIN)[bits]

@@ -131,7 +131,7 @@ class TicTacToe(Env):
         if self.opponent == "mcts":
             return mcts_move(tables.code_of_bits(x, o), 3 - self.me, key, self.mcts_simulations)
         bits = key_bits(key, 0)
-        empty = tables.FULL & ~(x | o)
+        empty = tables.free_bits(x, o)
         if self.opponent == "random":
             return tables.pick_cell(empty, bits)
         best = tables.opt_bits(tables.code_of_bits(x, o))
@@ -229,7 +229,7 @@ def minimax(env: TicTacToe, state: TicTacToeState, key: jax.Array) -> jax.Array:
     (any empty cell once the game is over, so the pick stays legal)."""
     del env
     opt = tables.opt_bits(state.code)
-    mask = jnp.where(opt == 0, tables.FULL & ~(state.x | state.o), opt)
+    mask = jnp.where(opt == 0, tables.free_bits(state.x, state.o), opt)
     return tables.pick_cell(mask, jax.random.bits(key, (), jnp.uint32))
 
 
@@ -241,8 +241,8 @@ def mcts(env: TicTacToe, state: TicTacToeState, key: jax.Array) -> jax.Array:
 def random(env: TicTacToe, state: TicTacToeState, key: jax.Array) -> jax.Array:
     """A uniformly random empty cell."""
     del env
-    return tables.pick_cell(tables.FULL & ~(state.x | state.o),
-                            jax.random.bits(key, (), jnp.uint32))
+    free = tables.free_bits(state.x, state.o)
+    return tables.pick_cell(free, jax.random.bits(key, (), jnp.uint32))
 
 
 BASELINES = {"minimax": minimax, "random": random, "mcts": mcts}
