@@ -146,10 +146,15 @@ def status_of(code: jax.Array) -> jax.Array:
     return jnp.asarray(STATUS)[code]
 
 
+def bits_of_cells(cells_9: jax.Array) -> jax.Array:
+    """i32[...]: the 9-bit set of the cells where the bool[..., 9] `cells_9` holds."""
+    bits = jnp.left_shift(jnp.int32(1), jnp.arange(NUM_CELLS, dtype=jnp.int32))
+    return jnp.sum(jnp.where(cells_9, bits, 0), axis=-1)
+
+
 def empty_bits(board_9: jax.Array) -> jax.Array:
     """i32[]: 9-bit mask of the empty cells."""
-    bits = jnp.left_shift(jnp.int32(1), jnp.arange(NUM_CELLS, dtype=jnp.int32))
-    return jnp.sum(jnp.where(board_9 == 0, bits, 0))
+    return bits_of_cells(board_9 == 0)
 
 
 def opt_bits(code: jax.Array) -> jax.Array:

@@ -75,10 +75,8 @@ class TicTacToeState(State):
     def with_board(self, board_9) -> "TicTacToeState":
         """This state with its cells (and legal mask) set from a 0/1/2 board."""
         board_9 = jnp.asarray(board_9, jnp.int32)
-        bit = jnp.left_shift(1, jnp.arange(tables.NUM_CELLS, dtype=jnp.int32))
-        x = jnp.sum(jnp.where(board_9 == 1, bit, 0), -1)
-        o = jnp.sum(jnp.where(board_9 == 2, bit, 0), -1)
-        return self.replace(x=x, o=o, legal_action_mask=board_9 == 0)
+        return self.replace(x=tables.bits_of_cells(board_9 == 1),
+                            o=tables.bits_of_cells(board_9 == 2), legal_action_mask=board_9 == 0)
 
 
 @register
