@@ -201,7 +201,9 @@ class AlgoSection:
 class WarmupSection:
     steps: int = 0  # supervised warm-up steps on scripted play before RL (0 = none)
     player: str = "random"  # scripted player whose moves are imitated
-    lr: float = 2.0e-3  # warm-up learning rate (constant after optim.warmup_steps)
+    lr: float = 2.0e-3  # warm-up learning rate (peak, after optim.warmup_steps)
+    # after its linear warm-up: "constant" | "cosine" (decays to lr * optim.min_lr_ratio)
+    schedule: str = "constant"
     batch_size: int = 16  # warm-up examples per step
     # "sampled": imitate one move drawn from the player per board; "expected": the
     # cross-entropy against the player's whole move distribution (the mean of the
@@ -212,6 +214,7 @@ class WarmupSection:
         _at_least(self, "steps", 0)
         _choice(self, "player", PLAYERS)
         _choice(self, "targets", WARMUP_TARGETS)
+        _choice(self, "schedule", SCHEDULES)
         _at_least(self, "lr", 0.0, strict=True)
         _at_least(self, "batch_size", 1)
 

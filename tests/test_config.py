@@ -26,6 +26,8 @@ INVALID = [
     ("bad dtype", {"model": {"dtype": "float8"}}, "model.dtype='float8': must be one of float32"),
     ("bad optimizer", {"optim": {"name": "sgd"}}, "optim.name='sgd': must be one of adamw, adafactor, lion"),
     ("bad schedule", {"optim": {"schedule": "linear"}}, "optim.schedule='linear': must be one of cosine"),
+    ("bad warm-up schedule", {"warmup": {"schedule": "step"}},
+     "warmup.schedule='step': must be one of cosine"),
     ("warmup longer than run", {"optim": {"warmup_steps": 20}, "train": {"steps": 10}},
      "optim.warmup_steps=20 must be <= train.steps=10"),
     ("micro-batches do not divide batch", {"train": {"batch_size": 10, "micro_batches": 3}},
@@ -140,3 +142,21 @@ def test_cli_mesh_error_before_compiling(tmp_path):
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert r.stderr.startswith("error: mesh {'data': 3, 'fsdp': 1, 'tensor': 1} has 3 devices"), r.stderr
     assert not (tmp_path / "run").exists()
+
+
+def test_warmup_sub_run_takes_the_warmup_schedule():
+    """The SFT sub-run gets warmup.lr/schedule and the run's own min_lr_ratio; its
+    cosine ends at lr * min_lr_ratio after warmup.steps."""
+    from jaxrl_lm.train.pipeline import warmup_config
+    from jaxrl_lm.train.step import make_schedule
+
+    base = {"warmup": {"steps": 40, "lr": 0.004}, "optim": {"lr": 0.001, "warmup_steps": 2,
+                                                            "min_lr_ratio": 0.25}}
+    const = warmup_config(C.from_dict(base))
+    assert (const.optim.schedule, const.optim.lr, const.train.steps) == ("constant", 0.004, 40)
+    cos = warmup_config(C.from_dict({**base, "warmup": {**base["warmup"], "schedule": "cosine"}}))
+    assert cos.optim.schedule == "cosine"
+    sched = make_schedule(cos.optim, cos.train.steps)
+    assert float(sched(2)) == pytest.approx(0.004)
+    assert float(sched(40)) == pytest.approx(0.001)
+    assert float(make_schedule(const.optim, 40)(40)) == pytest.approx(0.004)

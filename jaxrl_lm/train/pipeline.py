@@ -29,7 +29,7 @@ def warmup_config(cfg: Config) -> Config:
     train = dataclasses.replace(cfg.train, steps=w.steps, batch_size=w.batch_size,
                                 micro_batches=1, data="env", ckpt_every=w.steps,
                                 max_len=cfg.env.max_prompt_len + a.max_new_tokens)
-    optim = dataclasses.replace(cfg.optim, lr=w.lr, schedule="constant",
+    optim = dataclasses.replace(cfg.optim, lr=w.lr, schedule=w.schedule,
                                 warmup_steps=min(cfg.optim.warmup_steps, w.steps))
     return dataclasses.replace(cfg, train=train, optim=optim,
                                algo=AlgoSection(name="sft", max_new_tokens=a.max_new_tokens))
