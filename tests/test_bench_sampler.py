@@ -23,6 +23,22 @@ def test_bench_sampler_json(capsys):
     assert out["torch_device"] == ("cuda" if out["backend"] == "gpu" else "cpu")
 
 
+def test_bench_sampler_over_devices(capsys):
+    """--devices 1,2: ours timed on one device and with the rows split over two
+    (conftest gives 8 CPU devices); the faster is the one compared."""
+    assert sampler.main(TINY + ["--devices", "1,2", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    by = out["jaxrl_lm"]["by_devices"]
+    assert set(by) == {"1", "2"} and str(out["devices"]) in by
+    assert out["jaxrl_lm"]["tokens_per_s"] == max(r["tokens_per_s"] for r in by.values())
+
+
+@pytest.mark.parametrize("devices", ["3", "0", "two", "64"])
+def test_bench_sampler_rejects_bad_devices(devices):
+    with pytest.raises(ValueError, match="--devices="):
+        sampler.main(TINY + ["--devices", devices])
+
+
 def test_bench_sampler_table(capsys):
     assert sampler.main(TINY) == 0
     assert "ratio" in capsys.readouterr().out

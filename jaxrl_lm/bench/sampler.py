@@ -13,7 +13,11 @@ apart: the first call's time minus the best steady call.
 On CPU, torch runs at 1 thread and at one thread per CPU, and the faster
 counts as the baseline: on a CPU shared with other work, torch's spinning
 OpenMP threads can make 2 threads several times slower than 1. On CUDA each
-timed call ends with `torch.cuda.synchronize()`.
+timed call ends with `torch.cuda.synchronize()`. Ours is timed the same way
+over devices: on one, and (on a CPU backend) with the batch's rows split over
+one XLA host device per CPU (`--devices`: a 1-D data mesh, weights replicated,
+the same `sample` call; XLA:CPU runs one program per core that way, where a
+single program leaves the second core mostly idle); the faster counts.
 
     jaxrl-lm bench sampler            # B=32, prompt 64, 128 new tokens, top-p 0.95
     jaxrl-lm bench sampler --json
@@ -51,6 +55,10 @@ def _parser() -> argparse.ArgumentParser:
     add("--torch-threads", default=None,
         help="comma list of torch intra-op thread counts to try; the fastest is the "
              "baseline (default: 1 and the CPUs this process may use)")
+    add("--devices", default=None,
+        help="comma list of device counts to split our batch over (data mesh, weights "
+             "replicated); the fastest counts (default: 1 and, on a CPU backend, one XLA "
+             "host device per CPU this process may use)")
     add("--torch-device", default="auto", choices=("auto", "cpu", "cuda"),
         help="where transformers runs (auto: cuda when JAX's backend is a GPU and torch "
              "sees one, else cpu)")
@@ -140,16 +148,71 @@ def _bench_torch(model, prompt: np.ndarray, args) -> dict:
     return dict(runs[best], threads=best, by_threads={str(n): r for n, r in runs.items()})
 
 
+def _int_list(text: str, flag: str) -> list[int]:
+    try:
+        counts = [int(n) for n in text.split(",")]
+    except ValueError:
+        counts = [0]
+    if min(counts) < 1:
+        raise ValueError(f"{flag}={text!r}: must be a comma list of ints >= 1")
+    return sorted(set(counts))
+
+
+def request_host_devices(argv: list[str]) -> None:
+    """Ask XLA for one CPU host device per CPU (or the largest `--devices`
+    count) before JAX starts; no effect once JAX is initialised (then the
+    devices it has are the ones `--devices` may use)."""
+    if "jax" in sys.modules or "xla_force_host_platform_device_count" in os.environ.get(
+            "XLA_FLAGS", ""):
+        return
+    args, _ = _parser().parse_known_args(argv)
+    want = max(_int_list(args.devices, "--devices")) if args.devices else \
+        len(os.sched_getaffinity(0))
+    if want > 1:
+        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
+                                   + f" --xla_force_host_platform_device_count={want}").strip()
+
+
+def _device_counts(args, cpus: int) -> list[int]:
+    """Our device counts to time: `--devices`, checked, or 1 and one per CPU."""
+    import jax
+
+    have = len(jax.devices())
+    if args.devices is None:
+        extra = [cpus] if (jax.default_backend() == "cpu" and 1 < cpus <= have
+                           and args.batch % cpus == 0) else []
+        return [1] + extra
+    counts = _int_list(args.devices, "--devices")
+    for n in counts:
+        if n > have or args.batch % n:
+            raise ValueError(f"--devices={args.devices!r}: each count must divide --batch="
+                             f"{args.batch} and be <= the {have} {jax.default_backend()} "
+                             f"device(s) JAX has")
+    return counts
+
+
 def _bench_ours(model, prompt: np.ndarray, args) -> dict:
+    runs = {n: _bench_ours_on(model, prompt, args, n) for n in args.device_counts}
+    best = min(runs, key=lambda n: runs[n]["seconds"])
+    return dict(runs[best], devices=best, by_devices={str(n): r for n, r in runs.items()})
+
+
+def _bench_ours_on(model, prompt: np.ndarray, args, n_devices: int) -> dict:
     import jax
     import jax.numpy as jnp
     from flax import nnx
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
     from jaxrl_lm import sampling
 
     graphdef, state = nnx.split(model)
     ids = jnp.asarray(prompt, jnp.int32)
     lengths = jnp.full((args.batch,), args.prompt, jnp.int32)
+    if n_devices > 1:  # rows split over a data mesh, weights on every device
+        mesh = Mesh(np.array(jax.devices()[:n_devices]), ("data",))
+        rows = NamedSharding(mesh, PartitionSpec("data"))
+        state = jax.device_put(state, NamedSharding(mesh, PartitionSpec()))
+        ids, lengths = jax.device_put(ids, rows), jax.device_put(lengths, rows)
     keys = iter(jax.random.split(jax.random.key(args.seed), args.repeats + 1))
 
     def call():
@@ -170,14 +233,8 @@ def run(args) -> dict:
 
     _check(args)
     cpus = len(os.sched_getaffinity(0))
-    try:
-        counts = [int(n) for n in (args.torch_threads or f"1,{cpus}").split(",")]
-    except ValueError:
-        counts = [0]
-    if min(counts) < 1:
-        raise ValueError(f"--torch-threads={args.torch_threads!r}: must be a comma list of "
-                         "ints >= 1")
-    args.thread_counts = sorted(set(counts))
+    args.thread_counts = _int_list(args.torch_threads or f"1,{cpus}", "--torch-threads")
+    args.device_counts = _device_counts(args, cpus)
     args.device = _torch_device(args.torch_device)
     prompt = np.random.default_rng(args.seed).integers(
         1, args.vocab, (args.batch, args.prompt)).astype(np.int64)
@@ -200,6 +257,7 @@ def run(args) -> dict:
         jaxrl_lm=ours, transformers=theirs,
         ratio=ours["tokens_per_s"] / theirs["tokens_per_s"], target_ratio=TARGET_RATIO,
         torch_threads=theirs["threads"], torch_device=args.device, cpus=cpus,
+        devices=ours["devices"],
         versions=dict(jax=jax.__version__, torch=torch.__version__,
                       transformers=transformers.__version__),
         backend=jax.default_backend())
@@ -217,17 +275,23 @@ def _table(r: dict) -> str:
         f"{'transformers generate':26}{r['transformers']['tokens_per_s']:>10.0f}"
         f"{r['transformers']['seconds']:>9.3f}",
         f"ratio {r['ratio']:.2f}x (target >= {r['target_ratio']:.0f}x); our compile "
-        f"{r['jaxrl_lm']['compile_s']:.2f} s; torch baseline on {r['torch_device']}"
+        f"{r['jaxrl_lm']['compile_s']:.2f} s on {r['devices']} device(s); torch baseline on "
+        f"{r['torch_device']}"
         + (f" at {r['torch_threads']} thread(s) of {r['cpus']} CPUs"
            if r["torch_device"] == "cpu" else "") + f"; jax backend {r['backend']}",
     ]
+    for n, t in r["jaxrl_lm"]["by_devices"].items():
+        lines.append(f"  jaxrl_lm on {n} device(s): {t['tokens_per_s']:.0f} tokens/s, "
+                     f"compile {t['compile_s']:.2f} s")
     for n, t in (r["transformers"]["by_threads"].items() if r["torch_device"] == "cpu" else ()):
         lines.append(f"  transformers at {n} thread(s): {t['tokens_per_s']:.0f} tokens/s")
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(sys.argv[1:] if argv is None else argv)
+    argv = sys.argv[1:] if argv is None else argv
+    request_host_devices(argv)
+    args = _parser().parse_args(argv)
     result = run(args)
     print(json.dumps(result, indent=2) if args.json else _table(result))
     return 0
