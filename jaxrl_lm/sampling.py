@@ -234,6 +234,54 @@ def sample(model, prompt_ids: jax.Array, prompt_lengths: jax.Array, key: jax.Arr
                        stop_tokens=stop_tokens, pad_id=int(pad_id))
 
 
+def sample_sharded(model, prompt_ids: jax.Array, prompt_lengths: jax.Array, key: jax.Array, *,
+                   mesh: jax.sharding.Mesh, axis: str = "data", max_new_tokens: int,
+                   temperature: float = 1.0, top_k: int | None = None,
+                   top_p: float | None = None, min_p: float | None = None,
+                   stop_tokens: tuple[int, ...] = (), pad_id: int = 0) -> Samples:
+    """`sample` with the rows split over `mesh`'s `axis`, one decode loop per device.
+
+    Each device runs `sample` on its block of rows with key fold_in(key, i)
+    (i: its index along `axis`) and the weights replicated, under shard_map: its
+    loop stops when its own rows are done, with no cross-device exchange per
+    step. (`sample` on batch-sharded inputs also runs, but its one loop must agree
+    on "all rows done" across devices after every token.) On a CPU split into XLA
+    host devices this runs one loop per core. Outputs are split by row over
+    `axis`. The row count must divide by the axis size.
+    """
+    _check_options(temperature, top_k, top_p, min_p)
+    chex.assert_rank(prompt_ids, 2)
+    chex.assert_shape(prompt_lengths, (prompt_ids.shape[0],))
+    if axis not in mesh.shape:
+        raise ValueError(f"axis={axis!r}: not an axis of the mesh {dict(mesh.shape)}")
+    rows, n_dev = prompt_ids.shape[0], mesh.shape[axis]
+    if rows % n_dev:
+        raise ValueError(f"prompt_ids has {rows} rows: must divide by mesh axis {axis!r} "
+                         f"of size {n_dev}")
+    graphdef, state = model if isinstance(model, tuple) else nnx.split(model)
+    opts = dict(max_new_tokens=max_new_tokens, temperature=float(temperature), top_k=top_k,
+                top_p=top_p, min_p=min_p, stop_tokens=tuple(int(t) for t in stop_tokens),
+                pad_id=int(pad_id))
+    fn = _sharded_program(graphdef, mesh, axis, tuple(sorted(opts.items())))
+    return fn(state, jnp.asarray(prompt_ids, jnp.int32), jnp.asarray(prompt_lengths, jnp.int32),
+              key)
+
+
+@functools.lru_cache(maxsize=32)
+def _sharded_program(graphdef, mesh, axis: str, opts: tuple):
+    """The jitted shard_map of `sample` for one (model structure, mesh, options)."""
+    from jax.sharding import PartitionSpec
+
+    def per_device(state, ids, lengths, key):
+        k = jax.random.fold_in(key, jax.lax.axis_index(axis))
+        return sample((graphdef, state), ids, lengths, k, **dict(opts))
+
+    rows = PartitionSpec(axis)
+    return jax.jit(jax.shard_map(per_device, mesh=mesh, in_specs=(PartitionSpec(), rows, rows,
+                                                                  PartitionSpec()),
+                                 out_specs=rows, check_vma=False))
+
+
 sample_jit_cache_size = _sample_jit._cache_size  # compiled programs held (tests, benches)
 
 

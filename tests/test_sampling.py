@@ -208,6 +208,43 @@ def test_batch_sharded_sample_equals_unsharded(model):
     assert len(got.tokens.sharding.device_set) == n_dev
 
 
+def test_sample_sharded_runs_one_loop_per_device(model):
+    """sample_sharded: device i's block of rows is exactly `sample` on those rows
+    with key fold_in(key, i); a second call reuses the compiled program; rows
+    that do not divide over the axis, or an unknown axis, are refused first."""
+    from jax.sharding import Mesh
+
+    n_dev = min(4, len(jax.devices()))
+    if n_dev < 2:
+        pytest.skip("needs >= 2 devices (conftest sets 8 CPU devices)")
+    mesh = Mesh(np.array(jax.devices()[:n_dev]), ("data",))
+    rng = np.random.default_rng(5)
+    prompt = rng.integers(1, CFG.vocab_size, (2 * n_dev, 6)).astype(np.int32)
+    lengths = rng.integers(1, 7, 2 * n_dev).astype(np.int32)
+    opts = dict(max_new_tokens=6, temperature=0.8, top_k=8, stop_tokens=(2, 5))
+    key = jax.random.key(21)
+    got = sampling.sample_sharded(model, prompt, lengths, key, mesh=mesh, **opts)
+    assert len(got.tokens.sharding.device_set) == n_dev
+    for i in range(n_dev):
+        rows = slice(2 * i, 2 * i + 2)
+        want = sampling.sample(model, prompt[rows], lengths[rows], jax.random.fold_in(key, i),
+                               **opts)
+        for name in ("tokens", "lengths", "done"):
+            np.testing.assert_array_equal(np.asarray(getattr(got, name)[rows]),
+                                          np.asarray(getattr(want, name)), err_msg=name)
+        np.testing.assert_allclose(np.asarray(got.logp[rows]), np.asarray(want.logp), atol=1e-5)
+    # rows stop on their own: some stopped early, some ran to max_new_tokens
+    assert np.asarray(got.done).any() and not np.asarray(got.done).all()
+    before = sampling._sharded_program.cache_info().currsize
+    sampling.sample_sharded(model, prompt[::-1], lengths[::-1], jax.random.key(1), mesh=mesh,
+                            **opts)
+    assert sampling._sharded_program.cache_info().currsize == before
+    with pytest.raises(ValueError, match="must divide by mesh axis 'data'"):
+        sampling.sample_sharded(model, prompt[:3], lengths[:3], key, mesh=mesh, **opts)
+    with pytest.raises(ValueError, match="axis='rows'"):
+        sampling.sample_sharded(model, prompt, lengths, key, mesh=mesh, axis="rows", **opts)
+
+
 def test_chunked_logprobs_and_grads_equal_naive(model):
     rng = np.random.default_rng(2)
     tokens = jnp.asarray(rng.integers(0, 23, (3, 7)), jnp.int32)

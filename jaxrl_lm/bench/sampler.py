@@ -14,10 +14,10 @@ On CPU, torch runs at 1 thread and at one thread per CPU, and the faster
 counts as the baseline: on a CPU shared with other work, torch's spinning
 OpenMP threads can make 2 threads several times slower than 1. On CUDA each
 timed call ends with `torch.cuda.synchronize()`. Ours is timed the same way
-over devices: on one, and (on a CPU backend) with the batch's rows split over
-one XLA host device per CPU (`--devices`: a 1-D data mesh, weights replicated,
-the same `sample` call; XLA:CPU runs one program per core that way, where a
-single program leaves the second core mostly idle); the faster counts.
+over devices: `sample` on one, and (on a CPU backend) `sample_sharded` with the
+rows split over one XLA host device per CPU (`--devices`: a 1-D data mesh,
+weights replicated, one decode loop per device, so one per core); the faster
+counts.
 
     jaxrl-lm bench sampler            # B=32, prompt 64, 128 new tokens, top-p 0.95
     jaxrl-lm bench sampler --json
@@ -26,6 +26,7 @@ single program leaves the second core mostly idle); the faster counts.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import sys
@@ -208,16 +209,18 @@ def _bench_ours_on(model, prompt: np.ndarray, args, n_devices: int) -> dict:
     graphdef, state = nnx.split(model)
     ids = jnp.asarray(prompt, jnp.int32)
     lengths = jnp.full((args.batch,), args.prompt, jnp.int32)
+    opts = dict(max_new_tokens=args.new, temperature=args.temperature, top_p=args.top_p)
+    fn = sampling.sample
     if n_devices > 1:  # rows split over a data mesh, weights on every device
         mesh = Mesh(np.array(jax.devices()[:n_devices]), ("data",))
         rows = NamedSharding(mesh, PartitionSpec("data"))
         state = jax.device_put(state, NamedSharding(mesh, PartitionSpec()))
         ids, lengths = jax.device_put(ids, rows), jax.device_put(lengths, rows)
+        fn = functools.partial(sampling.sample_sharded, mesh=mesh)
     keys = iter(jax.random.split(jax.random.key(args.seed), args.repeats + 1))
 
     def call():
-        out = sampling.sample((graphdef, state), ids, lengths, next(keys), max_new_tokens=args.new,
-                              temperature=args.temperature, top_p=args.top_p)
+        out = fn((graphdef, state), ids, lengths, next(keys), **opts)
         jax.block_until_ready(out)
         assert int(out.lengths.min()) == args.new, "a row stopped early"
 
