@@ -210,6 +210,16 @@ _sample_jit = jax.jit(_sample_impl, static_argnums=(0,),
                                        "min_p", "stop_tokens", "pad_id"))
 
 
+def _check_call(prompt_ids, prompt_lengths, max_new_tokens, temperature, top_k, top_p,
+                min_p) -> None:
+    """The argument checks `sample` and `sample_sharded` make before tracing."""
+    _check_options(temperature, top_k, top_p, min_p)
+    if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens={max_new_tokens!r}: must be an int >= 1")
+    chex.assert_rank(prompt_ids, 2)
+    chex.assert_shape(prompt_lengths, (prompt_ids.shape[0],))
+
+
 def sample(model, prompt_ids: jax.Array, prompt_lengths: jax.Array, key: jax.Array, *,
            max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
            top_p: float | None = None, min_p: float | None = None,
@@ -220,12 +230,8 @@ def sample(model, prompt_ids: jax.Array, prompt_lengths: jax.Array, key: jax.Arr
     prompt_lengths [B] int32 in [1, P]. temperature == 0 is greedy. A row stops
     after emitting any of `stop_tokens`; later slots hold `pad_id`.
     """
-    _check_options(temperature, top_k, top_p, min_p)
-    if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens={max_new_tokens!r}: must be an int >= 1")
+    _check_call(prompt_ids, prompt_lengths, max_new_tokens, temperature, top_k, top_p, min_p)
     stop_tokens = tuple(int(t) for t in stop_tokens)
-    chex.assert_rank(prompt_ids, 2)
-    chex.assert_shape(prompt_lengths, (prompt_ids.shape[0],))
     graphdef, state = model if isinstance(model, tuple) else nnx.split(model)
     return _sample_jit(graphdef, state, jnp.asarray(prompt_ids, jnp.int32),
                        jnp.asarray(prompt_lengths, jnp.int32), key,
@@ -249,9 +255,7 @@ def sample_sharded(model, prompt_ids: jax.Array, prompt_lengths: jax.Array, key:
     host devices this runs one loop per core. Outputs are split by row over
     `axis`. The row count must divide by the axis size.
     """
-    _check_options(temperature, top_k, top_p, min_p)
-    chex.assert_rank(prompt_ids, 2)
-    chex.assert_shape(prompt_lengths, (prompt_ids.shape[0],))
+    _check_call(prompt_ids, prompt_lengths, max_new_tokens, temperature, top_k, top_p, min_p)
     if axis not in mesh.shape:
         raise ValueError(f"axis={axis!r}: not an axis of the mesh {dict(mesh.shape)}")
     rows, n_dev = prompt_ids.shape[0], mesh.shape[axis]

@@ -243,6 +243,9 @@ def test_sample_sharded_runs_one_loop_per_device(model):
         sampling.sample_sharded(model, prompt[:3], lengths[:3], key, mesh=mesh, **opts)
     with pytest.raises(ValueError, match="axis='rows'"):
         sampling.sample_sharded(model, prompt, lengths, key, mesh=mesh, axis="rows", **opts)
+    with pytest.raises(ValueError, match="max_new_tokens=0"):
+        sampling.sample_sharded(model, prompt, lengths, key, mesh=mesh,
+                                **dict(opts, max_new_tokens=0))
 
 
 def test_chunked_logprobs_and_grads_equal_naive(model):
