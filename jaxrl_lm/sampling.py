@@ -281,6 +281,9 @@ def _sharded_program(graphdef, mesh, axis: str, opts: tuple):
         return sample((graphdef, state), ids, lengths, k, **dict(opts))
 
     rows = PartitionSpec(axis)
+    # check_vma off: the loops inside `sample` (top-p's bisection scan, the decode
+    # while_loop) start from constants that do not vary over `axis` and carry
+    # values that do, which the varying-axes check refuses as unequal carry types
     return jax.jit(jax.shard_map(per_device, mesh=mesh, in_specs=(PartitionSpec(), rows, rows,
                                                                   PartitionSpec()),
                                  out_specs=rows, check_vma=False))
