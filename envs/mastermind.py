@@ -162,9 +162,12 @@ class Mastermind(Env):
                                 jnp.asarray([15])]).astype(jnp.int32)
 
     def render_text(self, state: MastermindState) -> str:
-        strings = self.action_strings()
-        t = int(state.step_count)
-        lines = [f"{strings[int(state.guesses[i])]} B{int(state.black[i])} W{int(state.white[i])}\n"
+        lo, t = self._first_digit, int(state.step_count)
+
+        def code(g):  # only the guessed codes' text, not all of action_strings()
+            return "".join(str(d + lo) for d in self.codes[int(g)])
+
+        lines = [f"{code(state.guesses[i])} B{int(state.black[i])} W{int(state.white[i])}\n"
                  for i in range(t)]
         return self._header() + "".join(lines) + f"Turns left: {self.turns - t}{self._FOOTER}"
 

@@ -208,7 +208,10 @@ class TicTacToe(Env):
                                 legal, jnp.asarray([5, 16], jnp.int32)])
 
     def render_text(self, state: TicTacToeState) -> str:
-        board = [int(v) for v in jax.device_get(state.board)]
+        # From the bits in Python: `state.board` is a jnp op, which on a host
+        # state would dispatch to the accelerator once per render.
+        x, o = (int(v) for v in jax.device_get((state.x, state.o)))
+        board = [(x >> i & 1) + 2 * (o >> i & 1) for i in range(9)]
         if self.prompt != "full":
             cell = [str(i + 1) if v == 0 else SYMBOLS[v] for i, v in enumerate(board)]
             rows = "".join(f"{cell[3 * r]}|{cell[3 * r + 1]}|{cell[3 * r + 2]}\n" for r in range(3))

@@ -7,6 +7,8 @@ JSON object, and that both sides played / trained what they claim.
 import json
 import math
 
+import pytest
+
 from jaxrl_lm import cli
 from jaxrl_lm.bench import rollout as rollout_bench
 from jaxrl_lm.config import load_config
@@ -53,3 +55,13 @@ def test_grpo_step_bench_quick(capsys):
     assert len(r["trl"]["times"]) == c["steps"] and r["trl"]["seconds"] > 0
     assert ours["generate_s"] > 0 and r["trl"]["generate_s"] > 0
     assert math.isclose(r["ratio"], r["trl"]["seconds"] / ours["seconds"])
+    assert r["torch_device"] == ("cuda" if r["backend"] == "gpu" else "cpu")
+
+
+def test_grpo_step_bench_torch_device_checked():
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("torch sees a CUDA device here")
+    with pytest.raises(ValueError, match="--torch-device=cuda"):
+        cli.main(["bench", "grpo-step", "--quick", "--torch-device", "cuda"])

@@ -12,8 +12,9 @@ reward: the number of "a"s in the completion / max length.
 
 Ours is one jitted function composed from the library (`sampling.sample`,
 `sampling.token_logprobs`, `advantages.grpo_advantages`,
-`losses.ppo_policy_loss`, optax). TRL runs `trainer.train()` on torch CPU; a
-callback times each optimizer step. The first step of each side is a warm-up
+`losses.ppo_policy_loss`, optax). TRL runs `trainer.train()` on torch's CPU, or
+on CUDA where JAX's backend is a GPU and torch sees one (`--torch-device`); a
+callback times each optimizer step (on CUDA after a `torch.cuda.synchronize()`). The first step of each side is a warm-up
 (ours: compile, reported apart). torch's OpenMP threads spin-wait by default,
 which on a shared CPU makes each tiny op 20-50x slower; OMP_WAIT_POLICY is set
 to PASSIVE before torch loads (unless already set) so TRL is not penalised.
@@ -56,6 +57,8 @@ def _parser() -> argparse.ArgumentParser:
     add("--intermediate", type=int, default=512)
     add("--lr", type=float, default=1e-5)
     add("--torch-threads", type=int, default=None, help="default: torch's own (all CPUs)")
+    add("--torch-device", default="auto", choices=("auto", "cpu", "cuda"),
+        help="where TRL runs (auto: cuda when JAX's backend is a GPU and torch sees one)")
     add("--no-trl", action="store_true", help="time ours only")
     add("--breakdown", action="store_true",
         help="also time each side's generation alone (ours: the jitted sampler on the same "
@@ -183,6 +186,7 @@ def bench_ours(model, tokenizer, args) -> dict:
 
 def bench_trl(model, tokenizer, args, out_dir: str) -> dict:
     import datasets
+    import torch
     import transformers
     from trl import GRPOConfig, GRPOTrainer
 
@@ -201,6 +205,8 @@ def bench_trl(model, tokenizer, args, out_dir: str) -> dict:
             self.t0 = time.perf_counter()
 
         def on_step_end(self, *a, **k):
+            if args.device == "cuda":
+                torch.cuda.synchronize()
             times.append(time.perf_counter() - self.t0)
 
     n = args.new
@@ -209,7 +215,7 @@ def bench_trl(model, tokenizer, args, out_dir: str) -> dict:
         return [c.count("a") / n for c in completions]
 
     config = GRPOConfig(
-        output_dir=out_dir, use_cpu=True, report_to="none", max_steps=args.steps + 1,
+        output_dir=out_dir, use_cpu=args.device == "cpu", report_to="none", max_steps=args.steps + 1,
         per_device_train_batch_size=args.prompts * args.group, num_generations=args.group,
         max_completion_length=n, beta=0.0, loss_type="dapo", learning_rate=args.lr,
         lr_scheduler_type="linear", max_grad_norm=1.0, bf16=False, gradient_checkpointing=False,
@@ -236,9 +242,11 @@ def run(args) -> dict:
     import torch
     import transformers
 
+    from jaxrl_lm.bench.sampler import resolve_torch_device
     from jaxrl_lm.models.default import default_policy
     from jaxrl_lm.models.hf import load_hf
 
+    args.device = resolve_torch_device(args.torch_device)
     if args.torch_threads:
         torch.set_num_threads(args.torch_threads)
     _, tokenizer = default_policy(0)
@@ -259,6 +267,7 @@ def run(args) -> dict:
     import trl
 
     result.update(target_ratio=TARGET_RATIO, torch_threads=torch.get_num_threads(),
+                  torch_device=args.device,
                   cpus=len(os.sched_getaffinity(0)), backend=jax.default_backend(),
                   omp_wait_policy=os.environ.get("OMP_WAIT_POLICY"),
                   versions=dict(jax=jax.__version__, torch=torch.__version__,
@@ -284,8 +293,10 @@ def _table(r: dict) -> str:
     tail = f"our compile {r['jaxrl_lm']['compile_s']:.1f} s"
     if "ratio" in r:
         tail = f"ratio {r['ratio']:.2f}x (target >= {r['target_ratio']:.0f}x); " + tail
-    lines.append(f"{tail}; torch threads {r['torch_threads']} of {r['cpus']} CPUs "
-                 f"(OMP_WAIT_POLICY={r['omp_wait_policy']}); jax backend {r['backend']}")
+    where = (f"torch threads {r['torch_threads']} of {r['cpus']} CPUs "
+             f"(OMP_WAIT_POLICY={r['omp_wait_policy']})" if r["torch_device"] == "cpu"
+             else f"torch on {r['torch_device']}")
+    lines.append(f"{tail}; {where}; jax backend {r['backend']}")
     return "\n".join(lines)
 
 

@@ -82,7 +82,7 @@ def _check(args) -> None:
         raise ValueError(f"--temperature={args.temperature}: must be > 0 (sampling, not greedy)")
 
 
-def _torch_device(choice: str) -> str:
+def resolve_torch_device(choice: str) -> str:
     """'cpu' or 'cuda' for `--torch-device` (auto follows JAX's backend)."""
     import jax
     import torch
@@ -238,7 +238,7 @@ def run(args) -> dict:
     cpus = len(os.sched_getaffinity(0))
     args.thread_counts = _int_list(args.torch_threads or f"1,{cpus}", "--torch-threads")
     args.device_counts = _device_counts(args, cpus)
-    args.device = _torch_device(args.torch_device)
+    args.device = resolve_torch_device(args.torch_device)
     prompt = np.random.default_rng(args.seed).integers(
         1, args.vocab, (args.batch, args.prompt)).astype(np.int64)
     with tempfile.TemporaryDirectory() as tmp:
