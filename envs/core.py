@@ -112,6 +112,16 @@ class Env(abc.ABC):
         """(lo, hi) bounding every reward `step` can return, the illegal
         penalty included; the shared API test checks it."""
 
+    def expected_reward(self, state: State, action: jax.Array) -> jax.Array:
+        """f32[]: the mean over the key of the reward `step(state, action, key)`
+        gives, for envs whose reward is a noisy sample of a known mean (bandits);
+        `algo.expected_reward` trains on it. Others raise NotImplementedError."""
+        raise NotImplementedError(f"env {self.name!r} has no expected_reward")
+
+    @property
+    def has_expected_reward(self) -> bool:
+        return type(self).expected_reward is not Env.expected_reward
+
     # --- text hooks (turned into token tables by envs/text.py) -------------
     @abc.abstractmethod
     def action_strings(self) -> tuple[str, ...]:

@@ -140,6 +140,11 @@ class AlgoSection:
     epochs: int = 1  # optimizer steps per rollout batch (opo: must be 1, strictly on-policy)
     invalid_penalty: float = -5.0  # reward added to a turn whose answer does not parse
     exploration_bonus: float = 0.0  # RLFT: reward added to a turn whose parsed action is new
+    # Train on the env's expected reward of the action played (env.expected_reward:
+    # a bandit arm's mean) instead of the sampled reward: the same objective in
+    # expectation, without the reward noise in the returns. Training only; the
+    # model still sees sampled rewards, and evaluation reports them.
+    expected_reward: bool = False
     # turn-level credit: a turn whose answer is unparsable or illegal gets its own
     # whitened -1 advantage, times this weight, on top of the episode's (0 = off;
     # not ppo, whose GAE already credits each turn)

@@ -74,6 +74,17 @@ def test_reward_moments(dist, sigma):
     std = sigma if dist == "gaussian" else np.sqrt(mu * (1 - mu))
     assert abs(r.mean() - mu) < 5 * std / np.sqrt(r.size)
     assert abs(r.std() - std) < 0.05 * std
+    # expected_reward (algo.expected_reward trains on it) is that mean, per arm
+    assert env.has_expected_reward
+    for arm in (0, 1):
+        assert float(env.expected_reward(state, arm)) == float(state.mu[arm])
+
+
+def test_expected_reward_only_where_defined():
+    env = envs.make("tictactoe")
+    assert not env.has_expected_reward
+    with pytest.raises(NotImplementedError, match="tictactoe"):
+        env.expected_reward(env.init(jax.random.PRNGKey(0)), 0)
 
 
 def test_ucb_beats_random_and_greedy_explores_once():

@@ -268,3 +268,11 @@ def test_turn_weight_credits_each_collected_turns_own_faults(tmp_path):
     expected = 1.5 * (r - r.mean()) / np.sqrt(r.var() + 1e-8)
     np.testing.assert_allclose(advs[1.5][kept] - advs[0.0][kept], expected, atol=1e-5)
     np.testing.assert_array_equal(advs[1.5][~kept], advs[0.0][~kept])
+
+
+def test_expected_reward_needs_an_env_with_one():
+    """algo.expected_reward on tic-tac-toe (no expected reward) fails before
+    anything compiles, naming the field."""
+    cfg = load_config(PRESET, ["--algo.expected_reward", "true"])
+    with pytest.raises(ValueError, match="algo.expected_reward: env 'tictactoe'"):
+        RLRunner(cfg, *build_policy(cfg))

@@ -158,3 +158,41 @@ def test_exploration_bonus_shaping_hand_worked():
     np.testing.assert_allclose(np.asarray(shape_rewards(off, traj).reward), np.asarray(reward))
     with pytest.raises(ValueError, match="exploration_bonus"):
         AlgoSection(exploration_bonus=-1.0)
+
+
+def test_expected_reward_shaping_hand_worked():
+    """algo.expected_reward swaps each active turn's sampled env reward for the
+    played arm's mean, keeps the invalid penalty and adds the bonus after."""
+    from typing import NamedTuple
+
+    from jaxrl_lm.config import AlgoSection, Config
+    from jaxrl_lm.rollout import Trajectory
+    from jaxrl_lm.train.rl import shape_rewards
+
+    class States(NamedTuple):  # the fields shape_rewards and Bandit.expected_reward read
+        legal_action_mask: jax.Array
+        mu: jax.Array
+
+    mu = jnp.asarray([0.1, 0.4, 0.7, 0.9])
+    # [T=3, B=2]; episode 0: arms 2, 2, 0 (the last invalid: its random stand-in);
+    # episode 1: arm 1, then over.
+    action = jnp.asarray([[2, 1], [2, 3], [0, 3]])
+    valid = jnp.asarray([[1, 1], [1, 1], [0, 1]], bool)
+    active = jnp.asarray([[1, 1], [1, 0], [1, 0]], bool)
+    env_reward = jnp.where(active, jnp.asarray([[1.5, -0.3], [0.2, 0.0], [2.0, 0.0]]), 0.0)
+    reward = env_reward + jnp.where(active & ~valid, -5.0, 0.0)
+    zeros = jnp.zeros((3, 2), jnp.int32)
+    traj = Trajectory(prompt=zeros[..., None], prompt_len=zeros, completion=zeros[..., None],
+                      completion_len=zeros + 2, logp=jnp.zeros((3, 2, 1)), active=active,
+                      action=action, valid=valid, env_reward=env_reward, reward=reward,
+                      done=zeros.astype(bool),
+                      states=States(jnp.ones((3, 2, 4), bool), jnp.broadcast_to(mu, (3, 2, 4))))
+    env = envs.make("bandit", k=4)
+    cfg = Config(algo=AlgoSection(name="reinforce", expected_reward=True, exploration_bonus=1.0))
+    got = np.asarray(shape_rewards(cfg, traj, env).reward)
+    want = np.asarray([[0.7 + 1, 0.4 + 1], [0.7, 0.0], [0.1 - 5.0, 0.0]])
+    np.testing.assert_allclose(got, want, rtol=1e-6)
+    with pytest.raises(ValueError, match="algo.expected_reward"):
+        shape_rewards(cfg, traj)  # no env
+    with pytest.raises(ValueError, match="algo.expected_reward"):
+        shape_rewards(cfg, traj, envs.make("tictactoe"))

@@ -85,10 +85,17 @@ def episode_stats(traj: Trajectory) -> dict[str, jax.Array]:
     }
 
 
-def shape_rewards(cfg: Config, traj: Trajectory) -> Trajectory:
-    """Add the reward shaping the config asks for (before any advantage)."""
+def shape_rewards(cfg: Config, traj: Trajectory, env: envs.Env | None = None) -> Trajectory:
+    """Add the reward shaping the config asks for (before any advantage); `env`
+    is needed for algo.expected_reward."""
     a = cfg.algo
     r = traj.reward
+    if a.expected_reward:
+        if env is None or not env.has_expected_reward:
+            raise ValueError(f"algo.expected_reward: needs an env with expected_reward, "
+                             f"got {getattr(env, 'name', env)!r}")
+        mean = jax.vmap(jax.vmap(env.expected_reward))(traj.states, traj.action)
+        r = r + jnp.where(traj.active, mean - traj.env_reward, 0.0)
     if a.exploration_bonus:
         # Arms count as tried once played, but only the model's own choices
         # earn the bonus: an unparsable answer's random stand-in does not.
@@ -119,6 +126,10 @@ class RLRunner:
         self.cfg, self.tokenizer = cfg, tokenizer
         a, t = cfg.algo, cfg.train
         self.env = envs.make(cfg.env.name, **cfg.env.options)
+        if a.expected_reward and not self.env.has_expected_reward:
+            raise ValueError(f"algo.expected_reward: env {cfg.env.name!r} has no expected "
+                             f"reward (its reward is not a noisy sample of a known mean); "
+                             f"bandit has one")
         self.pad_id = pad_id_of(tokenizer)
         self.text = TextInterface(self.env, tokenizer, max_prompt_len=cfg.env.max_prompt_len,
                                   pad_id=self.pad_id)
@@ -145,7 +156,7 @@ class RLRunner:
         cfg, a = self.cfg, self.cfg.algo
         model = nnx.merge(self.engine.graphdef, params, rest)
         graphdef, state = nnx.split(model)
-        traj = shape_rewards(cfg, self.play(graphdef, state, key))
+        traj = shape_rewards(cfg, self.play(graphdef, state, key), self.env)
         if a.beta > 0 and a.kl_in == "reward":
             ref = nnx.merge(self.engine.graphdef, ref_params, rest)
             kl_r = common.kl_reward(a, model, ref, traj, pad_id=self.pad_id)
