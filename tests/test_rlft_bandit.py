@@ -75,13 +75,29 @@ def test_probs_match_numpy_and_the_players_frequencies(counts, sums, explore, re
 
 
 def test_player_registry():
-    assert set(PLAYERS) == {"random", "greedy_frequency"} == set(PLAYER_PROBS)
+    assert set(PLAYERS) == {"random", "greedy_frequency", "explore_then_greedy"} \
+        == set(PLAYER_PROBS)
     assert get_player("greedy_frequency") is greedy_frequency_player
     assert WarmupSection(player="greedy_frequency").player == "greedy_frequency"
     with pytest.raises(ValueError, match="warmup.player"):
         get_player("ucb")
     with pytest.raises(ValueError, match="player"):
         WarmupSection(player="nope")
+
+
+def test_explore_then_greedy_hand_worked():
+    player = get_player("explore_then_greedy")
+    key = jax.random.key(0)
+    # arms 0 and 2 tried: the lowest untried arm, 1
+    state = _state([1, 0, 3, 0], [0.5, 0.0, 3.0, 0.0])
+    assert int(player(state, key)) == 1
+    np.testing.assert_array_equal(np.asarray(PLAYER_PROBS["explore_then_greedy"](state)),
+                                  [0, 1, 0, 0])
+    # all tried: means 0.5, -1, 1.0, 1.0 -> the best, ties to the lowest index (2)
+    state = _state([2, 1, 3, 1], [1.0, -1.0, 3.0, 1.0])
+    assert int(player(state, key)) == 2
+    # nothing pulled yet: arm 0
+    assert int(player(_state([0, 0, 0], [0.0, 0.0, 0.0]), key)) == 0
 
 
 def test_decision_metrics_hand_worked():

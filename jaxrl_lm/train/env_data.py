@@ -79,9 +79,30 @@ def greedy_frequency_probs(state: Any, *, explore: float = GREEDY_EXPLORE,
     return jnp.where(tried.any(), p, 1.0 / k).astype(jnp.float32)
 
 
+def explore_then_greedy_probs(state: Any) -> jax.Array:
+    """f32[k] one-hot: the lowest-index untried arm while any is untried, then
+    the tried arm with the best mean so far (ties to the lowest index). Not a
+    failure mode: the explore-first, then greedy strategy an RL-tuned bandit
+    agent should approach (coverage 1 and frequency bias 0 by construction),
+    for checking what the model can learn to read from the prompt."""
+    counts = state.counts
+    k = counts.shape[-1]
+    untried = counts == 0
+    means = jnp.where(untried, -jnp.inf, state.sums / jnp.maximum(counts, 1))
+    arm = jnp.where(untried.any(), jnp.argmax(untried), jnp.argmax(means))
+    return jax.nn.one_hot(arm, k, dtype=jnp.float32)
+
+
+def explore_then_greedy_player(state: Any, key: jax.Array) -> jax.Array:
+    """explore_then_greedy_probs's arm (deterministic; `key` unused)."""
+    del key
+    return jnp.argmax(explore_then_greedy_probs(state)).astype(jnp.int32)
+
+
 # players whose move distribution is known (warmup.targets="expected")
-PLAYER_PROBS: dict[str, Callable[[Any], jax.Array]] = {"random": random_legal_probs,
-                                                       "greedy_frequency": greedy_frequency_probs}
+PLAYER_PROBS: dict[str, Callable[[Any], jax.Array]] = {
+    "random": random_legal_probs, "greedy_frequency": greedy_frequency_probs,
+    "explore_then_greedy": explore_then_greedy_probs}
 
 
 def move_token(text: Any) -> tuple[int, np.ndarray]:
@@ -110,7 +131,8 @@ def check_expected_targets(cfg: Config, tokenizer: Any) -> None:
 
 # config `warmup.player` -> Player (the names are config.PLAYERS)
 PLAYERS: dict[str, Player] = {"random": random_legal_player,
-                              "greedy_frequency": greedy_frequency_player}
+                              "greedy_frequency": greedy_frequency_player,
+                              "explore_then_greedy": explore_then_greedy_player}
 
 
 def get_player(name: str) -> Player:
