@@ -14,10 +14,11 @@ Ours is one jitted function composed from the library (`sampling.sample`,
 `sampling.token_logprobs`, `advantages.grpo_advantages`,
 `losses.ppo_policy_loss`, optax). TRL runs `trainer.train()` on torch's CPU, or
 on CUDA where JAX's backend is a GPU and torch sees one (`--torch-device`); a
-callback times each optimizer step (on CUDA after a `torch.cuda.synchronize()`). The first step of each side is a warm-up
-(ours: compile, reported apart). torch's OpenMP threads spin-wait by default,
-which on a shared CPU makes each tiny op 20-50x slower; OMP_WAIT_POLICY is set
-to PASSIVE before torch loads (unless already set) so TRL is not penalised.
+callback times each optimizer step (on CUDA after a `torch.cuda.synchronize()`).
+The first step of each side is a warm-up (ours: compile, reported apart).
+torch's OpenMP threads spin-wait by default, which on a shared CPU makes each
+tiny op 20-50x slower; OMP_WAIT_POLICY is set to PASSIVE before torch loads
+(unless already set) so TRL is not penalised.
 
     jaxrl-lm bench grpo-step            # 8 prompts x G=8, 32 new tokens, 3 timed steps
     jaxrl-lm bench grpo-step --breakdown  # also each side's generation time alone
@@ -215,7 +216,8 @@ def bench_trl(model, tokenizer, args, out_dir: str) -> dict:
         return [c.count("a") / n for c in completions]
 
     config = GRPOConfig(
-        output_dir=out_dir, use_cpu=args.device == "cpu", report_to="none", max_steps=args.steps + 1,
+        output_dir=out_dir, use_cpu=args.device == "cpu", report_to="none",
+        max_steps=args.steps + 1,
         per_device_train_batch_size=args.prompts * args.group, num_generations=args.group,
         max_completion_length=n, beta=0.0, loss_type="dapo", learning_rate=args.lr,
         lr_scheduler_type="linear", max_grad_norm=1.0, bf16=False, gradient_checkpointing=False,
