@@ -83,7 +83,7 @@ def test_reward_moments(dist, sigma):
 def test_expected_reward_only_where_defined():
     env = envs.make("tictactoe")
     assert not env.has_expected_reward
-    with pytest.raises(NotImplementedError, match="tictactoe"):
+    with pytest.raises(ValueError, match="'tictactoe' has no expected_reward"):
         env.expected_reward(env.init(jax.random.PRNGKey(0)), 0)
 
 
