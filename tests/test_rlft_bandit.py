@@ -210,5 +210,5 @@ def test_expected_reward_shaping_hand_worked():
     np.testing.assert_allclose(got, want, rtol=1e-6)
     with pytest.raises(ValueError, match="algo.expected_reward"):
         shape_rewards(cfg, traj)  # no env
-    with pytest.raises(ValueError, match="algo.expected_reward"):
+    with pytest.raises(ValueError, match="'tictactoe' has no expected_reward"):
         shape_rewards(cfg, traj, envs.make("tictactoe"))
