@@ -138,9 +138,11 @@ class Mastermind(Env):
 
     _FOOTER: ClassVar[str] = ". Answer with ACTION=<code like 1234>.\n"
 
+    def _code_text(self, index: int) -> str:
+        return "".join(str(d + self._first_digit) for d in self.codes[index])
+
     def action_strings(self) -> tuple[str, ...]:
-        lo = self._first_digit
-        return tuple("".join(str(d + lo) for d in code) for code in self.codes)
+        return tuple(self._code_text(i) for i in range(len(self.codes)))
 
     def text_pieces(self) -> tuple[str, ...]:
         # 0..9 digits, 10 header, 11 " B", 12 " W", 13 "\n", 14 "Turns left: ", 15 footer
@@ -162,12 +164,8 @@ class Mastermind(Env):
                                 jnp.asarray([15])]).astype(jnp.int32)
 
     def render_text(self, state: MastermindState) -> str:
-        lo, t = self._first_digit, int(state.step_count)
-
-        def code(g):  # only the guessed codes' text, not all of action_strings()
-            return "".join(str(d + lo) for d in self.codes[int(g)])
-
-        lines = [f"{code(state.guesses[i])} B{int(state.black[i])} W{int(state.white[i])}\n"
+        t = int(state.step_count)  # only the guessed codes' text, not all action_strings()
+        lines = [f"{self._code_text(int(state.guesses[i]))} B{int(state.black[i])} W{int(state.white[i])}\n"
                  for i in range(t)]
         return self._header() + "".join(lines) + f"Turns left: {self.turns - t}{self._FOOTER}"
 

@@ -93,9 +93,10 @@ def test_explore_then_greedy_hand_worked():
     assert int(player(state, key)) == 1
     np.testing.assert_array_equal(np.asarray(PLAYER_PROBS["explore_then_greedy"](state)),
                                   [0, 1, 0, 0])
-    # all tried: means 0.5, -1, 1.0, 1.0 -> the best, ties to the lowest index (2)
-    state = _state([2, 1, 3, 1], [1.0, -1.0, 3.0, 1.0])
-    assert int(player(state, key)) == 2
+    # all tried: means 0.5, -1, 0.5, 1.0 -> the best mean (3), not the most pulled (2)
+    assert int(player(_state([2, 1, 3, 1], [1.0, -1.0, 1.5, 1.0]), key)) == 3
+    # means 0.5, -1, 1.0, 1.0: ties go to the lowest index (2)
+    assert int(player(_state([2, 1, 3, 1], [1.0, -1.0, 3.0, 1.0]), key)) == 2
     # nothing pulled yet: arm 0
     assert int(player(_state([0, 0, 0], [0.0, 0.0, 0.0]), key)) == 0
 
