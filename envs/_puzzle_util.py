@@ -7,7 +7,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from envs.core import Env
+from jaxrl_lm.envs.core import Env
 
 
 def reward_range(env: Env, lo: float, hi: float) -> tuple[float, float]:

@@ -22,8 +22,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from envs._tictactoe_tables import NUM_CELLS, ONGOING, POW3, empty_bits, pick_cell, status_of
-from envs.bits import key_bits
+from jaxrl_lm.envs._tictactoe_tables import NUM_CELLS, ONGOING, POW3, empty_bits, pick_cell, status_of
+from jaxrl_lm.envs.bits import key_bits
 
 C_UCT = 2.0**0.5
 

@@ -21,8 +21,8 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
-from envs import _puzzle_util as pu
-from envs.core import Env, State, base_fields, check_range, register
+from jaxrl_lm.envs import _puzzle_util as pu
+from jaxrl_lm.envs.core import Env, State, base_fields, check_range, register
 
 MAX_ACTIONS = 20_000
 _OPS = "+*"

@@ -39,8 +39,8 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
-from envs.bits import key_bits, normal_from_bits, uniform_from_bits
-from envs.core import Env, State, base_fields, check_choice, check_range, digit_pieces, register
+from jaxrl_lm.envs.bits import key_bits, normal_from_bits, uniform_from_bits
+from jaxrl_lm.envs.core import Env, State, base_fields, check_choice, check_range, digit_pieces, register
 
 SIGMAS = (0.1, 1.0, 3.0)
 

@@ -35,8 +35,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-from envs import _guess_util as gu
-from envs.core import Env, State, base_fields, check_range, digit_pieces, register
+from jaxrl_lm.envs import _guess_util as gu
+from jaxrl_lm.envs.core import Env, State, base_fields, check_range, digit_pieces, register
 
 _COLS = "ABCDEFGHI"
 SYMBOLS = ".oX#"  # unknown, miss, hit, sunk

@@ -24,8 +24,8 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
-from envs.bandit import SIGMAS, arm_means, draw_reward, format_hundredths, hundredths, reward_pieces
-from envs.core import Env, State, base_fields, check_choice, check_range, digit_pieces, register
+from jaxrl_lm.envs.bandit import SIGMAS, arm_means, draw_reward, format_hundredths, hundredths, reward_pieces
+from jaxrl_lm.envs.core import Env, State, base_fields, check_choice, check_range, digit_pieces, register
 
 
 @struct.dataclass

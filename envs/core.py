@@ -34,7 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-from envs.bits import derive_key
+from jaxrl_lm.envs.bits import derive_key
 
 ILLEGAL_RULES = ("end", "random")
 

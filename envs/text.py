@@ -33,7 +33,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from envs.core import Env, State
+from jaxrl_lm.envs.core import Env, State
 
 MARKER = "ACTION="
 WHITESPACE = " \t\n\r\x0b\x0c"

@@ -42,10 +42,10 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
-from envs import _tictactoe_tables as tables
-from envs._tictactoe_mcts import mcts_move
-from envs.bits import key_bits, uniform_from_bits
-from envs.core import Env, State, base_fields, check_choice, check_range, register
+from jaxrl_lm.envs import _tictactoe_tables as tables
+from jaxrl_lm.envs._tictactoe_mcts import mcts_move
+from jaxrl_lm.envs.bits import key_bits, uniform_from_bits
+from jaxrl_lm.envs.core import Env, State, base_fields, check_choice, check_range, register
 
 OPPONENTS = ("random", "minimax", "mcts", "noisy")
 PROMPTS = ("full", "short", "board")

@@ -28,8 +28,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-from envs import _puzzle_util as pu
-from envs.core import Env, State, base_fields, check_range, register
+from jaxrl_lm.envs import _puzzle_util as pu
+from jaxrl_lm.envs.core import Env, State, base_fields, check_range, register
 
 _DATA = pathlib.Path(__file__).parent / "data" / "twenty_questions.json"
 

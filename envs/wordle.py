@@ -36,8 +36,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-from envs import _guess_util as gu
-from envs.core import Env, State, base_fields, check_range, digit_pieces, register
+from jaxrl_lm.envs import _guess_util as gu
+from jaxrl_lm.envs.core import Env, State, base_fields, check_range, digit_pieces, register
 
 WORDS_FILE = pathlib.Path(__file__).parent / "data" / "wordle_words.txt"
 LETTERS = 5

@@ -199,7 +199,7 @@ def check_runtime(cfg: Config, device_count: int) -> None:
     """Checks against the world outside the file: env registry and devices."""
     needs_env = cfg.algo.name != "sft" or cfg.train.data == "env"
     if needs_env:
-        import envs  # lazily: importing every env costs time
+        from jaxrl_lm import envs  # lazily: importing every env costs time
 
         if cfg.env.name not in envs.registered():
             raise ConfigError(f"env.name={cfg.env.name!r}: unknown env; choose one of "

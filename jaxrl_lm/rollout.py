@@ -28,8 +28,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from envs.core import Env
-from envs.text import TextInterface
+from jaxrl_lm.envs.core import Env
+from jaxrl_lm.envs.text import TextInterface
 from jaxrl_lm import sampling
 
 

@@ -5,9 +5,9 @@ import jax
 import numpy as np
 import pytest
 
-import envs
-from envs import _puzzle_util as pu
-from envs import arithmetic as ar
+from jaxrl_lm import envs
+from jaxrl_lm.envs import _puzzle_util as pu
+from jaxrl_lm.envs import arithmetic as ar
 
 
 def _np(tree):

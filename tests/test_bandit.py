@@ -9,8 +9,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import envs
-from envs import bandit, best_arm
+from jaxrl_lm import envs
+from jaxrl_lm.envs import bandit, best_arm
 
 # Tests compile many small programs once and run them briefly: XLA's
 # cheapest backend optimisation level compiles ~3x faster here.

@@ -7,8 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import envs
-from envs import battleship as bs
+from jaxrl_lm import envs
+from jaxrl_lm.envs import battleship as bs
 
 
 def check_layout(ship, size, lengths):

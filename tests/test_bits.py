@@ -10,8 +10,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from envs import bandit
-from envs.bits import derive_key, key_bits, normal_from_bits, uniform_from_bits
+from jaxrl_lm.envs import bandit
+from jaxrl_lm.envs.bits import derive_key, key_bits, normal_from_bits, uniform_from_bits
 
 N = 200_000
 # chi-square critical values at p = 1e-4 (fixed seeds: a pass is not luck-dependent)

@@ -4,9 +4,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import envs
-from envs import _puzzle_util as pu
-from envs import cellular_automata as ca
+from jaxrl_lm import envs
+from jaxrl_lm.envs import _puzzle_util as pu
+from jaxrl_lm.envs import cellular_automata as ca
 
 
 def _host_step(rule, row):

@@ -77,7 +77,7 @@ def test_batch_must_split_over_data_and_fsdp():
 
 
 def test_unknown_env_checked_against_registry():
-    import envs
+    from jaxrl_lm import envs
 
     cfg = C.from_dict({"algo": {"name": "grpo"}, "env": {"name": "chess", "max_prompt_len": 8},
                        "train": {"max_len": 32}})
@@ -87,7 +87,7 @@ def test_unknown_env_checked_against_registry():
 
 
 def test_unknown_env_option_checked():
-    import envs
+    from jaxrl_lm import envs
 
     name = envs.registered()[0]
     cfg = C.from_dict({"algo": {"name": "grpo"}, "env": {"name": name, "options": {"zzz": 1},

@@ -14,8 +14,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import envs
-from envs.core import AutoReset, State
+from jaxrl_lm import envs
+from jaxrl_lm.envs.core import AutoReset, State
 
 # Tests compile many small programs once and run them briefly: XLA's
 # cheapest backend optimisation level compiles ~3x faster here.
@@ -236,7 +236,7 @@ def test_unknown_env_raises():
 def test_an_env_missing_a_member_cannot_be_built():
     """Env's members are abstract: an env that leaves out `_step` is a
     TypeError naming it at construction, not an error deep inside a trace."""
-    from envs.bandit import Bandit
+    from jaxrl_lm.envs.bandit import Bandit
 
     kept = ("num_actions", "max_steps", "_init", "reward_range", "action_strings",
             "text_pieces", "max_render_pieces", "render_pieces", "render_text")

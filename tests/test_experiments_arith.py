@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from envs.text import parse_text
+from jaxrl_lm.envs.text import parse_text
 from jaxrl_lm.experiments import arith as X
 from jaxrl_lm.experiments import arith_rl as R
 from jaxrl_lm.experiments import grad_variance as GV

@@ -8,8 +8,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import envs
-from envs import mastermind as mm
+from jaxrl_lm import envs
+from jaxrl_lm.envs import mastermind as mm
 
 
 def host_feedback(guess, secret):

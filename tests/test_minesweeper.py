@@ -5,9 +5,9 @@ import jax
 import numpy as np
 import pytest
 
-import envs
-from envs import _puzzle_util as pu
-from envs import minesweeper as ms
+from jaxrl_lm import envs
+from jaxrl_lm.envs import _puzzle_util as pu
+from jaxrl_lm.envs import minesweeper as ms
 
 
 def _near(n, i, j):

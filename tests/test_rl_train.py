@@ -235,7 +235,7 @@ def test_turn_weight_credits_each_collected_turns_own_faults(tmp_path):
     faults read back on the host from the row's own text (the free cells are
     the digits the `board` prompt shows; the answer goes through the host
     parse rule), not from the rollout's flags."""
-    from envs.text import parse_text
+    from jaxrl_lm.envs.text import parse_text
     from jaxrl_lm.train.pipeline import run_warmup
 
     base = ["--warmup.steps", "60", "--warmup.batch_size", "16", "--train.batch_size", "16",

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import envs
+from jaxrl_lm import envs
 from jaxrl_lm.config import WarmupSection
 from jaxrl_lm.train import bandit_eval
 from jaxrl_lm.train.env_data import (PLAYER_PROBS, PLAYERS, get_player, greedy_frequency_player,

@@ -8,8 +8,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-import envs
-from envs.text import TextInterface
+from jaxrl_lm import envs
+from jaxrl_lm.envs.text import TextInterface
 from jaxrl_lm import rollout, sampling
 from jaxrl_lm.models import Decoder, ModelConfig
 from jaxrl_lm.models.default import default_policy

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-import envs
-from envs.text import MARKER, TextInterface, parse_text
+from jaxrl_lm import envs
+from jaxrl_lm.envs.text import MARKER, TextInterface, parse_text
 
 # Tests compile many small programs once and run them briefly: XLA's
 # cheapest backend optimisation level compiles ~3x faster here.

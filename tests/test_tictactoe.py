@@ -9,10 +9,10 @@ import numpy as np
 import pgx
 import pytest
 
-import envs
-from envs import _tictactoe_tables as tables
-from envs._tictactoe_mcts import mcts_move
-from envs.tictactoe import BASELINES
+from jaxrl_lm import envs
+from jaxrl_lm.envs import _tictactoe_tables as tables
+from jaxrl_lm.envs._tictactoe_mcts import mcts_move
+from jaxrl_lm.envs.tictactoe import BASELINES
 
 # Small programs, run briefly: XLA's cheapest optimisation level compiles faster.
 jit = functools.partial(jax.jit, compiler_options={"xla_backend_optimization_level": 0})

@@ -9,7 +9,7 @@ import jax
 import numpy as np
 from flax import nnx
 
-from envs.text import parse_text
+from jaxrl_lm.envs.text import parse_text
 from jaxrl_lm.cli import main as cli_main
 from jaxrl_lm.config import load_config
 from jaxrl_lm.train.run import build_data, build_policy

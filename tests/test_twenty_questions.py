@@ -7,9 +7,9 @@ import jax
 import numpy as np
 import pytest
 
-import envs
-from envs import _puzzle_util as pu
-from envs import twenty_questions as tq
+from jaxrl_lm import envs
+from jaxrl_lm.envs import _puzzle_util as pu
+from jaxrl_lm.envs import twenty_questions as tq
 
 DATA = pathlib.Path(envs.__file__).parent / "data" / "twenty_questions.json"
 

@@ -9,8 +9,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import envs
-from envs import wordle as wd
+from jaxrl_lm import envs
+from jaxrl_lm.envs import wordle as wd
 
 
 def host_marks(guess: str, secret: str) -> str:

@@ -44,10 +44,10 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 
-import envs
-from envs.bits import GOLDEN, fmix32
-from envs.core import AutoReset
-from envs.text import TextInterface
+from jaxrl_lm import envs
+from jaxrl_lm.envs.bits import GOLDEN, fmix32
+from jaxrl_lm.envs.core import AutoReset
+from jaxrl_lm.envs.text import TextInterface
 
 # (row name, env name, options, baseline row)
 OURS = [

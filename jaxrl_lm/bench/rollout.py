@@ -89,8 +89,8 @@ def setting(name: str, tokenizer, *, new: int | None, batches: list[int] | None)
     """{env, text, max_turns, new, temperature, stops, batches, config} of one setting."""
     import jax
 
-    import envs
-    from envs.text import TextInterface
+    from jaxrl_lm import envs
+    from jaxrl_lm.envs.text import TextInterface
 
     if name == "main":
         from jaxrl_lm.config import load_config
@@ -138,7 +138,7 @@ class HostLoop:
     def play(self, batch: int, key) -> dict:
         import jax
 
-        from envs.text import parse_text
+        from jaxrl_lm.envs.text import parse_text
         from jaxrl_lm import sampling
 
         env, tok = self.env, self.tok

@@ -28,8 +28,8 @@ import numpy as np
 import optax
 from flax import nnx
 
-import envs
-from envs.text import TextInterface
+from jaxrl_lm import envs
+from jaxrl_lm.envs.text import TextInterface
 from jaxrl_lm.models import hf
 from jaxrl_lm.models.decoder import Decoder
 from jaxrl_lm.models.tokenizer import DEFAULT_DIR

@@ -42,7 +42,7 @@ def trajectory_metrics(traj: Any) -> dict[str, float]:
 def baseline_play(env: Any, policy: str, episodes: int, seed: int = 0):
     """(actions, rewards, arm_means) of `episodes` episodes of a baseline from
     envs.bandit.BASELINES: [B, T], [B, T], [B, K]."""
-    from envs import bandit
+    from jaxrl_lm.envs import bandit
 
     act_fn = bandit.BASELINES[policy]
 

@@ -122,8 +122,8 @@ def move_token(text: Any) -> tuple[int, np.ndarray]:
 
 def check_expected_targets(cfg: Config, tokenizer: Any) -> None:
     """ConfigError unless cfg.env's answers allow warmup.targets='expected'."""
-    import envs
-    from envs.text import TextInterface
+    from jaxrl_lm import envs
+    from jaxrl_lm.envs.text import TextInterface
 
     env = envs.make(cfg.env.name, **cfg.env.options)
     move_token(TextInterface(env, tokenizer, max_prompt_len=cfg.env.max_prompt_len))
@@ -195,8 +195,8 @@ def scripted_env_data(cfg: Config, tokenizer: Any, *, pad_id: int = 0,
                       player: Player | None = None) -> Callable:
     """A `loop.DataFn` of scripted-player examples for `cfg.env`; the player
     is `player`, else the one `cfg.warmup.player` names."""
-    import envs
-    from envs.text import TextInterface
+    from jaxrl_lm import envs
+    from jaxrl_lm.envs.text import TextInterface
 
     from jaxrl_lm.train.sft import encode
 

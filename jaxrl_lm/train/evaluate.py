@@ -19,8 +19,8 @@ from typing import Any
 import jax
 from flax import nnx
 
-import envs
-from envs.text import TextInterface
+from jaxrl_lm import envs
+from jaxrl_lm.envs.text import TextInterface
 from jaxrl_lm.rollout import make_rollout
 from jaxrl_lm.train.rl import episode_stats, pad_id_of, stop_tokens
 
@@ -109,7 +109,7 @@ def main_eval(argv: list[str]) -> int:
     p.add_argument("--json", action="store_true", help="print one JSON object")
     args = p.parse_args(argv)
 
-    import envs
+    from jaxrl_lm import envs
 
     def fail(msg: str) -> int:
         print(f"error: {msg}", file=sys.stderr)

@@ -30,8 +30,8 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-import envs
-from envs.text import TextInterface
+from jaxrl_lm import envs
+from jaxrl_lm.envs.text import TextInterface
 from jaxrl_lm import rewards as rewards_lib
 from jaxrl_lm.algorithms import advantage_fn, common
 from jaxrl_lm.config import Config
