@@ -3,6 +3,7 @@ top level (the repository's envs/ folder installs as `jaxrl_lm.envs`), and
 every package folder of the repository is in pyproject.toml's list."""
 
 import pathlib
+import shutil
 import subprocess
 import sys
 import tomllib
@@ -36,8 +37,15 @@ def test_every_package_folder_is_listed():
 
 @pytest.mark.slow
 def test_wheel_has_one_top_level_package(tmp_path):
+    # built from a copy: setuptools writes build/ and *.egg-info next to the source
+    src = tmp_path / "src"
+    ignore = shutil.ignore_patterns("__pycache__", "*.egg-info")
+    for name in ("jaxrl_lm", "envs"):
+        shutil.copytree(ROOT / name, src / name, ignore=ignore)
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, src / name)
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
-                    "-q", "-w", str(tmp_path), str(ROOT)], check=True, capture_output=True)
+                    "-q", "-w", str(tmp_path), str(src)], check=True, capture_output=True)
     (wheel,) = tmp_path.glob("jaxrl_lm-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     tops = {n.split("/")[0] for n in names if not n.split("/")[0].endswith(".dist-info")}
