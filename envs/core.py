@@ -115,7 +115,7 @@ class Env(abc.ABC):
     def expected_reward(self, state: State, action: jax.Array) -> jax.Array:
         """f32[]: the mean over the key of the reward `step(state, action, key)`
         gives, for envs whose reward is a noisy sample of a known mean (bandits);
-        `algo.expected_reward` trains on it. Others (`has_expected_reward`
+        `shaping.expected_reward` trains on it. Others (`has_expected_reward`
         False) raise ValueError."""
         raise ValueError(f"env {self.name!r} has no expected_reward: its reward is not "
                          f"a noisy sample of a known mean")

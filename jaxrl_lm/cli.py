@@ -29,19 +29,19 @@ def _bench(argv: list[str]) -> int:
 
 
 def _train(argv: list[str]) -> int:
-    from jaxrl_lm.train.run import main_train
+    from jaxrl_lm.train.trainer import main_train
 
     return main_train(argv)
 
 
 def _plot(argv: list[str]) -> int:
-    from jaxrl_lm.train.run import main_plot
+    from jaxrl_lm.train.trainer import main_plot
 
     return main_plot(argv)
 
 
 def _eval(argv: list[str]) -> int:
-    from jaxrl_lm.train.evaluate import main_eval
+    from jaxrl_lm.evaluation.cli import main_eval
 
     return main_eval(argv)
 
@@ -57,7 +57,8 @@ command's flags.
 commands:
   train   run a config: SFT, or warm-up + RL + before/after evaluation
             jaxrl-lm train --config launch/configs/tictactoe.yaml --out runs/ttt [--resume]
-            (any config field: --section.field VALUE, e.g. --train.steps 50)
+            (any config field: --section.field VALUE, e.g. --train.steps 50;
+             `jaxrl-lm train --help` lists them all with their defaults)
   eval    play an env with a run's policy (greedy) and print win/draw/loss
             jaxrl-lm eval --checkpoint runs/ttt --env tictactoe --opponent minimax
   plot    redraw a run's curves from its metrics.jsonl

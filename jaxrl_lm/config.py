@@ -6,24 +6,41 @@ Every field is validated in `__post_init__`; a bad value raises `ConfigError`
 (a ValueError) naming the field and what is allowed. Checks that need the
 outside world (the env registry, the device count) live in `check_runtime`,
 which the CLI calls before anything is compiled. (Levanter / Flax gemma style.)
-The sections themselves live in `jaxrl_lm.config_sections`.
+The sections themselves live in `jaxrl_lm.config_sections`; `field_help()`
+lists every field with its default and its comment (`jaxrl-lm train --help`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import math
+import re
 import typing
+import warnings
 from typing import Any
 
 import yaml
 
+from jaxrl_lm import algorithms
 from jaxrl_lm.config_sections import (  # noqa: F401  (re-exported)
-    DTYPES, OPTIMIZERS, SCHEDULES, ALGORITHMS, RATIO_LEVELS, GRPO_SCALES, KL_IN, PLAYERS,
-    WARMUP_TARGETS, KL_KINDS, AGG_MODES, MODEL_SOURCES, DATA_SOURCES, ConfigError,
-    ModelSection, MeshSection, OptimSection, AlgoSection, WarmupSection, TrainSection,
-    EnvSection, EvalSection,
+    ConfigError, ModelSection, MeshSection, OptimSection, AlgoSection, RolloutSection,
+    ShapingSection, TrustRegionSection, WarmupSection, TrainSection, EnvSection, EvalSection,
 )
+from jaxrl_lm.train.optim import WITH_FIRST_MOMENT
+
+# Keys that moved when the old `algo` section was split: old -> new. A preset
+# or override that uses an old key still works, with a warning.
+MOVED_KEYS = {
+    "algo.max_new_tokens": "rollout.max_new_tokens",
+    "algo.temperature": "rollout.temperature",
+    "algo.invalid_penalty": "shaping.invalid_penalty",
+    "algo.exploration_bonus": "shaping.exploration_bonus",
+    "algo.expected_reward": "shaping.expected_reward",
+    "algo.overlong_cache": "shaping.overlong_cache",
+    "algo.max_update_move": "trust_region.max_update_move",
+    "algo.scale_momentum": "trust_region.scale_momentum",
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,14 +48,18 @@ class Config:
     model: ModelSection = dataclasses.field(default_factory=ModelSection)  # policy to train
     mesh: MeshSection = dataclasses.field(default_factory=MeshSection)  # device mesh
     optim: OptimSection = dataclasses.field(default_factory=OptimSection)  # optimizer
-    algo: AlgoSection = dataclasses.field(default_factory=AlgoSection)  # training objective
+    algo: AlgoSection = dataclasses.field(default_factory=AlgoSection)  # the loss and advantages
+    rollout: RolloutSection = dataclasses.field(default_factory=RolloutSection)  # sampling
+    shaping: ShapingSection = dataclasses.field(default_factory=ShapingSection)  # reward shaping
+    trust_region: TrustRegionSection = dataclasses.field(
+        default_factory=TrustRegionSection)  # a bound on each iteration's move
     train: TrainSection = dataclasses.field(default_factory=TrainSection)  # the outer loop
     env: EnvSection = dataclasses.field(default_factory=EnvSection)  # environment
     eval: EvalSection = dataclasses.field(default_factory=EvalSection)  # evaluation
     warmup: WarmupSection = dataclasses.field(default_factory=WarmupSection)  # SFT before RL
 
     def __post_init__(self):
-        t, a, o = self.train, self.algo, self.optim
+        t, a, o, r = self.train, self.algo, self.optim, self.rollout
         if t.batch_size % a.group_size:
             raise ConfigError(f"algo.group_size={a.group_size} must divide "
                               f"train.batch_size={t.batch_size}")
@@ -51,14 +72,26 @@ class Config:
                 self.env.name != "bandit":
             raise ConfigError(f"warmup.player='greedy_frequency' plays env.name='bandit' only "
                               f"(it reads arm counts and means), got {self.env.name!r}")
-        if a.scale_momentum and a.max_update_move and o.name not in ("adamw", "lion"):
-            raise ConfigError(f"algo.scale_momentum needs a first moment to scale: optim.name "
-                              f"must be adamw or lion, got {o.name!r}")
-        needs_env = a.name != "sft" or t.data == "env"
-        if needs_env and t.max_len < self.env.max_prompt_len + a.max_new_tokens:
+        tr = self.trust_region
+        if tr.scale_momentum and tr.max_update_move and o.name not in WITH_FIRST_MOMENT:
+            raise ConfigError(f"trust_region.scale_momentum needs a first moment to scale: "
+                              f"optim.name must be {' or '.join(WITH_FIRST_MOMENT)}, got {o.name!r}")
+        if self.shaping.overlong_cache and self.shaping.overlong_cache >= r.max_new_tokens:
+            raise ConfigError(f"shaping.overlong_cache={self.shaping.overlong_cache}: must be < "
+                              f"rollout.max_new_tokens={r.max_new_tokens}")
+        if self.needs_env and t.max_len < self.env.max_prompt_len + r.max_new_tokens:
             raise ConfigError(
                 f"train.max_len={t.max_len} is shorter than env.max_prompt_len + "
-                f"algo.max_new_tokens = {self.env.max_prompt_len + a.max_new_tokens}")
+                f"rollout.max_new_tokens = {self.env.max_prompt_len + r.max_new_tokens}")
+
+    @property
+    def is_rl(self) -> bool:
+        """The run is warm-up + RL (an RL algorithm), not plain SFT."""
+        return algorithms.get(self.algo.name).kind == "rl"
+
+    @property
+    def needs_env(self) -> bool:
+        return self.is_rl or self.train.data == "env"
 
 
 def _coerce(value: Any, hint: Any, where: str) -> Any:
@@ -112,9 +145,29 @@ def _build(cls: type, data: dict, where: str):
     return cls(**kwargs)
 
 
+def move_old_keys(data: dict) -> dict:
+    """`data` with the keys of MOVED_KEYS under their new names (a warning
+    each); the same key under both names is an error."""
+    out = {k: dict(v) if isinstance(v, dict) else v for k, v in data.items()}
+    for old, new in MOVED_KEYS.items():
+        (s_old, k_old), (s_new, k_new) = old.split("."), new.split(".")
+        if not isinstance(out.get(s_old), dict) or k_old not in out[s_old]:
+            continue
+        section = out.setdefault(s_new, {})
+        if not isinstance(section, dict):
+            continue  # _build reports the bad section
+        if k_new in section:
+            raise ConfigError(f"{old} and {new} are both given; {old} is the old name of {new}, "
+                              f"keep only {new}")
+        section[k_new] = out[s_old].pop(k_old)
+        warnings.warn(f"config key {old} is now {new}; the old name still works for now",
+                      FutureWarning, stacklevel=3)
+    return out
+
+
 def from_dict(data: dict | None) -> Config:
     """Build a validated Config from nested plain data (as YAML gives it)."""
-    return _build(Config, data or {}, "")
+    return _build(Config, move_old_keys(data or {}), "")
 
 
 def to_dict(cfg: Config) -> dict:
@@ -197,8 +250,7 @@ def dump_yaml(cfg: Config) -> str:
 
 def check_runtime(cfg: Config, device_count: int) -> None:
     """Checks against the world outside the file: env registry and devices."""
-    needs_env = cfg.algo.name != "sft" or cfg.train.data == "env"
-    if needs_env:
+    if cfg.needs_env:
         from jaxrl_lm import envs  # lazily: importing every env costs time
 
         if cfg.env.name not in envs.registered():
@@ -231,3 +283,32 @@ def resolve_mesh_shape(shape: tuple[int, ...], device_count: int) -> tuple[int, 
             f"devices but jax.device_count() is {device_count}; make the product match "
             f"or set one size to -1")
     return shape
+
+
+def _comments(cls: type) -> dict[str, str]:
+    """field name -> its comment in the class source: the trailing `# ...` of
+    its line, or the `#` lines right above it."""
+    out, above = {}, []
+    for line in inspect.getsource(cls).splitlines():
+        stripped = line.strip()
+        if stripped.startswith("#"):
+            above.append(stripped.lstrip("# "))
+            continue
+        m = re.match(r"\s+(\w+): [^#]*?(?:#\s*(.*))?$", line)
+        if m and not stripped.startswith(("def ", "@")):
+            out[m.group(1)] = " ".join(above + ([m.group(2)] if m.group(2) else []))
+        above = []
+    return out
+
+
+def field_help() -> str:
+    """Every config field as `--section.field (default): help`, section by section."""
+    lines = []
+    for sec in dataclasses.fields(Config):
+        cls = typing.get_type_hints(Config)[sec.name]
+        notes = _comments(cls)
+        lines.append(f"{sec.name}:")
+        for f in dataclasses.fields(cls):
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            lines.append(f"  --{sec.name}.{f.name} ({default!r})  {notes.get(f.name, '')}".rstrip())
+    return "\n".join(lines)

@@ -9,21 +9,20 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-DTYPES = ("float32", "bfloat16", "float16")
-OPTIMIZERS = ("adamw", "adafactor", "lion")
-SCHEDULES = ("cosine", "constant")
-ALGORITHMS = ("sft", "grpo", "dr_grpo", "ppo", "opo", "rloo", "reinforce")
-RATIO_LEVELS = ("token", "sequence", "sequence-token")
-GRPO_SCALES = ("group", "batch", "none")
-KL_IN = ("loss", "reward")
-PLAYERS = ("random", "greedy_frequency", "explore_then_greedy")
-# warm-up targets: the player's sampled move | its whole move distribution (env_data)
-WARMUP_TARGETS = ("sampled", "expected")
-KL_KINDS = ("k1", "k2", "k3")
-AGG_MODES = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum",
-             "seq-mean-token-sum-norm")
-MODEL_SOURCES = ("default", "hf")
-DATA_SOURCES = ("sorting", "env")
+from jaxrl_lm import algorithms
+from jaxrl_lm.advantages import GRPO_SCALES
+from jaxrl_lm.algorithms.common import KL_IN
+from jaxrl_lm.losses.aggregate import AGG_MODES
+from jaxrl_lm.losses.kl import KL_KINDS
+from jaxrl_lm.losses.policy import RATIO_LEVELS
+from jaxrl_lm.models.config import DTYPES
+from jaxrl_lm.train.optim import OPTIMIZERS, SCHEDULES
+from jaxrl_lm.train.players import PLAYERS, WARMUP_TARGETS
+
+# Allowed values come from the library modules that implement them; only the
+# two dispatched by the trainer itself are defined here.
+MODEL_SOURCES = ("default", "hf")  # the embedded tiny policy | a local HF folder
+DATA_SOURCES = ("sorting", "env")  # train.data for sft: synthetic sorting | scripted env play
 
 
 class ConfigError(ValueError):
@@ -50,7 +49,7 @@ def _at_least(obj: Any, field: str, lo: float, strict: bool = False) -> None:
 class ModelSection:
     source: str = "default"  # "default" (embedded tiny policy) | "hf" (a local HF folder)
     path: str | None = None  # HF folder when source == "hf"
-    dtype: str = "float32"  # activation dtype: float32 | bfloat16 | float16
+    dtype: str = "float32"  # activation dtype: float32 | bfloat16
     param_dtype: str = "float32"  # master parameter dtype
 
     def __post_init__(self):
@@ -120,7 +119,7 @@ class OptimSection:
 
 @dataclasses.dataclass(frozen=True)
 class AlgoSection:
-    name: str = "sft"  # sft | grpo | dr_grpo | ppo | opo | rloo | reinforce
+    name: str = "sft"  # a registered algorithm: sft | grpo | dr_grpo | opo | rloo | reinforce | ppo
     group_size: int = 1  # episodes per task group (contiguous in the batch)
     beta: float = 0.0  # KL coefficient towards the frozen reference policy
     kl_kind: str = "k3"  # KL estimator: k1 | k2 | k3
@@ -132,38 +131,17 @@ class AlgoSection:
     loss_agg: str = "token-mean"  # how per-token losses are reduced
     scale: str = "group"  # GRPO advantage std: group | batch | none
     dynamic_sampling: bool = False  # DAPO: drop groups whose returns are all equal
-    overlong_cache: int = 0  # DAPO soft overlong penalty window in tokens (0 = off)
     gamma: float = 1.0  # discount over turns (ppo, reinforce)
     lam: float = 0.95  # GAE lambda (ppo)
     vf_coef: float = 0.5  # value-loss weight (ppo)
     value_clip: float | None = None  # PPO value clipping range (None = off)
     epochs: int = 1  # optimizer steps per rollout batch (opo: must be 1, strictly on-policy)
-    invalid_penalty: float = -5.0  # reward added to a turn whose answer does not parse
-    exploration_bonus: float = 0.0  # RLFT: reward added to a turn whose parsed action is new
-    # Train on the env's expected reward of the action played (env.expected_reward:
-    # a bandit arm's mean) instead of the sampled reward: the same objective in
-    # expectation, without the reward noise in the returns. Training only; the
-    # model still sees sampled rewards, and evaluation reports them.
-    expected_reward: bool = False
     # turn-level credit: a turn whose answer is unparsable or illegal gets its own
-    # whitened -1 advantage, times this weight, on top of the episode's (0 = off;
-    # not ppo, whose GAE already credits each turn)
+    # whitened -1 advantage, times this weight, on top of the episode's (0 = off; not ppo)
     turn_weight: float = 0.0
-    max_new_tokens: int = 8  # completion length budget per turn
-    temperature: float = 1.0  # sampling temperature for rollouts
-    # Shrink an iteration's parameter step when its updates moved the log-probs
-    # of the batch's sampled tokens by more than this many nats on average
-    # (mean |log pi_new - log pi_old| over the loss tokens, one extra forward
-    # pass each): the step is scaled back along itself until within; 0 = off
-    max_update_move: float = 0.0
-    # When max_update_move scales a step back by s, also scale the optimizer's
-    # first moment (Adam's / Lion's momentum) by s, so the next iteration does
-    # not re-apply the rejected part of the step (false: keep the moments; no
-    # effect while max_update_move is 0)
-    scale_momentum: bool = False
 
     def __post_init__(self):
-        _choice(self, "name", ALGORITHMS)
+        _choice(self, "name", algorithms.names())
         _choice(self, "kl_kind", KL_KINDS)
         _choice(self, "kl_in", KL_IN)
         _choice(self, "loss_agg", AGG_MODES)
@@ -177,7 +155,6 @@ class AlgoSection:
             _at_least(self, "clip_high", 0.0)
         if self.dual_clip is not None and not self.dual_clip > 1.0:
             _fail(self, "dual_clip", "must be None or > 1")
-        _at_least(self, "overlong_cache", 0)
         for name in ("gamma", "lam"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 _fail(self, name, "must lie in [0, 1]")
@@ -185,20 +162,58 @@ class AlgoSection:
         if self.value_clip is not None:
             _at_least(self, "value_clip", 0.0, strict=True)
         _at_least(self, "epochs", 1)
-        if self.name == "opo" and self.epochs != 1:
-            _fail(self, "epochs", "must be 1 for opo (strictly on-policy: one update per batch)")
-        if self.name == "rloo" and self.group_size < 2:
-            _fail(self, "group_size", "must be >= 2 for rloo (leave-one-out needs a peer)")
+        _at_least(self, "turn_weight", 0.0)
+        try:  # the algorithm's own rules (algorithms/<name>.py)
+            algorithms.get(self.name).check(self)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+
+
+@dataclasses.dataclass(frozen=True)
+class RolloutSection:
+    max_new_tokens: int = 8  # completion length budget per turn
+    temperature: float = 1.0  # sampling temperature (the loss scores softmax(z / T) too)
+    top_k: int | None = None  # keep the k most likely tokens (None = off)
+    top_p: float | None = None  # nucleus sampling mass (None = off)
+    min_p: float | None = None  # drop tokens below min_p x the top probability (None = off)
+
+    def __post_init__(self):
+        _at_least(self, "max_new_tokens", 1)
+        _at_least(self, "temperature", 0.0, strict=True)
+        if self.top_k is not None:
+            _at_least(self, "top_k", 1)
+        for name in ("top_p", "min_p"):
+            v = getattr(self, name)
+            if v is not None and not 0.0 < v <= 1.0:
+                _fail(self, name, "must be None or lie in (0, 1]")
+
+
+@dataclasses.dataclass(frozen=True)
+class ShapingSection:
+    invalid_penalty: float = -5.0  # reward added to a turn whose answer does not parse
+    exploration_bonus: float = 0.0  # RLFT: reward added to a turn whose parsed action is new
+    # train on the env's expected reward of the action played (a bandit arm's mean)
+    # instead of its sampled reward; the model still sees sampled rewards, eval reports them
+    expected_reward: bool = False
+    overlong_cache: int = 0  # DAPO soft overlong penalty window in tokens (0 = off)
+
+    def __post_init__(self):
         if self.invalid_penalty > 0:
             _fail(self, "invalid_penalty", "must be <= 0")
         _at_least(self, "exploration_bonus", 0.0)
-        _at_least(self, "turn_weight", 0.0)
-        if self.turn_weight and self.name == "ppo":
-            _fail(self, "turn_weight", "must be 0 for ppo (GAE already credits each turn)")
-        if self.overlong_cache >= self.max_new_tokens and self.overlong_cache:
-            _fail(self, "overlong_cache", f"must be < algo.max_new_tokens={self.max_new_tokens}")
-        _at_least(self, "max_new_tokens", 1)
-        _at_least(self, "temperature", 0.0, strict=True)
+        _at_least(self, "overlong_cache", 0)
+
+
+@dataclasses.dataclass(frozen=True)
+class TrustRegionSection:
+    # scale an iteration's step back along itself when its updates moved the sampled
+    # tokens' log-probs by more than this many nats on average (0 = off)
+    max_update_move: float = 0.0
+    # when a step is scaled back by s, scale the optimizer's first moment by s too
+    # (no effect while max_update_move is 0)
+    scale_momentum: bool = False
+
+    def __post_init__(self):
         _at_least(self, "max_update_move", 0.0)
 
 
@@ -277,5 +292,6 @@ class EvalSection:
 
 
 _SECTION_OF = {ModelSection: "model", MeshSection: "mesh", OptimSection: "optim",
-               AlgoSection: "algo", TrainSection: "train", EnvSection: "env",
+               AlgoSection: "algo", RolloutSection: "rollout", ShapingSection: "shaping",
+               TrustRegionSection: "trust_region", TrainSection: "train", EnvSection: "env",
                EvalSection: "eval", WarmupSection: "warmup"}

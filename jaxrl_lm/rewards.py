@@ -2,18 +2,24 @@
 
 Sequence-level functions take `[B]` arrays (correctness flags, response
 lengths in tokens); dense ones return per-token or per-step `[B, T]` rewards
-to add to the environment's.
+to add to the environment's. `shape_rewards` applies the run's `shaping`
+section to a rollout's per-turn rewards before any advantage is computed.
 """
 
 from __future__ import annotations
 
 import functools
+from typing import TYPE_CHECKING, Any
 
 import chex
 import jax
 import jax.numpy as jnp
 
 from jaxrl_lm.metrics.text import repeated_ngram_starts
+
+if TYPE_CHECKING:
+    from jaxrl_lm.config_sections import ShapingSection
+    from jaxrl_lm.rollout import Trajectory
 
 
 def cosine_length_reward(
@@ -136,3 +142,36 @@ def exploration_bonus(actions: jax.Array, num_actions: int, *, bonus: float = 1.
     before_tk = jnp.cumsum(onehot_tk, axis=-2) - onehot_tk
     first = ((onehot_tk > 0) & (before_tk == 0)).any(-1)
     return jnp.where(first, bonus, 0.0).astype(jnp.float32)
+
+
+def shape_rewards(shaping: ShapingSection, traj: Trajectory, *, max_new_tokens: int,
+                  env: Any = None) -> Trajectory:
+    """`traj` with the shaping of `shaping` added to its per-turn rewards
+    (the invalid-answer penalty is already in them, from the rollout).
+
+    expected_reward: each active turn's sampled env reward is swapped for the
+      env's expected reward of the action played (`env.expected_reward`; the
+      env is needed for it);
+    exploration_bonus: RLFT's bonus on a turn whose parsed action is new in
+      its episode (`exploration_bonus`);
+    overlong_cache: DAPO's soft overlong penalty on the turn's completion
+      length against `max_new_tokens` (`overlong_penalty`).
+    """
+    r = traj.reward
+    if shaping.expected_reward:
+        if env is None:
+            raise ValueError("shaping.expected_reward: shape_rewards needs the env")
+        mean = jax.vmap(jax.vmap(env.expected_reward))(traj.states, traj.action)
+        r = r + jnp.where(traj.active, mean - traj.env_reward, 0.0)
+    if shaping.exploration_bonus:
+        # Arms count as tried once played, but only the model's own choices
+        # earn the bonus: an unparsable answer's random stand-in does not.
+        num_actions = traj.states.legal_action_mask.shape[-1]
+        bonus = exploration_bonus(traj.action.T, num_actions, bonus=shaping.exploration_bonus,
+                                  mask=traj.active.T)
+        r = r + jnp.where(traj.valid, bonus.T, 0.0)
+    if shaping.overlong_cache:
+        pen = overlong_penalty(traj.completion_len.reshape(-1), max_len=max_new_tokens,
+                               cache_len=shaping.overlong_cache).reshape(r.shape)
+        r = r + jnp.where(traj.active, pen, 0.0)
+    return traj._replace(reward=r)

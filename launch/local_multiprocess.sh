@@ -5,7 +5,7 @@
 #   launch/local_multiprocess.sh 2 jaxrl-lm train --config launch/configs/tiny.yaml --out runs/mp
 #
 # Every process gets JAXRL_LM_COORDINATOR=127.0.0.1:PORT, JAXRL_LM_NUM_PROCESSES
-# and JAXRL_LM_PROCESS_ID, which jaxrl_lm.train.loop.maybe_initialize_distributed
+# and JAXRL_LM_PROCESS_ID, which jaxrl_lm.train.mesh.maybe_initialize_distributed
 # passes to jax.distributed.initialize. Set LOCAL_DEVICES to give each process
 # several fake CPU devices. If one process fails, the others are stopped.
 set -euo pipefail

@@ -207,7 +207,7 @@ def test_precomputed_reference_logprobs_match_the_reference_model():
     n_loss = int((np.asarray(batch["loss_mask"]).sum(-1) > 0).sum())
     chunks = 4  # 12 rows: 3 per chunk; the last chunk has no loss rows (the cond's other branch)
     assert n_loss <= T * B - T * B // chunks
-    pre = common.ref_logprobs(algo, ref, batch, chunks=chunks)
+    pre = common.ref_logprobs(ref, batch, chunks=chunks)
     want = sampling.token_logprobs(ref, batch["tokens"], batch["loss_mask"],
                                    positions_bt=batch["positions"])
     # equal values only: a skipped chunk and a computed one both give zeros on
@@ -227,7 +227,22 @@ def test_precomputed_reference_logprobs_match_the_reference_model():
     for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g2)):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-7)
     with pytest.raises(ValueError, match="chunks"):
-        common.ref_logprobs(algo, ref, batch, chunks=5)
+        common.ref_logprobs(ref, batch, chunks=5)
+
+
+def test_registry_declares_each_algorithm():
+    from jaxrl_lm import algorithms
+
+    assert set(algorithms.names()) == {"sft", "grpo", "dr_grpo", "opo", "rloo", "reinforce", "ppo"}
+    assert [n for n in algorithms.names() if algorithms.get(n).needs_value] == ["ppo"]
+    assert algorithms.get("sft").kind == "sft" and algorithms.get("sft").advantages is None
+    assert algorithms.get("dr_grpo").advantages is not algorithms.get("grpo").advantages
+    for name in algorithms.names():
+        assert algorithms.get(name).summary
+    with pytest.raises(ValueError, match="already registered"):
+        algorithms.register(algorithms.Algorithm("grpo", "rl", advantage_fn("opo")))
+    with pytest.raises(ValueError, match="algo.name='a2c': must be one of sft"):
+        algorithms.get("a2c")
 
 
 def test_config_rules_for_algorithms():

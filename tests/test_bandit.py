@@ -74,7 +74,7 @@ def test_reward_moments(dist, sigma):
     std = sigma if dist == "gaussian" else np.sqrt(mu * (1 - mu))
     assert abs(r.mean() - mu) < 5 * std / np.sqrt(r.size)
     assert abs(r.std() - std) < 0.05 * std
-    # expected_reward (algo.expected_reward trains on it) is that mean, per arm
+    # expected_reward (shaping.expected_reward trains on it) is that mean, per arm
     assert env.has_expected_reward
     for arm in (0, 1):
         assert float(env.expected_reward(state, arm)) == float(state.mu[arm])

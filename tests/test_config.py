@@ -1,10 +1,12 @@
 """Config: every kind of invalid configuration is rejected with its message;
 overrides parse and coerce; YAML presets load; the CLI prints `error:`."""
 
+import dataclasses
 import glob
 import os
 import subprocess
 import sys
+import typing
 
 import pytest
 
@@ -21,9 +23,16 @@ INVALID = [
     ("negative learning rate", {"optim": {"lr": -0.001}}, "optim.lr=-0.001: must be > 0"),
     ("max length shorter than prompt",
      {"algo": {"name": "grpo"}, "env": {"max_prompt_len": 60}, "train": {"max_len": 64}},
-     "train.max_len=64 is shorter than env.max_prompt_len + algo.max_new_tokens = 68"),
+     "train.max_len=64 is shorter than env.max_prompt_len + rollout.max_new_tokens = 68"),
     ("unknown algorithm", {"algo": {"name": "reinforce++"}}, "algo.name='reinforce++': must be one of sft"),
     ("bad dtype", {"model": {"dtype": "float8"}}, "model.dtype='float8': must be one of float32"),
+    ("dtype the decoder lacks", {"model": {"dtype": "float16"}},
+     "model.dtype='float16': must be one of float32, bfloat16"),
+    ("bad top-p", {"rollout": {"top_p": 1.5}}, "rollout.top_p=1.5: must be None or lie in (0, 1]"),
+    ("overlong window past the budget", {"shaping": {"overlong_cache": 8}},
+     "shaping.overlong_cache=8: must be < rollout.max_new_tokens=8"),
+    ("old and new name of one key", {"algo": {"temperature": 0.5}, "rollout": {"temperature": 0.7}},
+     "algo.temperature and rollout.temperature are both given"),
     ("bad optimizer", {"optim": {"name": "sgd"}}, "optim.name='sgd': must be one of adamw, adafactor, lion"),
     ("bad schedule", {"optim": {"schedule": "linear"}}, "optim.schedule='linear': must be one of cosine"),
     ("bad warm-up schedule", {"warmup": {"schedule": "step"}},
@@ -36,11 +45,12 @@ INVALID = [
     ("zero mesh size", {"mesh": {"tensor": 0}}, "mesh.tensor=0: must be a positive size or -1"),
     ("wrong type", {"train": {"steps": "many"}}, "train.steps='many': expected a value of type int"),
     ("negative KL coefficient", {"algo": {"beta": -0.1}}, "algo.beta=-0.1: must be >= 0"),
-    ("negative update bound", {"algo": {"max_update_move": -0.1}},
-     "algo.max_update_move=-0.1: must be >= 0"),
+    ("negative update bound", {"trust_region": {"max_update_move": -0.1}},
+     "trust_region.max_update_move=-0.1: must be >= 0"),
     ("momentum scaling without a first moment",
-     {"algo": {"scale_momentum": True, "max_update_move": 0.1}, "optim": {"name": "adafactor"}},
-     "algo.scale_momentum needs a first moment to scale: optim.name must be adamw or lion"),
+     {"trust_region": {"scale_momentum": True, "max_update_move": 0.1},
+      "optim": {"name": "adafactor"}},
+     "trust_region.scale_momentum needs a first moment to scale: optim.name must be adamw or lion"),
     ("bad KL estimator", {"algo": {"kl_kind": "k4"}}, "algo.kl_kind='k4': must be one of k1, k2, k3"),
     ("bad loss aggregation", {"algo": {"loss_agg": "mean"}}, "algo.loss_agg='mean': must be one of"),
     ("keep no checkpoints", {"train": {"keep_checkpoints": 0}}, "train.keep_checkpoints=0: must be >= 1"),
@@ -147,8 +157,8 @@ def test_cli_mesh_error_before_compiling(tmp_path):
 def test_warmup_sub_run_takes_the_warmup_schedule():
     """The SFT sub-run gets warmup.lr/schedule and the run's own min_lr_ratio; its
     cosine ends at lr * min_lr_ratio after warmup.steps."""
-    from jaxrl_lm.train.pipeline import warmup_config
-    from jaxrl_lm.train.step import make_schedule
+    from jaxrl_lm.train.trainer import warmup_config
+    from jaxrl_lm.train.optim import make_schedule
 
     base = {"warmup": {"steps": 40, "lr": 0.004}, "optim": {"lr": 0.001, "warmup_steps": 2,
                                                             "min_lr_ratio": 0.25}}
@@ -160,3 +170,33 @@ def test_warmup_sub_run_takes_the_warmup_schedule():
     assert float(sched(2)) == pytest.approx(0.004)
     assert float(sched(40)) == pytest.approx(0.001)
     assert float(make_schedule(const.optim, 40)(40)) == pytest.approx(0.004)
+
+
+def test_old_keys_still_load_with_a_warning():
+    """Keys that moved out of `algo` load as their new names, with a FutureWarning."""
+    old = {"algo": {"name": "grpo", "group_size": 2, "max_new_tokens": 5, "temperature": 0.7,
+                    "invalid_penalty": -1.0, "overlong_cache": 2, "max_update_move": 0.1,
+                    "scale_momentum": True, "exploration_bonus": 0.5, "expected_reward": True}}
+    new = {"algo": {"name": "grpo", "group_size": 2},
+           "rollout": {"max_new_tokens": 5, "temperature": 0.7},
+           "shaping": {"invalid_penalty": -1.0, "overlong_cache": 2, "exploration_bonus": 0.5,
+                       "expected_reward": True},
+           "trust_region": {"max_update_move": 0.1, "scale_momentum": True}}
+    with pytest.warns(FutureWarning, match="algo.max_new_tokens is now rollout.max_new_tokens"):
+        got = C.from_dict(old)
+    assert got == C.from_dict(new)
+    assert set(C.MOVED_KEYS) == {f"algo.{k}" for k in old["algo"]} - {"algo.name", "algo.group_size"}
+    with pytest.warns(FutureWarning):
+        assert C.load_config(None, ["--algo.temperature", "0.5"]).rollout.temperature == 0.5
+
+
+def test_field_help_lists_every_field_with_default_and_comment():
+    text = C.field_help()
+    for section in dataclasses.fields(C.Config):
+        cls = typing.get_type_hints(C.Config)[section.name]
+        for f in dataclasses.fields(cls):
+            line = next(l for l in text.splitlines() if l.strip().startswith(f"--{section.name}.{f.name} "))
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            assert f"({default!r})" in line
+            assert len(line.split(")  ", 1)[-1]) > 5, f"no help for {section.name}.{f.name}"
+    assert "--trust_region.max_update_move (0.0)  scale an iteration's step back" in text

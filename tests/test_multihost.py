@@ -13,7 +13,7 @@ import jax
 import numpy as np
 import pytest
 
-from jaxrl_lm.train import loop, sft
+from jaxrl_lm.train import mesh, sft
 from jaxrl_lm.train.logging import read_metrics
 from tests.test_train_loop import tiny_cfg, toy_data
 from tests.test_train_step import engine, host, toy_batch, toy_model
@@ -22,8 +22,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 ENTRY = """
 import json, sys, jax, numpy as np
-from jaxrl_lm.train import loop, sft
-assert loop.maybe_initialize_distributed()
+from jaxrl_lm.train import mesh, sft
+assert mesh.maybe_initialize_distributed()
 from jax.experimental import multihost_utils
 from tests.test_train_step import engine, toy_batch
 assert jax.process_count() == 2 and jax.device_count() == 4
@@ -35,8 +35,8 @@ params = multihost_utils.process_allgather(state.params, tiled=True)
 from tests.test_train_loop import tiny_cfg, toy_data
 from tests.test_train_step import toy_model
 kw = dict(model=toy_model(), loss_fn=sft.sft_loss, data_fn=toy_data(8))
-res = loop.train(tiny_cfg(mesh=(-1, 1, 2), steps=3, ckpt_every=2), sys.argv[1], **kw)
-again = loop.train(tiny_cfg(mesh=(-1, 1, 2), steps=3, ckpt_every=2), sys.argv[1], resume=True, **kw)
+res = sft.train_sft(tiny_cfg(mesh=(-1, 1, 2), steps=3, ckpt_every=2), sys.argv[1], **kw)
+again = sft.train_sft(tiny_cfg(mesh=(-1, 1, 2), steps=3, ckpt_every=2), sys.argv[1], resume=True, **kw)
 assert again.resumed_from == 3
 loop_params = multihost_utils.process_allgather(again.state.params, tiled=True)
 if jax.process_index() == 0:
@@ -70,7 +70,7 @@ def test_two_processes_match_one(tmp_path):
         np.testing.assert_allclose(np.asarray(b, np.float32), a, rtol=1e-6, atol=1e-7)
 
     # the outer loop: here on a (4, 1, 2) mesh of this process's 8 devices
-    res = loop.train(tiny_cfg(mesh=(-1, 1, 2), steps=3, ckpt_every=2), str(tmp_path / "one"),
+    res = sft.train_sft(tiny_cfg(mesh=(-1, 1, 2), steps=3, ckpt_every=2), str(tmp_path / "one"),
                      model=toy_model(), loss_fn=sft.sft_loss, data_fn=toy_data(8))
     want = jax.tree.leaves(host(res.state.params))
     assert len(want) == len(got["loop_params"])

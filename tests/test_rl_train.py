@@ -14,13 +14,13 @@ import pytest
 from jaxrl_lm.cli import main as cli_main
 from jaxrl_lm.config import load_config
 from jaxrl_lm.train.rl import RLRunner
-from jaxrl_lm.train.run import build_policy
+from jaxrl_lm.train.trainer import build_policy
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PRESET = os.path.join(ROOT, "launch", "configs", "tictactoe.yaml")
 TINY = ["--warmup.steps", "3", "--warmup.batch_size", "8", "--train.steps", "2",
         "--train.batch_size", "8", "--algo.group_size", "4", "--optim.warmup_steps", "0",
-        "--eval.episodes", "8", "--train.progress", "false", "--algo.max_new_tokens", "6",
+        "--eval.episodes", "8", "--train.progress", "false", "--rollout.max_new_tokens", "6",
         "--env.max_turns", "5", "--train.micro_batches", "1"]
 
 
@@ -68,7 +68,7 @@ def test_resume_is_bit_identical(tmp_path):
     resumes to the same params as the uninterrupted run. Same config on both
     sides: the learning-rate schedule depends on the run's length."""
     base = ["--train.batch_size", "8", "--algo.group_size", "4", "--optim.warmup_steps", "0",
-            "--train.progress", "false", "--algo.max_new_tokens", "6", "--train.ckpt_every", "1",
+            "--train.progress", "false", "--rollout.max_new_tokens", "6", "--train.ckpt_every", "1",
             "--train.steps", "2", "--train.micro_batches", "1"]
 
     def run(out, resume):
@@ -93,7 +93,7 @@ def test_a_group_may_span_micro_batches(tmp_path):
     in the gradient: with eps 1e-8 a coordinate whose gradient is ~1e-9 turns
     float rounding in the accumulation order into a visible step difference."""
     base = ["--train.batch_size", "8", "--algo.group_size", "8", "--optim.warmup_steps", "0",
-            "--train.progress", "false", "--algo.max_new_tokens", "6", "--train.steps", "1",
+            "--train.progress", "false", "--rollout.max_new_tokens", "6", "--train.steps", "1",
             "--env.max_turns", "4", "--train.ckpt_every", "1", "--optim.eps", "1.0",
             "--optim.lr", "1.0", "--algo.epochs", "1"]
     params, rows = [], []
@@ -116,17 +116,17 @@ def test_a_group_may_span_micro_batches(tmp_path):
 
 
 def test_update_move_bound_shrinks_the_step_along_itself(tmp_path):
-    """With algo.max_update_move at 0.3 of the update's real move, the kept params
+    """With trust_region.max_update_move at 0.3 of the update's real move, the kept params
     lie on the unguarded iteration's own step, at the logged scale of it (to
     float32 rounding), and the sampled tokens' log-probs move by at most the
     bound, as measured again outside the loop. The optimizer's moments are
-    kept, unless algo.scale_momentum scales the first one by the same factor
+    kept, unless trust_region.scale_momentum scales the first one by the same factor
     (a third run). Every run sees the same batch: a rollout is a pure function
     of (params, key)."""
     import optax
 
     base = ["--train.batch_size", "8", "--algo.group_size", "4", "--optim.warmup_steps", "0",
-            "--train.progress", "false", "--algo.max_new_tokens", "6", "--train.steps", "1",
+            "--train.progress", "false", "--rollout.max_new_tokens", "6", "--train.steps", "1",
             "--env.max_turns", "4", "--train.ckpt_every", "1", "--train.micro_batches", "1"]
 
     def run(name, extra):
@@ -148,11 +148,11 @@ def test_update_move_bound_shrinks_the_step_along_itself(tmp_path):
     moments = {}
 
     # the preset's scale_momentum is idle without a bound
-    row, full, start, full_move = run("off", ["--algo.max_update_move", "0"])
+    row, full, start, full_move = run("off", ["--trust_region.max_update_move", "0"])
     assert "update_move" not in row and full_move > 0
     bound = 0.3 * full_move
-    row, kept, _, kept_move = run("on", ["--algo.max_update_move", repr(bound),
-                                         "--algo.scale_momentum", "false"])
+    row, kept, _, kept_move = run("on", ["--trust_region.max_update_move", repr(bound),
+                                         "--trust_region.scale_momentum", "false"])
     assert row["update_move"] == pytest.approx(full_move, rel=1e-5)  # the loop's own measure
     scale = row["update_scale"]
     assert 0.0 < scale < 1.0
@@ -166,8 +166,8 @@ def test_update_move_bound_shrinks_the_step_along_itself(tmp_path):
     assert step_over_ulp > 100  # the kept step is far above float32 rounding somewhere
     assert kept_move == pytest.approx(row["update_move_kept"], rel=1e-5)
     assert 0.5 * bound < kept_move <= bound, (kept_move, bound)
-    row_s, scaled, _, _ = run("scale", ["--algo.max_update_move", repr(bound),
-                                        "--algo.scale_momentum", "true"])
+    row_s, scaled, _, _ = run("scale", ["--trust_region.max_update_move", repr(bound),
+                                        "--trust_region.scale_momentum", "true"])
     assert row_s["update_scale"] == scale
     for k, s_ in zip(*map(jax.tree.leaves, (kept, scaled))):  # the same params as without it
         np.testing.assert_array_equal(np.asarray(s_), np.asarray(k))
@@ -215,7 +215,7 @@ def test_action_coverage_counts_the_policys_own_distinct_actions():
     import jax.numpy as jnp
 
     from jaxrl_lm.rollout import Trajectory
-    from jaxrl_lm.train.rl import episode_stats
+    from jaxrl_lm.evaluation import episode_stats
 
     action = jnp.array([[0, 1, 2], [0, 3, 9], [1, 1, 2], [2, 4, 2]])
     active = jnp.array([[1, 1, 1], [1, 1, 1], [1, 1, 0], [1, 0, 0]], bool)
@@ -236,7 +236,7 @@ def test_turn_weight_credits_each_collected_turns_own_faults(tmp_path):
     the digits the `board` prompt shows; the answer goes through the host
     parse rule), not from the rollout's flags."""
     from jaxrl_lm.envs.text import parse_text
-    from jaxrl_lm.train.pipeline import run_warmup
+    from jaxrl_lm.train.trainer import run_warmup
 
     base = ["--warmup.steps", "60", "--warmup.batch_size", "16", "--train.batch_size", "16",
             "--algo.group_size", "4", "--train.progress", "false", "--env.max_turns", "5",
@@ -271,8 +271,8 @@ def test_turn_weight_credits_each_collected_turns_own_faults(tmp_path):
 
 
 def test_expected_reward_needs_an_env_with_one():
-    """algo.expected_reward on tic-tac-toe (no expected reward) fails before
+    """shaping.expected_reward on tic-tac-toe (no expected reward) fails before
     anything compiles, naming the field."""
-    cfg = load_config(PRESET, ["--algo.expected_reward", "true"])
-    with pytest.raises(ValueError, match="algo.expected_reward: env 'tictactoe'"):
+    cfg = load_config(PRESET, ["--shaping.expected_reward", "true"])
+    with pytest.raises(ValueError, match="shaping.expected_reward: env 'tictactoe'"):
         RLRunner(cfg, *build_policy(cfg))

@@ -10,9 +10,9 @@ import pytest
 
 from jaxrl_lm import envs
 from jaxrl_lm.config import WarmupSection
-from jaxrl_lm.train import bandit_eval
-from jaxrl_lm.train.env_data import (PLAYER_PROBS, PLAYERS, get_player, greedy_frequency_player,
-                                     greedy_frequency_probs)
+from jaxrl_lm.evaluation import bandit as bandit_eval
+from jaxrl_lm.train.players import (PLAYER_PROBS, PLAYERS, get_player, greedy_frequency_player,
+                                    greedy_frequency_probs)
 
 
 def _state(counts, sums):
@@ -149,12 +149,12 @@ def test_bandit_table_lists_policy_and_baselines():
 
 
 def test_exploration_bonus_shaping_hand_worked():
-    """algo.exploration_bonus adds the bonus on a turn whose arm is new to the
+    """shaping.exploration_bonus adds the bonus on a turn whose arm is new to the
     episode; an unparsable answer's random stand-in counts as tried but earns
     nothing, and inactive turns earn nothing."""
-    from jaxrl_lm.config import AlgoSection, Config
+    from jaxrl_lm.config import ShapingSection
+    from jaxrl_lm.rewards import shape_rewards
     from jaxrl_lm.rollout import Trajectory
-    from jaxrl_lm.train.rl import shape_rewards
 
     # [T=5, B=2]; episode 0: arms 1, 1, 0 (invalid), 0, 2; episode 1: arms 3, 0, then over.
     action = jnp.asarray([[1, 3], [1, 0], [0, 2], [0, 2], [2, 2]])
@@ -167,24 +167,24 @@ def test_exploration_bonus_shaping_hand_worked():
                       action=action, valid=valid, env_reward=reward, reward=reward,
                       done=zeros.astype(bool), states=SimpleNamespace(
                           legal_action_mask=jnp.ones((5, 2, 4), bool)))
-    cfg = Config(algo=AlgoSection(name="reinforce", exploration_bonus=2.0))
-    got = np.asarray(shape_rewards(cfg, traj).reward)
+    got = np.asarray(shape_rewards(ShapingSection(exploration_bonus=2.0), traj,
+                                   max_new_tokens=8).reward)
     want = np.asarray([[2.5, 2.5], [0.5, 2.5], [0.5, 0.0], [0.5, 0.0], [2.5, 0.0]])
     np.testing.assert_allclose(got, want)
-    off = Config(algo=AlgoSection(name="reinforce"))
-    np.testing.assert_allclose(np.asarray(shape_rewards(off, traj).reward), np.asarray(reward))
-    with pytest.raises(ValueError, match="exploration_bonus"):
-        AlgoSection(exploration_bonus=-1.0)
+    off = shape_rewards(ShapingSection(), traj, max_new_tokens=8).reward
+    np.testing.assert_allclose(np.asarray(off), np.asarray(reward))
+    with pytest.raises(ValueError, match="shaping.exploration_bonus"):
+        ShapingSection(exploration_bonus=-1.0)
 
 
 def test_expected_reward_shaping_hand_worked():
-    """algo.expected_reward swaps each active turn's sampled env reward for the
+    """shaping.expected_reward swaps each active turn's sampled env reward for the
     played arm's mean, keeps the invalid penalty and adds the bonus after."""
     from typing import NamedTuple
 
-    from jaxrl_lm.config import AlgoSection, Config
+    from jaxrl_lm.config import ShapingSection
+    from jaxrl_lm.rewards import shape_rewards
     from jaxrl_lm.rollout import Trajectory
-    from jaxrl_lm.train.rl import shape_rewards
 
     class States(NamedTuple):  # the fields shape_rewards and Bandit.expected_reward read
         legal_action_mask: jax.Array
@@ -205,11 +205,11 @@ def test_expected_reward_shaping_hand_worked():
                       done=zeros.astype(bool),
                       states=States(jnp.ones((3, 2, 4), bool), jnp.broadcast_to(mu, (3, 2, 4))))
     env = envs.make("bandit", k=4)
-    cfg = Config(algo=AlgoSection(name="reinforce", expected_reward=True, exploration_bonus=1.0))
-    got = np.asarray(shape_rewards(cfg, traj, env).reward)
+    cfg = ShapingSection(expected_reward=True, exploration_bonus=1.0)
+    got = np.asarray(shape_rewards(cfg, traj, max_new_tokens=8, env=env).reward)
     want = np.asarray([[0.7 + 1, 0.4 + 1], [0.7, 0.0], [0.1 - 5.0, 0.0]])
     np.testing.assert_allclose(got, want, rtol=1e-6)
-    with pytest.raises(ValueError, match="algo.expected_reward"):
-        shape_rewards(cfg, traj)  # no env
+    with pytest.raises(ValueError, match="shaping.expected_reward"):
+        shape_rewards(cfg, traj, max_new_tokens=8)  # no env
     with pytest.raises(ValueError, match="'tictactoe' has no expected_reward"):
-        shape_rewards(cfg, traj, envs.make("tictactoe"))
+        shape_rewards(cfg, traj, max_new_tokens=8, env=envs.make("tictactoe"))

@@ -12,7 +12,7 @@ from flax import nnx
 from jaxrl_lm.envs.text import parse_text
 from jaxrl_lm.cli import main as cli_main
 from jaxrl_lm.config import load_config
-from jaxrl_lm.train.run import build_data, build_policy
+from jaxrl_lm.train.trainer import build_data, build_policy
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PRESET = os.path.join(ROOT, "launch", "configs", "tictactoe_sft.yaml")

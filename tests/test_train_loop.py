@@ -12,7 +12,7 @@ import pytest
 
 from jaxrl_lm import config as C
 from jaxrl_lm.cli import main as cli_main
-from jaxrl_lm.train import loop, sft
+from jaxrl_lm.train import mesh, sft
 from jaxrl_lm.train.logging import RunLogger, read_metrics
 from tests.test_train_step import T, V, toy_model
 
@@ -70,7 +70,7 @@ def test_progress_bar_shows_step_reward_loss_tokens_per_s(tmp_path):
 
 def test_run_dir_contents_and_plot_command(tmp_path):
     run = str(tmp_path / "run")
-    res = loop.train(tiny_cfg(), run, model=toy_model(), loss_fn=sft.sft_loss, data_fn=toy_data(8))
+    res = sft.train_sft(tiny_cfg(), run, model=toy_model(), loss_fn=sft.sft_loss, data_fn=toy_data(8))
     assert int(res.state.step) == 6
     with open(os.path.join(run, "metrics.jsonl")) as f:
         rows = [json.loads(line) for line in f]
@@ -92,14 +92,14 @@ def test_run_dir_contents_and_plot_command(tmp_path):
 
 def test_resume_in_process_drops_redone_lines(tmp_path):
     run = str(tmp_path / "run")
-    full = loop.train(tiny_cfg(), str(tmp_path / "full"), model=toy_model(), loss_fn=sft.sft_loss,
+    full = sft.train_sft(tiny_cfg(), str(tmp_path / "full"), model=toy_model(), loss_fn=sft.sft_loss,
                       data_fn=toy_data(8))
-    loop.train(tiny_cfg(steps=6), run, model=toy_model(), loss_fn=sft.sft_loss, data_fn=toy_data(8))
+    sft.train_sft(tiny_cfg(steps=6), run, model=toy_model(), loss_fn=sft.sft_loss, data_fn=toy_data(8))
     # pretend the run died after step 4: checkpoint 3 is the newest intact one
     import shutil
 
     shutil.rmtree(os.path.join(run, "checkpoints", "6"))
-    res = loop.train(tiny_cfg(), run, model=toy_model(), loss_fn=sft.sft_loss, data_fn=toy_data(8),
+    res = sft.train_sft(tiny_cfg(), run, model=toy_model(), loss_fn=sft.sft_loss, data_fn=toy_data(8),
                      resume=True)
     assert res.resumed_from == 3
     assert [r["step"] for r in read_metrics(run)] == list(range(1, 7))

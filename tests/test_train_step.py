@@ -11,7 +11,8 @@ from jax.sharding import PartitionSpec as P
 
 from jaxrl_lm.config import ConfigError, OptimSection
 from jaxrl_lm.train import mesh as mesh_lib
-from jaxrl_lm.train.step import Engine, make_optimizer
+from jaxrl_lm.train.engine import Engine
+from jaxrl_lm.train.optim import make_optimizer
 
 V, D, H, T = 16, 8, 16, 6
 

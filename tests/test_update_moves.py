@@ -10,7 +10,7 @@ from jaxrl_lm.experiments import update_moves
 TINY_SFT = os.path.join(os.path.dirname(update_moves.MAIN_CONFIG), "tiny.yaml")
 
 TINY = ["--warmup.steps", "0", "--train.batch_size", "16", "--algo.group_size", "8",
-        "--train.micro_batches", "1", "--algo.max_new_tokens", "4",
+        "--train.micro_batches", "1", "--rollout.max_new_tokens", "4",
         "--optim.warmup_steps", "2"]
 
 

@@ -16,7 +16,7 @@ sums share one denominator.
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -24,8 +24,15 @@ import numpy as np
 
 from jaxrl_lm import advantages as adv_lib
 from jaxrl_lm import losses, sampling
-from jaxrl_lm.config import AlgoSection
 from jaxrl_lm.rollout import Trajectory, pack_turns, turn_faults
+
+if TYPE_CHECKING:
+    from jaxrl_lm.config_sections import AlgoSection
+
+
+# algo.kl_in: the KL to the reference as a loss term (make_loss) or as a
+# per-turn reward penalty before the advantages (kl_reward)
+KL_IN = ("loss", "reward")
 
 
 class Advantages(NamedTuple):
@@ -106,10 +113,11 @@ def turn_values(model, traj: Trajectory) -> jax.Array:
     return jnp.take_along_axis(v, value_positions(traj)[:, None], 1).reshape(t, b)
 
 
-def make_loss(algo: AlgoSection, *, max_len: int):
+def make_loss(algo: AlgoSection, *, max_len: int, temperature: float = 1.0):
     """`loss_fn(model, batch, ref_model=None)` for the rows of `make_batch`.
 
     max_len: the row length, the constant of the Dr. GRPO aggregation.
+    temperature: the rollout's sampling temperature (log-probs are of softmax(z / T)).
     """
     agg = algo.loss_agg
     norm = max_len if agg == "seq-mean-token-sum-norm" else None
@@ -119,7 +127,7 @@ def make_loss(algo: AlgoSection, *, max_len: int):
         tokens, mask, pos = batch["tokens"], batch["loss_mask"], batch["positions"]
         h = model.hidden_states(tokens, pos)
         logp = sampling.token_logprobs_from_hidden(h, model.unembedding(), tokens, mask,
-                                                   temperature=algo.temperature)
+                                                   temperature=temperature)
         (loss_sum, denom), metrics = losses.ppo_policy_loss(
             logp, batch["old_logp"], batch["adv"], mask, clip_low=algo.clip_low,
             clip_high=algo.clip_high, dual_clip=algo.dual_clip, ratio_level=algo.ratio_level,
@@ -133,7 +141,7 @@ def make_loss(algo: AlgoSection, *, max_len: int):
                                  "or a batch['ref_logp']")
             else:
                 ref_logp = jax.lax.stop_gradient(sampling.token_logprobs(
-                    ref_model, tokens, mask, temperature=algo.temperature, positions_bt=pos))
+                    ref_model, tokens, mask, temperature=temperature, positions_bt=pos))
             kl = losses.kl_penalty(logp, ref_logp, algo.kl_kind, mask=mask)
             kl_sum, _ = losses.aggregate(kl, mask, agg, max_len=norm, return_sum=True)
             loss_sum = loss_sum + algo.beta * kl_sum
@@ -153,7 +161,7 @@ def make_loss(algo: AlgoSection, *, max_len: int):
     return loss_fn
 
 
-def ref_logprobs(algo: AlgoSection, ref_model, batch: dict, *, chunks: int) -> jax.Array:
+def ref_logprobs(ref_model, batch: dict, *, chunks: int, temperature: float = 1.0) -> jax.Array:
     """f32[M, L]: the frozen reference's log-probs of every row of `make_batch`.
 
     Computed once per batch, so `algo.epochs` updates do not each repeat the
@@ -169,7 +177,7 @@ def ref_logprobs(algo: AlgoSection, ref_model, batch: dict, *, chunks: int) -> j
 
     def one(args):
         t, mk, p = args
-        return sampling.token_logprobs(ref_model, t, mk, temperature=algo.temperature,
+        return sampling.token_logprobs(ref_model, t, mk, temperature=temperature,
                                        positions_bt=p)
 
     def chunk(args):
@@ -180,12 +188,13 @@ def ref_logprobs(algo: AlgoSection, ref_model, batch: dict, *, chunks: int) -> j
     return jax.lax.stop_gradient(out.reshape(m, -1))
 
 
-def kl_reward(algo: AlgoSection, model, ref_model, traj: Trajectory, *, pad_id: int) -> jax.Array:
+def kl_reward(algo: AlgoSection, model, ref_model, traj: Trajectory, *, pad_id: int,
+              temperature: float = 1.0) -> jax.Array:
     """f32[T, B]: -beta * (summed per-token KL of each turn's completion), for kl_in='reward'."""
     rows = pack_turns(traj, pad_id)
     lp = sampling.token_logprobs(model, rows.tokens, rows.loss_mask,
-                                 temperature=algo.temperature, positions_bt=rows.positions)
+                                 temperature=temperature, positions_bt=rows.positions)
     ref = sampling.token_logprobs(ref_model, rows.tokens, rows.loss_mask,
-                                  temperature=algo.temperature, positions_bt=rows.positions)
+                                  temperature=temperature, positions_bt=rows.positions)
     kl = losses.kl_penalty(lp, ref, algo.kl_kind, mask=rows.loss_mask).sum(-1)
     return -algo.beta * kl.reshape(traj.active.shape)

@@ -1,18 +1,17 @@
-"""GRPO (Shao et al. 2024) with the DAPO, Dr. GRPO and GSPO options.
+"""GRPO (Shao et al. 2024) with the DAPO and GSPO options.
 
 The G episodes of a group play the same task; each episode's return R_i is
 scored against its group:
 
-    grpo      A_i = (R_i - mean_g R) / (std_g R + eps)       algo.scale: group | batch | none
-    dr_grpo   A_i =  R_i - mean_g R                          (Liu et al. 2025; pair it with
-                                                              loss_agg: seq-mean-token-sum-norm)
+    A_i = (R_i - mean_g R) / (std_g R + eps)       algo.scale: group | batch | none
 
-and every generated token of every turn of episode i gets A_i. Options:
+and every generated token of every turn of episode i gets A_i (Dr. GRPO,
+without the std, is its own entry: algorithms/dr_grpo.py). Options:
 DAPO's clip-higher (algo.clip_high), token-mean aggregation, dynamic sampling
 (algo.dynamic_sampling: groups whose returns are all equal carry no signal and
 are masked out; we drop rather than resample, so the batch shape stays fixed),
-the soft overlong penalty (algo.overlong_cache, applied as reward shaping by the
-trainer); GSPO's sequence-level ratio (algo.ratio_level: sequence | sequence-token).
+the soft overlong penalty (shaping.overlong_cache, applied as reward shaping by
+the trainer); GSPO's sequence-level ratio (algo.ratio_level: sequence | sequence-token).
 """
 
 from __future__ import annotations
@@ -21,7 +20,7 @@ import jax.numpy as jnp
 
 from jaxrl_lm import advantages as adv_lib
 from jaxrl_lm.algorithms.common import Advantages, broadcast_episode
-from jaxrl_lm.config import AlgoSection
+from jaxrl_lm.algorithms.registry import Algorithm, register
 from jaxrl_lm.rollout import Trajectory, episode_returns
 
 
@@ -32,14 +31,22 @@ def group_has_signal(returns_b, group_size: int):
     return jnp.repeat(spread, group_size)
 
 
-def advantages(algo: AlgoSection, traj: Trajectory, values=None) -> Advantages:
-    r_b = episode_returns(traj)
-    g = algo.group_size
-    if algo.name == "dr_grpo":
-        a_b = adv_lib.dr_grpo_advantages(r_b, g)
-    else:
-        a_b = adv_lib.grpo_advantages(r_b, g, scale=algo.scale, ddof=1 if g > 1 else 0)
+def signal_of(algo, traj: Trajectory, a_b) -> Advantages:
+    """Episode advantages a_b [B] on every turn; with algo.dynamic_sampling the
+    groups whose returns are all equal carry no loss."""
     keep = traj.active
     if algo.dynamic_sampling:
-        keep = keep & group_has_signal(r_b, g)[None, :]
+        keep = keep & group_has_signal(episode_returns(traj), algo.group_size)[None, :]
     return Advantages(broadcast_episode(a_b, traj), keep)
+
+
+def advantages(algo, traj: Trajectory, values=None) -> Advantages:
+    g = algo.group_size
+    a_b = adv_lib.grpo_advantages(episode_returns(traj), g, scale=algo.scale,
+                                  ddof=1 if g > 1 else 0)
+    return signal_of(algo, traj, a_b)
+
+
+ALGORITHM = register(Algorithm(
+    "grpo", "rl", advantages,
+    summary="(R - mean_g R) / std_g R per episode (DeepSeekMath; DAPO, GSPO options)"))

@@ -9,7 +9,7 @@ t, under the params that sampled the batch. With per-turn rewards r_t
 
 A is whitened over the active turns of the batch; the loss adds
 vf_coef * 0.5 (V - returns)^2 (optionally clipped, algo.value_clip). The
-model needs a value head (the trainer builds one when algo.name is ppo).
+model needs a value head (`needs_value`: the trainer builds one).
 """
 
 from __future__ import annotations
@@ -18,11 +18,11 @@ import jax.numpy as jnp
 
 from jaxrl_lm import advantages as adv_lib
 from jaxrl_lm.algorithms.common import Advantages
-from jaxrl_lm.config import AlgoSection
+from jaxrl_lm.algorithms.registry import Algorithm, register
 from jaxrl_lm.rollout import Trajectory
 
 
-def advantages(algo: AlgoSection, traj: Trajectory, values=None) -> Advantages:
+def advantages(algo, traj: Trajectory, values=None) -> Advantages:
     if values is None:
         raise ValueError("ppo needs per-turn values (algorithms.common.turn_values)")
     act = traj.active
@@ -31,3 +31,13 @@ def advantages(algo: AlgoSection, traj: Trajectory, values=None) -> Advantages:
                                lam=algo.lam)
     a = adv_lib.whiten(a_bt.T, act)
     return Advantages(jnp.where(act, a, 0.0), act, ret_bt.T, v)
+
+
+def check(algo) -> None:
+    if algo.turn_weight:
+        raise ValueError(f"algo.turn_weight={algo.turn_weight!r}: must be 0 for ppo (GAE "
+                         f"already credits each turn)")
+
+
+ALGORITHM = register(Algorithm("ppo", "rl", advantages, needs_value=True, check=check,
+                               summary="GAE over turns with a value head (PPO)"))

@@ -54,7 +54,7 @@ def _parser() -> argparse.ArgumentParser:
     add("--batches", default=None,
         help="comma-separated episode batch sizes (default: main train.batch_size; full 64,256)")
     add("--new", type=int, default=None,
-        help="max new tokens per turn (default: main algo.max_new_tokens; full 10)")
+        help="max new tokens per turn (default: main rollout.max_new_tokens; full 10)")
     add("--repeats", type=int, default=2, help="timed runs per side and batch; the best counts")
     add("--quick", action="store_true",
         help="tiny sizes (smoke test): main setting, B=4, 4 tokens, 1 repeat")
@@ -94,14 +94,14 @@ def setting(name: str, tokenizer, *, new: int | None, batches: list[int] | None)
 
     if name == "main":
         from jaxrl_lm.config import load_config
-        from jaxrl_lm.train.rl import stop_tokens
+        from jaxrl_lm.models.tokenizer import stop_tokens
 
         cfg = load_config(str(MAIN_CONFIG))
         if cfg.env.name != "tictactoe":
             raise ValueError(f"{MAIN_CONFIG}: env.name={cfg.env.name!r}, expected 'tictactoe'")
         options, max_len, max_turns = dict(cfg.env.options), cfg.env.max_prompt_len, cfg.env.max_turns
-        new = cfg.algo.max_new_tokens if new is None else new
-        temperature, stops = cfg.algo.temperature, stop_tokens(tokenizer)
+        new = cfg.rollout.max_new_tokens if new is None else new
+        temperature, stops = cfg.rollout.temperature, stop_tokens(tokenizer)
         batches = [cfg.train.batch_size] if batches is None else batches
     else:
         options, max_turns, temperature = dict(opponent="random"), None, 1.0

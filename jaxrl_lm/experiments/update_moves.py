@@ -50,7 +50,7 @@ def update_moves(cfg, model, tokenizer, iterations: int, *, context: int = 12) -
     def logp(params, rest, batch):
         m = nnx.merge(eng.graphdef, params, rest)
         return sampling.token_logprobs(m, batch["tokens"], batch["loss_mask"],
-                                       temperature=cfg.algo.temperature,
+                                       temperature=cfg.rollout.temperature,
                                        positions_bt=batch["positions"])
 
     rows = []
@@ -90,8 +90,7 @@ def _row_text(r: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     from jaxrl_lm.config import ConfigError, check_runtime, load_config
-    from jaxrl_lm.train.pipeline import run_warmup
-    from jaxrl_lm.train.run import build_policy
+    from jaxrl_lm.train.trainer import build_policy, run_warmup
 
     p = argparse.ArgumentParser(prog="python -m jaxrl_lm.experiments.update_moves",
                                 description="Per RL update: the sampler/trainer log-prob "

@@ -3,7 +3,7 @@
 Every loss takes arrays and keyword options and returns `(loss, metrics)`,
 metrics being a dict of scalar arrays (no gradient).
 
-Gradient-accumulation convention (the train step in `jaxrl_lm.train.step`
+Gradient-accumulation convention (the train step in `jaxrl_lm.train.engine`
 relies on it): every loss accepts `return_sum: bool = False`. With True it
 returns `((loss_sum, denom), metrics)` where
 

@@ -6,7 +6,7 @@ config and tokenizer with the same functions `load_hf` uses on a downloaded
 Qwen2/Llama/Gemma folder, then initialises the weights from `key`. The folder is
 regenerated from `DEFAULT_CONFIG` by
 
-    python -m jaxrl_lm.models.tokenizer --write-default
+    python -m jaxrl_lm.models.default --write-default
 
 Shape (1,000,576 parameters): 4 layers, hidden 128, 4 query heads and 2 KV heads of
 32, SwiGLU MLP 512, the 128-id character vocabulary, tied embeddings, RoPE theta
@@ -18,12 +18,16 @@ character tokenizer; a llama folder keeps the tokenizer.json as written.
 
 from __future__ import annotations
 
+import argparse
+import pathlib
+
 import jax
 from flax import nnx
 
 from jaxrl_lm.models import hf
 from jaxrl_lm.models.config import ModelConfig
-from jaxrl_lm.models.tokenizer import DEFAULT_DIR, VOCAB_SIZE
+from jaxrl_lm.models.decoder import Decoder
+from jaxrl_lm.models.tokenizer import DEFAULT_DIR, VOCAB_SIZE, char_tokenizer_hf
 
 DEFAULT_MAX_POSITIONS = 2048
 DEFAULT_CONFIG = ModelConfig(
@@ -38,11 +42,35 @@ def default_policy(key: jax.Array | int = 0, *, dtype: str = "float32",
 
     key: a PRNG key or an int seed. dtype/param_dtype/value_head as in `load_hf`.
     """
-    from jaxrl_lm.models.decoder import Decoder
-
     if isinstance(key, int):
         key = jax.random.key(key)
     cfg = hf.load_config(DEFAULT_DIR, dtype=dtype, param_dtype=param_dtype,
                          value_head=value_head)
     tokenizer = hf.load_tokenizer(DEFAULT_DIR)
     return Decoder(cfg, rngs=nnx.Rngs(params=key)), tokenizer
+
+
+def write_default(path: pathlib.Path = DEFAULT_DIR) -> pathlib.Path:
+    """Write the default policy's HF folder: config.json and tokenizer files."""
+    path = pathlib.Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    tok = char_tokenizer_hf(model_max_length=DEFAULT_MAX_POSITIONS)
+    tok.save_pretrained(path)
+    hf.write_config(DEFAULT_CONFIG, path, tokenizer=tok,
+                    max_position_embeddings=DEFAULT_MAX_POSITIONS)
+    return path
+
+
+def _main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--write-default", action="store_true",
+                        help=f"(re)write the shipped folder {DEFAULT_DIR}")
+    parser.add_argument("--out", type=pathlib.Path, default=DEFAULT_DIR)
+    args = parser.parse_args(argv)
+    if not args.write_default:
+        parser.error("nothing to do: pass --write-default")
+    print(write_default(args.out))
+
+
+if __name__ == "__main__":
+    _main()

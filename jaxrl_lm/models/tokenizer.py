@@ -16,14 +16,18 @@ decode(a) + decode(b), which the jitted text interface in envs/text.py relies on
 
 Regenerate the shipped folder with
 
-    python -m jaxrl_lm.models.tokenizer --write-default
+    python -m jaxrl_lm.models.default --write-default
+
+Also here, for every tokenizer (HF or the default): `encode` (ids without
+special tokens), `pad_id` and `stop_tokens`, the one rule each that the
+trainer, the evaluation and the benches share.
 """
 
 from __future__ import annotations
 
-import argparse
 import os
 import pathlib
+from typing import Any
 
 from tokenizers import AddedToken, Tokenizer, decoders, models
 
@@ -77,30 +81,29 @@ def char_tokenizer_hf(model_max_length: int = 2048):
         model_max_length=model_max_length)
 
 
-def write_default(path: pathlib.Path = DEFAULT_DIR) -> pathlib.Path:
-    """Write the default policy's HF folder: config.json and tokenizer files."""
-    from jaxrl_lm.models.default import DEFAULT_CONFIG, DEFAULT_MAX_POSITIONS
-    from jaxrl_lm.models.hf import write_config
-
-    path = pathlib.Path(path)
-    path.mkdir(parents=True, exist_ok=True)
-    tok = char_tokenizer_hf(model_max_length=DEFAULT_MAX_POSITIONS)
-    tok.save_pretrained(path)
-    write_config(DEFAULT_CONFIG, path, tokenizer=tok,
-                 max_position_embeddings=DEFAULT_MAX_POSITIONS)
-    return path
+def encode(tokenizer: Any, text: str) -> list[int]:
+    """Token ids of `text` without special tokens, for HF or simple tokenizers."""
+    try:
+        out = tokenizer.encode(text, add_special_tokens=False)
+    except TypeError:
+        out = tokenizer.encode(text)
+    return list(getattr(out, "ids", out))
 
 
-def _main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--write-default", action="store_true",
-                        help=f"(re)write the shipped folder {DEFAULT_DIR}")
-    parser.add_argument("--out", type=pathlib.Path, default=DEFAULT_DIR)
-    args = parser.parse_args(argv)
-    if not args.write_default:
-        parser.error("nothing to do: pass --write-default")
-    print(write_default(args.out))
+def pad_id(tokenizer: Any) -> int:
+    """The id rows are padded with: the tokenizer's pad token, else its EOS,
+    else 0 (padding is always masked out; the id only has to exist)."""
+    for attr in ("pad_token_id", "eos_token_id"):
+        v = getattr(tokenizer, attr, None)
+        if isinstance(v, int):
+            return v
+    return 0
 
 
-if __name__ == "__main__":
-    _main()
+def stop_tokens(tokenizer: Any) -> tuple[int, ...]:
+    """A turn's answer ends at a newline or at EOS."""
+    ids = list(encode(tokenizer, "\n"))
+    eos = getattr(tokenizer, "eos_token_id", None)
+    if isinstance(eos, int):
+        ids.append(eos)
+    return tuple(dict.fromkeys(ids))

@@ -9,6 +9,7 @@ kept whole (replicated) instead, so tiny test models work on any mesh.
 from __future__ import annotations
 
 import math
+import os
 from typing import Any
 
 import jax
@@ -16,7 +17,7 @@ import numpy as np
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from jaxrl_lm.config import ConfigError, resolve_mesh_shape
+from jaxrl_lm.config import Config, ConfigError, resolve_mesh_shape
 
 AXES = ("data", "fsdp", "tensor")
 
@@ -133,3 +134,30 @@ def check_mesh(mesh: jax.sharding.Mesh, batch_rows: int) -> None:
     rows = mesh.shape["data"] * mesh.shape["fsdp"]
     if batch_rows % rows:
         raise ConfigError(f"{batch_rows} batch rows cannot be split over mesh.data*mesh.fsdp={rows}")
+
+
+def maybe_initialize_distributed(cfg: Config | None = None) -> bool:
+    """Start jax.distributed when the run spans several processes.
+
+    Sources, first match wins: the config (mesh.coordinator_address,
+    mesh.num_processes, mesh.process_id); the variables JAXRL_LM_COORDINATOR /
+    JAXRL_LM_NUM_PROCESSES / JAXRL_LM_PROCESS_ID (set by
+    launch/local_multiprocess.sh); JAXRL_LM_DISTRIBUTED=1, which lets JAX
+    detect the cluster itself (TPU pod, SLURM). CPU processes talk over gloo.
+    Returns True when it initialized.
+    """
+    m = cfg.mesh if cfg is not None else None
+    env = os.environ
+    if m is not None and m.coordinator_address is not None and m.num_processes is not None:
+        args = (m.coordinator_address, m.num_processes, m.process_id)
+    elif "JAXRL_LM_COORDINATOR" in env:
+        args = (env["JAXRL_LM_COORDINATOR"], int(env["JAXRL_LM_NUM_PROCESSES"]),
+                int(env["JAXRL_LM_PROCESS_ID"]))
+    elif env.get("JAXRL_LM_DISTRIBUTED") == "1":
+        args = ()
+    else:
+        return False
+    if env.get("JAX_PLATFORMS", "").startswith("cpu"):
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(*args)
+    return True

@@ -1,19 +1,20 @@
-"""The RL outer loop: rollout -> advantages -> jitted sharded update(s) -> log -> checkpoint.
+"""The RL stage: rollout -> advantages -> jitted sharded update(s) -> log -> checkpoint.
 
 One iteration: `collect` (one jitted program) plays `train.batch_size`
 episodes of `cfg.env` with the current params (groups of `algo.group_size`
-share a task), shapes the per-turn rewards (DAPO overlong penalty, KL in the
-reward), computes the algorithm's advantages, packs every turn into a
-training row and, for a KL in the loss, scores the rows once under the frozen
-reference; then `algo.epochs` optimizer steps of the shared clipped loss on
-those rows (`Engine.step`, exact micro-batch accumulation, non-finite guard).
-With `algo.max_update_move` set, one more forward pass measures how far those
-updates moved the sampled tokens' log-probs (mean absolute change, in nats)
-and an iteration that moved them further is shrunk: the params go back along
-the iteration's own step until the move is within the bound (a trust region
-checked after the fact, `bound_move`; the optimizer's step count and second
-moment are kept, its first moment too unless `algo.scale_momentum` scales it
-by the same factor).
+share a task), shapes the per-turn rewards (the `shaping` section, KL in the
+reward), computes the algorithm's advantages (`algorithms.get(algo.name)`),
+packs every turn into a training row and, for a KL in the loss, scores the
+rows once under the frozen reference; then `algo.epochs` optimizer steps of
+the shared clipped loss on those rows (`Engine.step`, exact micro-batch
+accumulation, non-finite guard). With `trust_region.max_update_move` set,
+one more forward pass measures how far those updates moved the sampled
+tokens' log-probs (mean absolute change, in nats) and an iteration that
+moved them further is shrunk: the params go back along the iteration's own
+step until the move is within the bound (a trust region checked after the
+fact, `bound_move`; the optimizer's step count and second moment are kept,
+its first moment too unless `trust_region.scale_momentum` scales it by the
+same factor).
 
 Everything random comes from `fold_in(rng, iteration)`, and a rollout is a
 pure function of (params, key), so a killed run resumed from its last
@@ -30,83 +31,18 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from jaxrl_lm import envs
-from jaxrl_lm.envs.text import TextInterface
-from jaxrl_lm import rewards as rewards_lib
-from jaxrl_lm.algorithms import advantage_fn, common
+from jaxrl_lm import algorithms, envs
+from jaxrl_lm.algorithms import common
 from jaxrl_lm.config import Config
-from jaxrl_lm.rollout import Trajectory, episode_returns, make_rollout, turn_faults
+from jaxrl_lm.envs.text import TextInterface
+from jaxrl_lm.evaluation.stats import episode_stats
+from jaxrl_lm.models.tokenizer import pad_id, stop_tokens
+from jaxrl_lm.rewards import shape_rewards
+from jaxrl_lm.rollout import make_rollout
 from jaxrl_lm.train import mesh as mesh_lib
-from jaxrl_lm.train.loop import RunFiles, RunResult
-from jaxrl_lm.train.sft import encode
-from jaxrl_lm.train.step import Engine, make_optimizer
-
-
-def stop_tokens(tokenizer) -> tuple[int, ...]:
-    """A turn's answer ends at a newline or at EOS."""
-    ids = list(encode(tokenizer, "\n"))
-    eos = getattr(tokenizer, "eos_token_id", None)
-    if isinstance(eos, int):
-        ids.append(eos)
-    return tuple(dict.fromkeys(ids))
-
-
-def pad_id_of(tokenizer) -> int:
-    pad = getattr(tokenizer, "pad_token_id", None)
-    return int(pad) if isinstance(pad, int) else 0
-
-
-def episode_stats(traj: Trajectory) -> dict[str, jax.Array]:
-    """Scalar rollout metrics (means over episodes or active turns)."""
-    act = traj.active.astype(jnp.float32)
-    turns = act.sum()
-    env_ret = (traj.env_reward * act).sum(0)
-    legal = traj.states.legal_action_mask
-    in_range = (traj.action >= 0) & (traj.action < legal.shape[-1])
-    invalid, illegal = turn_faults(traj)
-    # distinct actions the policy itself chose in an episode, over the action
-    # space (RLFT's action coverage for bandits; stand-ins for invalid answers
-    # do not count)
-    chose = traj.active & traj.valid & in_range
-    num_actions = legal.shape[-1]
-    played_ba = (jax.nn.one_hot(traj.action, num_actions, dtype=jnp.bool_)
-                 & chose[..., None]).any(0)
-    return {
-        "reward": episode_returns(traj).mean(),
-        "env_return": env_ret.mean(),
-        "win_rate": (env_ret > 0).mean(),
-        "draw_rate": (env_ret == 0).mean(),
-        "loss_rate": (env_ret < 0).mean(),
-        "invalid_rate": invalid.sum() / jnp.maximum(turns, 1.0),
-        "illegal_rate": illegal.sum() / jnp.maximum(turns, 1.0),
-        "turns": act.sum(0).mean(),
-        "completion_len": (traj.completion_len * act).sum() / jnp.maximum(turns, 1.0),
-        "action_coverage": played_ba.sum(-1).mean() / num_actions,
-    }
-
-
-def shape_rewards(cfg: Config, traj: Trajectory, env: envs.Env | None = None) -> Trajectory:
-    """Add the reward shaping the config asks for (before any advantage); `env`
-    is needed for algo.expected_reward."""
-    a = cfg.algo
-    r = traj.reward
-    if a.expected_reward:
-        if env is None:
-            raise ValueError("algo.expected_reward: shape_rewards needs the env")
-        mean = jax.vmap(jax.vmap(env.expected_reward))(traj.states, traj.action)
-        r = r + jnp.where(traj.active, mean - traj.env_reward, 0.0)
-    if a.exploration_bonus:
-        # Arms count as tried once played, but only the model's own choices
-        # earn the bonus: an unparsable answer's random stand-in does not.
-        num_actions = traj.states.legal_action_mask.shape[-1]
-        bonus = rewards_lib.exploration_bonus(traj.action.T, num_actions,
-                                              bonus=a.exploration_bonus, mask=traj.active.T)
-        r = r + jnp.where(traj.valid, bonus.T, 0.0)
-    if a.overlong_cache:
-        pen = rewards_lib.overlong_penalty(traj.completion_len.reshape(-1), max_len=a.max_new_tokens,
-                                           cache_len=a.overlong_cache).reshape(r.shape)
-        r = r + jnp.where(traj.active, pen, 0.0)
-    return traj._replace(reward=r)
+from jaxrl_lm.train.engine import Engine
+from jaxrl_lm.train.optim import make_optimizer
+from jaxrl_lm.train.run_dir import RunFiles, RunResult
 
 
 def scale_first_moment(opt_state: Any, scale: jax.Array) -> Any:
@@ -123,28 +59,33 @@ class RLRunner:
 
     def __init__(self, cfg: Config, model: nnx.Module, tokenizer: Any):
         self.cfg, self.tokenizer = cfg, tokenizer
-        a, t = cfg.algo, cfg.train
+        a, r, t = cfg.algo, cfg.rollout, cfg.train
+        self.algorithm = algorithms.get(a.name)
+        if self.algorithm.kind != "rl":
+            raise ValueError(f"algo.name={a.name!r}: RLRunner runs RL algorithms, not "
+                             f"{self.algorithm.kind}")
         self.env = envs.make(cfg.env.name, **cfg.env.options)
-        if a.expected_reward and not self.env.has_expected_reward:
-            raise ValueError(f"algo.expected_reward: env {cfg.env.name!r} has no expected "
+        if cfg.shaping.expected_reward and not self.env.has_expected_reward:
+            raise ValueError(f"shaping.expected_reward: env {cfg.env.name!r} has no expected "
                              f"reward (its reward is not a noisy sample of a known mean); "
                              f"bandit has one")
-        self.pad_id = pad_id_of(tokenizer)
+        self.pad_id = pad_id(tokenizer)
         self.text = TextInterface(self.env, tokenizer, max_prompt_len=cfg.env.max_prompt_len,
                                   pad_id=self.pad_id)
         self.play = make_rollout(
             self.env, self.text, num_groups=t.batch_size // a.group_size,
             group_size=a.group_size, max_turns=cfg.env.max_turns,
-            max_new_tokens=a.max_new_tokens, temperature=a.temperature,
-            stop_tokens=stop_tokens(tokenizer), invalid_penalty=a.invalid_penalty)
+            max_new_tokens=r.max_new_tokens, temperature=r.temperature, top_k=r.top_k,
+            top_p=r.top_p, min_p=r.min_p, stop_tokens=stop_tokens(tokenizer),
+            invalid_penalty=cfg.shaping.invalid_penalty)
         rows = cfg.env.max_turns * t.batch_size
         self.mesh = mesh_lib.make_mesh(cfg.mesh.shape)
         mesh_lib.check_mesh(self.mesh, rows // t.micro_batches)
         self.optimizer, self.schedule = make_optimizer(cfg.optim, t.steps * a.epochs)
-        loss_fn = common.make_loss(a, max_len=cfg.env.max_prompt_len + a.max_new_tokens)
+        loss_fn = common.make_loss(a, max_len=cfg.env.max_prompt_len + r.max_new_tokens,
+                                   temperature=r.temperature)
         self.engine = Engine(model, loss_fn, self.optimizer, self.schedule, self.mesh,
                              micro_batches=t.micro_batches)
-        self.adv_fn = advantage_fn(a.name)
         self.collect = jax.jit(self._collect)
         self.update_move = jax.jit(self._update_move)
         self.shrink = jax.jit(lambda old, new, s: jax.tree.map(
@@ -155,20 +96,23 @@ class RLRunner:
         cfg, a = self.cfg, self.cfg.algo
         model = nnx.merge(self.engine.graphdef, params, rest)
         graphdef, state = nnx.split(model)
-        traj = shape_rewards(cfg, self.play(graphdef, state, key), self.env)
+        traj = shape_rewards(cfg.shaping, self.play(graphdef, state, key),
+                             max_new_tokens=cfg.rollout.max_new_tokens, env=self.env)
+        temperature = cfg.rollout.temperature
         if a.beta > 0 and a.kl_in == "reward":
             ref = nnx.merge(self.engine.graphdef, ref_params, rest)
-            kl_r = common.kl_reward(a, model, ref, traj, pad_id=self.pad_id)
+            kl_r = common.kl_reward(a, model, ref, traj, pad_id=self.pad_id,
+                                    temperature=temperature)
             traj = traj._replace(reward=traj.reward + jnp.where(traj.active, kl_r, 0.0))
-        values = common.turn_values(model, traj) if a.name == "ppo" else None
-        sig = self.adv_fn(a, traj, values)
+        values = common.turn_values(model, traj) if self.algorithm.needs_value else None
+        sig = self.algorithm.advantages(a, traj, values)
         if a.turn_weight:
             sig = common.turn_credit(traj, sig, a.turn_weight)
         batch = common.make_batch(traj, sig, pad_id=self.pad_id)
         if a.beta > 0 and a.kl_in == "loss":
             ref = nnx.merge(self.engine.graphdef, ref_params, rest)
-            batch["ref_logp"] = common.ref_logprobs(a, ref, batch,
-                                                    chunks=cfg.train.micro_batches)
+            batch["ref_logp"] = common.ref_logprobs(ref, batch, chunks=cfg.train.micro_batches,
+                                                    temperature=temperature)
         stats = episode_stats(traj)
         stats["kept_turns"] = sig.keep.sum() / jnp.maximum(traj.active.sum(), 1)
         return batch, stats
@@ -176,23 +120,23 @@ class RLRunner:
     def _update_move(self, params, rest, batch):
         """Mean |log pi(params) - old_logp| over the batch's loss tokens, in nats."""
         model = nnx.merge(self.engine.graphdef, params, rest)
-        logp = common.ref_logprobs(self.cfg.algo, model, batch,
-                                   chunks=self.cfg.train.micro_batches)
+        logp = common.ref_logprobs(model, batch, chunks=self.cfg.train.micro_batches,
+                                   temperature=self.cfg.rollout.temperature)
         mask = batch["loss_mask"].astype(jnp.float32)
         diff = jnp.abs(logp - batch["old_logp"]) * mask
         return diff.sum() / jnp.maximum(mask.sum(), 1.0)
 
     def bound_move(self, state, before, batch, tries: int = 6):
         """Scale the iteration's step (before -> state.params) back until the
-        sampled tokens' log-probs move by at most algo.max_update_move (mean
-        nats). Moves grow less than linearly with the step near full size and
+        sampled tokens' log-probs move by at most trust_region.max_update_move
+        (mean nats). Moves grow less than linearly with the step near full size and
         about linearly near zero, so the search first guesses move ~ scale**0.5
         from above, then bisects log(scale) once a scale within the bound is
         known; it stops at a scale moving them by half the bound or more. After
         `tries` measures it keeps the largest scale found within the bound (0,
         the iteration's start, if none was; a NaN move counts as too far).
         """
-        bound, eng = self.cfg.algo.max_update_move, self.engine
+        bound, eng = self.cfg.trust_region.max_update_move, self.engine
         move = first = float(self.update_move(state.params, eng.rest, batch))
         if move <= bound:
             return state, {"update_move": first, "update_scale": 1.0, "update_move_kept": move}
@@ -212,13 +156,14 @@ class RLRunner:
             else:
                 hi, hi_move = scale, move
         scale, new, move = best
-        if self.cfg.algo.scale_momentum:
+        if self.cfg.trust_region.scale_momentum:
             state = state._replace(opt_state=self.scale_mu(state.opt_state, jnp.float32(scale)))
         return (state._replace(params=new),
                 {"update_move": first, "update_scale": scale, "update_move_kept": move})
 
     def train(self, run_dir: str, *, resume: bool = False) -> RunResult:
         cfg, a, t = self.cfg, self.cfg.algo, self.cfg.train
+        bounded = cfg.trust_region.max_update_move > 0
         eng = self.engine
         state = eng.init_state(t.seed)
         ref_params = None
@@ -232,10 +177,10 @@ class RLRunner:
                 batch, stats = self.collect(state.params, eng.rest, ref_params, key)
                 batch = eng.place_batch(batch)
                 # eng.step donates its state: keep the step's start for bound_move
-                before = jax.tree.map(jnp.copy, state.params) if a.max_update_move else None
+                before = jax.tree.map(jnp.copy, state.params) if bounded else None
                 for _ in range(a.epochs):
                     state, metrics = eng.step(state, batch)
-                if a.max_update_move:
+                if bounded:
                     state, guard = self.bound_move(state, before, batch)
                     metrics = {**metrics, **guard}
                 done = it + 1

@@ -1,8 +1,9 @@
-"""Supervised fine-tuning: the completion-only next-token loss and the
-pluggable data sources that feed it.
+"""Supervised fine-tuning: the completion-only next-token loss, the
+pluggable data sources that feed it, and the loop that runs it
+(`train_sft`: data -> jitted sharded step -> log -> checkpoint, with resume).
 
 A data source is `(step, key) -> {"tokens": i32[B, T], "loss_mask": f32[B, T]}`
-(a `loop.DataFn`), pure in its arguments so that resumed runs replay it.
+(a `DataFn`), pure in its arguments so that resumed runs replay it.
 `loss_mask[b, t] = 1` marks token t as a target (a completion token).
 
     loss = sum_{b,t} mask[b,t] * -log p(tokens[b,t] | tokens[b,<t]) / sum mask
@@ -23,15 +24,17 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import nnx
 
+from jaxrl_lm.config import Config
+from jaxrl_lm.models.tokenizer import encode
+from jaxrl_lm.train import mesh as mesh_lib
+from jaxrl_lm.train.engine import Engine, LossFn
+from jaxrl_lm.train.optim import make_optimizer
+from jaxrl_lm.train.run_dir import RunFiles, RunResult
 
-def encode(tokenizer: Any, text: str) -> list[int]:
-    """Token ids of `text` without special tokens, for HF or simple tokenizers."""
-    try:
-        out = tokenizer.encode(text, add_special_tokens=False)
-    except TypeError:
-        out = tokenizer.encode(text)
-    return list(getattr(out, "ids", out))
+# (step, key) -> global batch of host arrays [B, ...]; the same on every process.
+DataFn = Callable[[int, jax.Array], dict[str, np.ndarray]]
 
 
 def forward(model: Any, tokens_bt: jax.Array) -> jax.Array:
@@ -101,3 +104,42 @@ def sorting_data(tokenizer: Any, *, batch_size: int, max_len: int, pad_id: int =
         return pack(rows, max_len, pad_id)
 
     return data_fn
+
+
+def train_sft(cfg: Config, run_dir: str, *, model: nnx.Module, data_fn: DataFn,
+              loss_fn: LossFn | None = None, resume: bool = False, ref_params: Any = None,
+              data_state_fn: Callable[[int], Any] | None = None) -> RunResult:
+    """Run `cfg.train.steps` steps of `loss_fn` on `data_fn` batches into `run_dir`.
+
+    Args:
+      model: the NNX module to train (its params carry logical axis names).
+      loss_fn: `(model, batch[, ref_model]) -> ((loss_sum, denom), metrics)`;
+        default `sft_loss`.
+      data_fn: `(step, key) -> batch`, pure, so resumed runs see the same data.
+      resume: continue from the newest intact checkpoint in run_dir/checkpoints.
+      ref_params: frozen reference params (same tree as the model's) for KL terms.
+      data_state_fn: step -> JSON-able data/curriculum state stored in checkpoints.
+    """
+    t = cfg.train
+    loss_fn = sft_loss if loss_fn is None else loss_fn
+    mesh = mesh_lib.make_mesh(cfg.mesh.shape)
+    mesh_lib.check_mesh(mesh, t.batch_size // t.micro_batches)
+    optimizer, schedule = make_optimizer(cfg.optim, t.steps)
+    engine = Engine(model, loss_fn, optimizer, schedule, mesh, micro_batches=t.micro_batches)
+    state = engine.init_state(t.seed)
+    if ref_params is not None:
+        ref_params = mesh_lib.place(ref_params, engine.param_sh)
+    row, tokens = {}, 0
+    with RunFiles(cfg, run_dir) as files:
+        state = files.begin(state, resume=resume)
+        for step in range(files.start, t.steps):
+            key = jax.random.fold_in(state.rng, step)
+            batch = data_fn(step, key)
+            tokens += int(np.prod(np.shape(batch["tokens"]))) if "tokens" in batch else 0
+            state, metrics = engine.step(state, engine.place_batch(batch), ref_params)
+            done = step + 1
+            if files.log_due(done):
+                row = files.logger.log(done, jax.device_get(metrics), tokens=tokens or None)
+                tokens = 0
+            files.after_step(done, state, data_state_fn)
+    return RunResult(state, engine, row, files.start)

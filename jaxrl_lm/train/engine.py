@@ -26,7 +26,6 @@ import optax
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from jaxrl_lm.config import OptimSection
 from jaxrl_lm.train import mesh as mesh_lib
 
 LossFn = Callable[..., tuple[tuple[jax.Array, jax.Array], dict[str, jax.Array]]]
@@ -38,36 +37,6 @@ class TrainState(NamedTuple):
     opt_state: Any  # optax state over `params`
     rng: jax.Array  # u32[2]: the run's root key (legacy raw key, checkpointable)
     skipped: jax.Array  # i32[]: steps skipped by the non-finite guard
-
-
-def make_schedule(cfg: OptimSection, total_steps: int) -> optax.Schedule:
-    """Linear warmup 0 -> lr over `warmup_steps`, then cosine to lr*min_lr_ratio or constant."""
-    warm = cfg.warmup_steps
-    if cfg.schedule == "cosine":
-        after = optax.cosine_decay_schedule(cfg.lr, max(total_steps - warm, 1), alpha=cfg.min_lr_ratio)
-    else:
-        after = optax.constant_schedule(cfg.lr)
-    if warm == 0:
-        return after
-    return optax.join_schedules([optax.linear_schedule(0.0, cfg.lr, warm), after], [warm])
-
-
-def make_optimizer(cfg: OptimSection, total_steps: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
-    """optax chain from the config: global-norm clipping then the optimizer."""
-    sched = make_schedule(cfg, total_steps)
-    if cfg.name == "adamw":
-        opt = optax.adamw(sched, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps, weight_decay=cfg.weight_decay)
-    elif cfg.name == "lion":
-        opt = optax.lion(sched, b1=cfg.b1, b2=cfg.b2, weight_decay=cfg.weight_decay)
-    elif cfg.name == "adafactor":
-        # optax's adafactor adds rate * param after the lr scaling; scale the rate
-        # by the schedule so weight_decay means lr * wd * param for all three.
-        wd = (lambda t: cfg.weight_decay * sched(t)) if cfg.weight_decay else None
-        opt = optax.adafactor(sched, weight_decay_rate=wd)
-    else:
-        raise ValueError(f"optim.name={cfg.name!r}: must be one of adamw, adafactor, lion")
-    parts = [optax.clip_by_global_norm(cfg.max_grad_norm)] if cfg.max_grad_norm > 0 else []
-    return optax.chain(*parts, opt), sched
 
 
 def _all_finite(tree: Any) -> jax.Array:

@@ -1,0 +1,80 @@
+"""Evaluate a policy by playing an env with the jitted rollout (greedy by default).
+
+    results = evaluate(model, tokenizer, "tictactoe", {"opponent": "minimax"},
+                       episodes=64, max_prompt_len=160, max_new_tokens=8)
+
+Returns plain floats: `return` (env return, no invalid-action penalty),
+`shaped_return` (with it), `win` / `draw` / `loss` (fractions of episodes whose
+env return is > 0, == 0, < 0: for the two-player games, won / drawn / lost),
+`invalid_rate` (turns whose answer did not parse), `illegal_rate` (turns
+whose parsed move was not legal there), `turns` per episode, and
+`completion_len` (tokens per turn). On envs.bandit, also RLFT's decision
+metrics and UCB's and random play's (jaxrl_lm.evaluation.bandit).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+from flax import nnx
+
+from jaxrl_lm import envs
+from jaxrl_lm.envs.text import TextInterface
+from jaxrl_lm.evaluation.bandit import bandit_report, bandit_table
+from jaxrl_lm.evaluation.stats import episode_stats
+from jaxrl_lm.models.tokenizer import pad_id, stop_tokens
+from jaxrl_lm.rollout import make_rollout
+
+
+def evaluate(model: nnx.Module, tokenizer: Any, env_name: str, options: dict | None = None, *,
+             episodes: int = 64, max_prompt_len: int = 160, max_new_tokens: int = 8,
+             max_turns: int | None = None, greedy: bool = True, temperature: float = 1.0,
+             invalid_penalty: float = -5.0, seed: int = 0) -> dict[str, float]:
+    """Play `episodes` episodes of `envs.make(env_name, **options)`; see the module doc."""
+    env = envs.make(env_name, **(options or {}))
+    text = TextInterface(env, tokenizer, max_prompt_len=max_prompt_len,
+                         pad_id=pad_id(tokenizer))
+    play = make_rollout(env, text, num_groups=episodes, group_size=1,
+                        max_turns=max_turns or env.max_steps, max_new_tokens=max_new_tokens,
+                        temperature=0.0 if greedy else temperature,
+                        stop_tokens=stop_tokens(tokenizer), invalid_penalty=invalid_penalty)
+    graphdef, state = nnx.split(model)
+    traj = play(graphdef, state, jax.random.key(seed))
+    s = {k: float(v) for k, v in jax.device_get(episode_stats(traj)).items()}
+    out = {"return": s["env_return"], "shaped_return": s["reward"], "win": s["win_rate"],
+           "draw": s["draw_rate"], "loss": s["loss_rate"], "invalid_rate": s["invalid_rate"],
+           "illegal_rate": s["illegal_rate"], "turns": s["turns"],
+           "completion_len": s["completion_len"], "episodes": episodes}
+    if env_name == "bandit":  # RLFT's decision metrics, next to UCB and random
+        out.update(bandit_report(env, traj, episodes=episodes, seed=seed))
+    return out
+
+
+def evaluate_config(model: nnx.Module, tokenizer: Any, cfg) -> dict[str, dict[str, float]]:
+    """{label: results} for each `eval.variants` entry (env.options updated by
+    the entry), or for the training env itself when there are none."""
+    base = dict(cfg.env.options)
+    targets = {str(label): {**base, **opts} for label, opts in cfg.eval.variants.items()}
+    if not targets:
+        targets = {"train env": base}
+    return {label: evaluate(model, tokenizer, cfg.env.name, opts, episodes=cfg.eval.episodes,
+                            max_prompt_len=cfg.env.max_prompt_len,
+                            max_new_tokens=cfg.rollout.max_new_tokens,
+                            max_turns=cfg.env.max_turns, greedy=cfg.eval.greedy,
+                            temperature=cfg.rollout.temperature,
+                            invalid_penalty=cfg.shaping.invalid_penalty, seed=cfg.train.seed + 1)
+            for label, opts in targets.items()}
+
+
+def format_table(before: dict, after: dict) -> str:
+    """A plain-text before/after table, one row per (target, stage)."""
+    cols = ("return", "win", "draw", "loss", "invalid_rate", "illegal_rate", "turns")
+    lines = [f"{'target':<14}{'stage':<8}" + "".join(f"{c:>13}" for c in cols)]
+    for label in after:
+        for stage, res in (("before", before.get(label)), ("after", after[label])):
+            if res is None:
+                continue
+            lines.append(f"{label:<14}{stage:<8}" + "".join(f"{res[c]:>13.3f}" for c in cols))
+    extra = bandit_table(before, after)  # bandit envs only
+    return "\n".join(lines) + (f"\n\n{extra}" if extra else "")

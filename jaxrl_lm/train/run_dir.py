@@ -1,0 +1,96 @@
+"""What a run writes under its directory, and the outcome of a stage.
+
+    run_dir/config.yaml      the resolved config
+    run_dir/metrics.jsonl    one JSON object per logged step (and events/ for TensorBoard)
+    run_dir/checkpoints/     Orbax checkpoints: the train state and the data state
+
+`RunFiles` owns the checkpointer and the logger of one run; `RunResult` is
+what a training stage returns. Everything random in a run is derived from the
+root key in the TrainState and the step number (`fold_in(rng, step)`), and a
+step's data is a pure function of that key, so a run resumed from a
+checkpoint replays exactly the steps it lost: killed and resumed, it ends
+bit-identical to a run that was never interrupted (on one backend, with the
+same mesh).
+
+Testing hook: with JAXRL_LM_KILL_AFTER_STEP=k in the environment, the process
+SIGKILLs itself right after step k (logged, checkpoint possibly still being
+written), as a crashed job would.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import signal
+from typing import Any, Callable
+
+import jax
+
+from jaxrl_lm.config import Config, dump_yaml, to_dict
+from jaxrl_lm.train.checkpoint import Checkpointer
+from jaxrl_lm.train.engine import Engine, TrainState
+from jaxrl_lm.train.logging import RunLogger
+
+
+@dataclasses.dataclass
+class RunResult:
+    state: TrainState  # the final train state (device arrays)
+    engine: Engine  # what compiled the step (mesh, shardings, graphdef)
+    last_metrics: dict  # the last logged metrics row
+    resumed_from: int  # the step restored at start (0 if fresh)
+
+
+def _kill_point() -> int | None:
+    v = os.environ.get("JAXRL_LM_KILL_AFTER_STEP")
+    return int(v) if v else None
+
+
+class RunFiles:
+    """What a run writes under its directory: Orbax checkpoints and the logger.
+
+    `begin(state, resume=...)` returns the state to train from (the newest
+    intact checkpoint when resuming) and sets `start`; `after_step`
+    checkpoints on schedule and honours the JAXRL_LM_KILL_AFTER_STEP hook. Use
+    it as a context manager so both writers are closed (and pending
+    checkpoints finished) on any exit. It keeps no train state of its own.
+    """
+
+    def __init__(self, cfg: Config, run_dir: str):
+        t = cfg.train
+        self.steps, self.ckpt_every, self.log_every = t.steps, t.ckpt_every, t.log_every
+        self.ckpt = Checkpointer(os.path.join(run_dir, "checkpoints"), keep=t.keep_checkpoints)
+        self.start, self.logger = 0, None
+        self._cfg, self._run_dir = cfg, run_dir
+        self._config, self._kill_after = to_dict(cfg), _kill_point()
+
+    def begin(self, state: TrainState, *, resume: bool) -> TrainState:
+        restored = self.ckpt.restore(state) if resume else None
+        if restored is not None:
+            state, meta = restored
+            self.start = int(meta["step"])
+        t = self._cfg.train
+        self.logger = RunLogger(self._run_dir, dump_yaml(self._cfg), total_steps=t.steps,
+                                start_step=self.start, progress=t.progress,
+                                enabled=jax.process_index() == 0)
+        return state
+
+    def log_due(self, done: int) -> bool:
+        return done % self.log_every == 0 or done == self.steps
+
+    def after_step(self, done: int, state: TrainState,
+                   data_state: Callable[[int], Any] | None = None) -> None:
+        """Checkpoint after step `done` when due, storing `data_state(done)`
+        (default `{"step": done}`); then the kill hook."""
+        if done % self.ckpt_every == 0 or done == self.steps:
+            data = data_state(done) if data_state else {"step": done}
+            self.ckpt.save(done, state, data_state=data, config=self._config)
+        if self._kill_after is not None and done == self._kill_after:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    def __enter__(self) -> "RunFiles":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.ckpt.close()
+        if self.logger is not None:
+            self.logger.close()
