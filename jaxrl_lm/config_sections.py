@@ -176,6 +176,7 @@ class RolloutSection:
     top_k: int | None = None  # keep the k most likely tokens (None = off)
     top_p: float | None = None  # nucleus sampling mass (None = off)
     min_p: float | None = None  # drop tokens below min_p x the top probability (None = off)
+    stop_at_newline: bool = True  # a completion ends at a newline as well as at EOS
 
     def __post_init__(self):
         _at_least(self, "max_new_tokens", 1)
@@ -196,10 +197,21 @@ class ShapingSection:
     # instead of its sampled reward; the model still sees sampled rewards, eval reports them
     expected_reward: bool = False
     overlong_cache: int = 0  # DAPO soft overlong penalty window in tokens (0 = off)
+    # Long-CoT: replace each turn's env reward by the cosine length reward of its
+    # completion (correct = env reward > 0; rewards.cosine_length_reward's defaults)
+    cosine_length: bool = False
+    repetition_ngram: int = 0  # Long-CoT n-gram repetition penalty: n-gram size (0 = off)
+    repetition_penalty: float = -0.05  # added per completion token inside a repeated n-gram
+    # an unparsable answer plays a random legal stand-in; true: the turn keeps the env's
+    # reward for it (RLFT), false: env reward 0 (single-turn tasks a stand-in could solve)
+    standin_reward: bool = True
 
     def __post_init__(self):
         if self.invalid_penalty > 0:
             _fail(self, "invalid_penalty", "must be <= 0")
+        _at_least(self, "repetition_ngram", 0)
+        if self.repetition_penalty > 0:
+            _fail(self, "repetition_penalty", "must be <= 0")
         _at_least(self, "exploration_bonus", 0.0)
         _at_least(self, "overlong_cache", 0)
 

@@ -155,9 +155,25 @@ def shape_rewards(shaping: ShapingSection, traj: Trajectory, *, max_new_tokens: 
     exploration_bonus: RLFT's bonus on a turn whose parsed action is new in
       its episode (`exploration_bonus`);
     overlong_cache: DAPO's soft overlong penalty on the turn's completion
-      length against `max_new_tokens` (`overlong_penalty`).
+      length against `max_new_tokens` (`overlong_penalty`);
+    cosine_length: the turn's env reward replaced by `cosine_length_reward`
+      (correct = env reward > 0; a completion that used the whole budget gets
+      r_exceed, as one that never stopped);
+    repetition_ngram: `repetition_penalty` summed over the completion's tokens.
     """
     r = traj.reward
+    if shaping.cosine_length:
+        n = traj.completion_len.reshape(-1)
+        cos = cosine_length_reward(traj.env_reward.reshape(-1) > 0, n,
+                                   max_len=max_new_tokens).reshape(r.shape)
+        r = r + jnp.where(traj.active, cos - traj.env_reward, 0.0)
+    if shaping.repetition_ngram:
+        t, b, m = traj.completion.shape
+        mask = jnp.arange(m)[None, :] < traj.completion_len.reshape(-1, 1)
+        rep = repetition_penalty(traj.completion.reshape(t * b, m), mask,
+                                 ngram=shaping.repetition_ngram,
+                                 penalty=shaping.repetition_penalty).sum(-1).reshape(r.shape)
+        r = r + jnp.where(traj.active, rep, 0.0)
     if shaping.expected_reward:
         if env is None:
             raise ValueError("shaping.expected_reward: shape_rewards needs the env")

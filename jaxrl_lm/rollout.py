@@ -16,7 +16,9 @@ GRPO/OPO need. Opponent moves and env noise still differ between episodes.
 
 Invalid answers (no parsable action): the turn's reward gets
 `invalid_penalty` (RLFT: -5) and a uniformly random legal action is played
-so the episode goes on. A parsable but illegal move follows the env's own
+so the episode goes on; with `standin_reward=False` the env's reward for that
+stand-in is not counted (env_reward 0), for single-turn tasks where a random
+answer could be right. A parsable but illegal move follows the env's own
 `illegal` rule (envs/core.py).
 """
 
@@ -59,8 +61,8 @@ def make_rollout(env: Env, text: TextInterface, *, num_groups: int, group_size: 
                  max_turns: int | None = None, max_new_tokens: int,
                  temperature: float = 1.0, top_k: int | None = None,
                  top_p: float | None = None, min_p: float | None = None,
-                 stop_tokens: tuple[int, ...] = (), invalid_penalty: float = -5.0
-                 ) -> Callable[[nnx.GraphDef, nnx.State, jax.Array], Trajectory]:
+                 stop_tokens: tuple[int, ...] = (), invalid_penalty: float = -5.0,
+                 standin_reward: bool = True) -> Callable[[nnx.GraphDef, nnx.State, jax.Array], Trajectory]:
     """Build the jitted rollout `play(graphdef, params, key) -> Trajectory`.
 
     max_turns defaults to env.max_steps (every episode ends by then).
@@ -90,9 +92,10 @@ def make_rollout(env: Env, text: TextInterface, *, num_groups: int, group_size: 
         step_keys = jax.random.split(key_step, batch)
         new = jax.vmap(env.step)(state, action, step_keys)
         active = ~state.done
-        reward = new.reward + jnp.where(valid, 0.0, invalid_penalty)
+        env_reward = new.reward if standin_reward else jnp.where(valid, new.reward, 0.0)
+        reward = env_reward + jnp.where(valid, 0.0, invalid_penalty)
         rec = Trajectory(prompt, prompt_len, out.tokens, out.lengths, out.logp, active, action,
-                         valid, new.reward, jnp.where(active, reward, 0.0), new.done, state)
+                         valid, env_reward, jnp.where(active, reward, 0.0), new.done, state)
         return new, rec
 
     @jax.jit

@@ -100,3 +100,33 @@ def test_bad_arguments_raise():
         R.cosine_length_reward(z, z, max_len=0)
     with pytest.raises(ValueError, match="ngram=0"):
         R.repetition_penalty(jnp.zeros((1, 4)), jnp.zeros((1, 4)), ngram=0)
+
+
+def test_shape_rewards_cosine_and_repetition_hand_worked():
+    """shaping.cosine_length swaps the env reward of a turn for the cosine length
+    reward (correct = env reward > 0, the whole budget used = r_exceed) and
+    shaping.repetition_ngram adds the penalty of every completion token inside
+    a repeated n-gram; worked by hand for bigrams."""
+    import math
+    from types import SimpleNamespace
+
+    from jaxrl_lm.config import ShapingSection
+    from jaxrl_lm.rewards import shape_rewards
+    from jaxrl_lm.rollout import Trajectory
+
+    # episode 0: 6 tokens "5 6 5 6 5 6", right; episode 1: the whole budget of 8, wrong
+    comp = jnp.asarray([[[5, 6, 5, 6, 5, 6, 0, 0], [7, 8, 9, 10, 11, 12, 13, 14]]])
+    z = jnp.zeros((1, 2), jnp.int32)
+    env_r = jnp.asarray([[1.0, 0.0]])
+    traj = Trajectory(prompt=z[..., None], prompt_len=z, completion=comp,
+                      completion_len=jnp.asarray([[6, 8]]), logp=jnp.zeros((1, 2, 8)),
+                      active=jnp.ones((1, 2), bool), action=z, valid=jnp.ones((1, 2), bool),
+                      env_reward=env_r, reward=env_r, done=jnp.ones((1, 2), bool),
+                      states=SimpleNamespace(legal_action_mask=jnp.ones((1, 2, 3), bool)))
+    got = shape_rewards(ShapingSection(cosine_length=True, repetition_ngram=2), traj,
+                        max_new_tokens=8).reward
+    cos_right_6 = 1.0 + (2.0 - 1.0) * 0.5 * (1.0 + math.cos(math.pi * 6 / 8))
+    # bigrams repeated at starts 2 (5 6), 3 (6 5), 4 (5 6): tokens 2..5 covered
+    np.testing.assert_allclose(np.asarray(got), [[cos_right_6 - 4 * 0.05, -10.0]], rtol=1e-6)
+    plain = shape_rewards(ShapingSection(), traj, max_new_tokens=8).reward
+    np.testing.assert_array_equal(np.asarray(plain), np.asarray(env_r))

@@ -30,7 +30,8 @@ from jaxrl_lm.rollout import make_rollout
 def evaluate(model: nnx.Module, tokenizer: Any, env_name: str, options: dict | None = None, *,
              episodes: int = 64, max_prompt_len: int = 160, max_new_tokens: int = 8,
              max_turns: int | None = None, greedy: bool = True, temperature: float = 1.0,
-             invalid_penalty: float = -5.0, seed: int = 0) -> dict[str, float]:
+             invalid_penalty: float = -5.0, stop_at_newline: bool = True,
+             standin_reward: bool = True, seed: int = 0) -> dict[str, float]:
     """Play `episodes` episodes of `envs.make(env_name, **options)`; see the module doc."""
     env = envs.make(env_name, **(options or {}))
     text = TextInterface(env, tokenizer, max_prompt_len=max_prompt_len,
@@ -38,7 +39,8 @@ def evaluate(model: nnx.Module, tokenizer: Any, env_name: str, options: dict | N
     play = make_rollout(env, text, num_groups=episodes, group_size=1,
                         max_turns=max_turns or env.max_steps, max_new_tokens=max_new_tokens,
                         temperature=0.0 if greedy else temperature,
-                        stop_tokens=stop_tokens(tokenizer), invalid_penalty=invalid_penalty)
+                        stop_tokens=stop_tokens(tokenizer, newline=stop_at_newline),
+                        invalid_penalty=invalid_penalty, standin_reward=standin_reward)
     graphdef, state = nnx.split(model)
     traj = play(graphdef, state, jax.random.key(seed))
     s = {k: float(v) for k, v in jax.device_get(episode_stats(traj)).items()}
@@ -63,7 +65,9 @@ def evaluate_config(model: nnx.Module, tokenizer: Any, cfg) -> dict[str, dict[st
                             max_new_tokens=cfg.rollout.max_new_tokens,
                             max_turns=cfg.env.max_turns, greedy=cfg.eval.greedy,
                             temperature=cfg.rollout.temperature,
-                            invalid_penalty=cfg.shaping.invalid_penalty, seed=cfg.train.seed + 1)
+                            invalid_penalty=cfg.shaping.invalid_penalty,
+                            stop_at_newline=cfg.rollout.stop_at_newline,
+                            standin_reward=cfg.shaping.standin_reward, seed=cfg.train.seed + 1)
             for label, opts in targets.items()}
 
 

@@ -100,9 +100,9 @@ def pad_id(tokenizer: Any) -> int:
     return 0
 
 
-def stop_tokens(tokenizer: Any) -> tuple[int, ...]:
-    """A turn's answer ends at a newline or at EOS."""
-    ids = list(encode(tokenizer, "\n"))
+def stop_tokens(tokenizer: Any, *, newline: bool = True) -> tuple[int, ...]:
+    """A turn's answer ends at a newline (unless `newline` is false) or at EOS."""
+    ids = list(encode(tokenizer, "\n")) if newline else []
     eos = getattr(tokenizer, "eos_token_id", None)
     if isinstance(eos, int):
         ids.append(eos)

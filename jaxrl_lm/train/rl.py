@@ -76,8 +76,10 @@ class RLRunner:
             self.env, self.text, num_groups=t.batch_size // a.group_size,
             group_size=a.group_size, max_turns=cfg.env.max_turns,
             max_new_tokens=r.max_new_tokens, temperature=r.temperature, top_k=r.top_k,
-            top_p=r.top_p, min_p=r.min_p, stop_tokens=stop_tokens(tokenizer),
-            invalid_penalty=cfg.shaping.invalid_penalty)
+            top_p=r.top_p, min_p=r.min_p,
+            stop_tokens=stop_tokens(tokenizer, newline=r.stop_at_newline),
+            invalid_penalty=cfg.shaping.invalid_penalty,
+            standin_reward=cfg.shaping.standin_reward)
         rows = cfg.env.max_turns * t.batch_size
         self.mesh = mesh_lib.make_mesh(cfg.mesh.shape)
         mesh_lib.check_mesh(self.mesh, rows // t.micro_batches)
