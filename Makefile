@@ -1,11 +1,12 @@
 # Two commands set everything up on a fresh machine:
 #   make train   -- the main job on the embedded default
-#   make test    -- the test suite
+#   make test    -- the test suite (what CI runs)
+#   make test-fast -- everything not marked slow, a few minutes
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: train test bench clean
+.PHONY: train test test-fast bench clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +24,9 @@ train: $(VENV)/.core
 
 test: $(VENV)/.test
 	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+test-fast: $(VENV)/.test
+	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
 
 bench: $(VENV)/.test
 	$(VENV)/bin/jaxrl-lm bench envs

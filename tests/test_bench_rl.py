@@ -49,7 +49,7 @@ def test_grpo_step_bench_quick(capsys):
     ours = r["jaxrl_lm"]
     assert all(math.isfinite(v) for v in ours["final"].values()), ours["final"]
     assert 0.0 <= ours["final"]["reward"] <= 1.0
-    assert 1.0 <= ours["final"]["length"] <= c["max_new_tokens"]
+    assert 1.0 <= ours["final"]["completion_len"] <= c["max_new_tokens"]
     # One update on freshly sampled data: the ratio is 1 up to float noise.
     assert abs(ours["final"]["ratio_mean"] - 1.0) < 1e-3
     assert len(r["trl"]["times"]) == c["steps"] and r["trl"]["seconds"] > 0

@@ -2,23 +2,25 @@
 
 One iteration = sample G completions for each of the batch's prompts, score
 them, group-normalised advantages, a forward/backward of the clipped policy
-loss over prompt + completion, and an AdamW update (grad-norm clip 1.0, linear
-LR decay), generation included. Both sides start from the same random-weight
-tiny Qwen2 (built with transformers, written with `save_pretrained`, read back
-with `load_hf`), the character tokenizer of the default policy, the same
-prompts, G, max completion length, temperature 1, eos stop, fp32, no KL
-(beta=0), one update per batch, DAPO token-mean loss (TRL's default), and the
-reward: the number of "a"s in the completion / max length.
+loss over prompt + completion, and an AdamW update (grad-norm clip 1.0),
+generation included. Ours is exactly what `jaxrl-lm train` runs: one
+`RLRunner.iteration` (the jitted rollout, shaping and advantages, then the
+sharded train step) on the single-turn `arithmetic` env (1-digit addition,
+its full prompt); TRL gets the same prompts (rendered by the env) and a reward
+function with the env's rule (1 if the completion's last `ACTION=<n>` is the
+answer, else 0). Both sides start from the same random-weight tiny Qwen2
+(built with transformers, written with `save_pretrained`, read back with
+`load_hf`), the character tokenizer of the default policy, the same G, max
+completion length, temperature 1, EOS as the only stop, fp32, no KL (beta=0),
+one update per batch, DAPO token-mean loss (TRL's default).
 
-Ours is one jitted function composed from the library (`sampling.sample`,
-`sampling.token_logprobs`, `advantages.grpo_advantages`,
-`losses.ppo_policy_loss`, optax). TRL runs `trainer.train()` on torch's CPU, or
-on CUDA where JAX's backend is a GPU and torch sees one (`--torch-device`); a
-callback times each optimizer step (on CUDA after a `torch.cuda.synchronize()`).
-The first step of each side is a warm-up (ours: compile, reported apart).
-torch's OpenMP threads spin-wait by default, which on a shared CPU makes each
-tiny op 20-50x slower; OMP_WAIT_POLICY is set to PASSIVE before torch loads
-(unless already set) so TRL is not penalised.
+TRL runs `trainer.train()` on torch's CPU, or on CUDA where JAX's backend is a
+GPU and torch sees one (`--torch-device`); a callback times each optimizer
+step (on CUDA after a `torch.cuda.synchronize()`). The first step of each side
+is a warm-up (ours: compile, reported apart). torch's OpenMP threads
+spin-wait by default, which on a shared CPU makes each tiny op 20-50x slower;
+OMP_WAIT_POLICY is set to PASSIVE before torch loads (unless already set) so
+TRL is not penalised.
 
     jaxrl-lm bench grpo-step            # 8 prompts x G=8, 32 new tokens, 3 timed steps
     jaxrl-lm bench grpo-step --breakdown  # also each side's generation time alone
@@ -86,9 +88,48 @@ def _check(args) -> None:
                          f"which must divide --hidden={args.hidden}")
 
 
-def prompts_of(n: int) -> list[str]:
-    # Equal lengths, so neither side pads prompts.
-    return [f"Write the letter a many times. Task {i:04d}:" for i in range(n)]
+ENV_OPTIONS = {"digits": 1, "ops": "+"}  # every prompt has one length: neither side pads
+
+
+def arithmetic_tasks(n: int, seed: int) -> tuple[list[str], list[int]]:
+    """(prompts, answers) of n arithmetic states, rendered by the env (TRL's dataset)."""
+    import jax
+
+    from jaxrl_lm import envs
+
+    env = envs.make("arithmetic", **ENV_OPTIONS)
+    states = jax.device_get(jax.vmap(env.init)(jax.random.split(jax.random.key(seed), n)))
+    one = lambda i: jax.tree.map(lambda x: x[i], states)  # noqa: E731
+    return [env.render_text(one(i)) for i in range(n)], [int(a) for a in states.answer]
+
+
+def answer_reward(completions: list[str], answer: list[int], **kwargs) -> list[float]:
+    """TRL reward with the env's rule: the last ACTION=<n> of the completion is the answer."""
+    import re
+
+    out = []
+    for text, ans in zip(completions, answer):
+        found = re.findall(r"ACTION=(\d+)", text)
+        out.append(float(bool(found) and int(found[-1]) == ans))
+    return out
+
+
+def ours_config(args, prompt_len: int):
+    """The run config of our side: the same sizes, optimizer and loss as TRL's."""
+    from jaxrl_lm.config import from_dict
+
+    return from_dict({
+        "algo": {"name": "grpo", "group_size": args.group, "loss_agg": "token-mean",
+                 "clip_low": 0.2, "epochs": 1, "beta": 0.0},
+        "rollout": {"max_new_tokens": args.new, "temperature": 1.0, "stop_at_newline": False},
+        "shaping": {"invalid_penalty": 0.0, "standin_reward": False},
+        "optim": {"name": "adamw", "lr": args.lr, "schedule": "constant", "b1": 0.9,
+                  "b2": 0.999, "eps": 1e-8, "weight_decay": 0.0, "max_grad_norm": 1.0},
+        "env": {"name": "arithmetic", "options": ENV_OPTIONS, "max_turns": 1,
+                "max_prompt_len": prompt_len},
+        "train": {"steps": args.steps + 1, "batch_size": args.prompts * args.group,
+                  "max_len": prompt_len + args.new, "seed": args.seed, "progress": False},
+        "mesh": {"data": -1}})
 
 
 def _write_hf_folder(args, tokenizer, path: str):
@@ -109,80 +150,57 @@ def _write_hf_folder(args, tokenizer, path: str):
     return model
 
 
-def make_ours(model, tokenizer, args):
-    """(params, opt_state, step, generate): step(params, opt_state, key) -> (params,
-    opt_state, metrics), jitted; generate(params, key) -> the step's Samples alone."""
-    import jax
-    import jax.numpy as jnp
-    import optax
-    from flax import nnx
-
-    from jaxrl_lm import sampling
-    from jaxrl_lm.advantages import grpo_advantages
-    from jaxrl_lm.losses import ppo_policy_loss
-
-    graphdef, params = nnx.split(model)
-    prompt = np.asarray(tokenizer(text=prompts_of(args.prompts))["input_ids"], np.int32)
-    prompt = jnp.asarray(np.repeat(prompt, args.group, axis=0))  # groups contiguous
-    b, p = prompt.shape
-    plen = jnp.full((b,), p, jnp.int32)
-    a_id = tokenizer.convert_tokens_to_ids("a")
-    n, g = args.new, args.group
-    schedule = optax.linear_schedule(args.lr, 0.0, args.steps + 1)  # TRL: linear decay to 0
-    tx = optax.chain(optax.clip_by_global_norm(1.0),
-                     optax.adamw(schedule, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.0))
-
-    def step(params, opt_state, key):
-        out = sampling.sample((graphdef, params), prompt, plen, key, max_new_tokens=n,
-                              stop_tokens=(tokenizer.eos_token_id,),
-                              pad_id=tokenizer.pad_token_id)
-        mask = jnp.arange(n)[None, :] < out.lengths[:, None]  # eos included, as TRL
-        reward = ((out.tokens == a_id) & mask).sum(-1) / n
-        adv = grpo_advantages(reward, g, eps=1e-4)
-        tokens = jnp.concatenate([prompt, out.tokens], axis=1)
-
-        def loss_fn(params):
-            lp = sampling.token_logprobs(nnx.merge(graphdef, params), tokens,
-                                         jnp.ones_like(tokens, jnp.float32))[:, p:]
-            return ppo_policy_loss(lp, out.logp, adv, mask, clip_low=0.2, agg="token-mean")
-
-        (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
-        updates, opt_state = tx.update(grads, opt_state, params)
-        params = optax.apply_updates(params, updates)
-        return params, opt_state, dict(metrics, loss=loss, reward=reward.mean(),
-                                       length=out.lengths.mean())
-
-    def generate(params, key):  # the step's generation alone (--breakdown)
-        return sampling.sample((graphdef, params), prompt, plen, key, max_new_tokens=n,
-                               stop_tokens=(tokenizer.eos_token_id,),
-                               pad_id=tokenizer.pad_token_id)
-
-    return params, tx.init(params), jax.jit(step, donate_argnums=(0, 1)), generate
-
-
 def bench_ours(model, tokenizer, args) -> dict:
+    """Time `RLRunner.iteration`, the loop body of `jaxrl-lm train`'s RL stage."""
     import jax
 
-    params, opt_state, step, generate = make_ours(model, tokenizer, args)
-    keys = jax.random.split(jax.random.key(args.seed), args.steps + 1)
+    from jaxrl_lm.train.rl import RLRunner
+
+    prompts, _ = arithmetic_tasks(1, args.seed)
+    runner = RLRunner(ours_config(args, len(tokenizer(prompts[0])["input_ids"])), model,
+                      tokenizer)
+    state, ref = runner.init()
+    generate = _generation(runner) if args.breakdown else None
     times, gen_times = [], []
-    for i, key in enumerate(keys):
-        if args.breakdown:  # same params and key as the step that follows
-            jax.block_until_ready(generate(params, key))  # compiled once, outside the timing
-            t0 = time.perf_counter()
-            jax.block_until_ready(generate(params, key))
-            gen_times.append(time.perf_counter() - t0)
+    for it in range(args.steps + 1):
+        if generate:  # the rollout's sampler call alone, on the same params
+            gen_times.append(generate(state.params, it))
         t0 = time.perf_counter()
-        params, opt_state, metrics = step(params, opt_state, key)
+        state, _, stats, metrics = runner.iteration(state, ref, it)
         jax.block_until_ready(metrics)
         times.append(time.perf_counter() - t0)
     steady = float(np.median(times[1:]))
+    final = {k: float(v) for k, v in {**jax.device_get(stats), **jax.device_get(metrics)}.items()}
     out = dict(seconds=steady, times=times[1:], first_call_s=times[0],
-               compile_s=max(times[0] - steady, 0.0),
-               final={k: float(v) for k, v in metrics.items()})
+               compile_s=max(times[0] - steady, 0.0), final=final)
     if args.breakdown:
         out["generate_s"] = float(np.median(gen_times[1:]))
     return out
+
+
+def _generation(runner):
+    """(params, it) -> seconds of one sampler call like the rollout's, on a
+    batch of the env's prompts (compiled on the first call, outside the timing)."""
+    import jax
+
+    from jaxrl_lm.sampling import sample
+
+    cfg, text = runner.cfg, runner.text
+    states = jax.vmap(runner.env.init)(jax.random.split(jax.random.key(0), cfg.train.batch_size))
+    prompt, plen = jax.vmap(text.render)(states)
+    run = jax.jit(lambda params, key: sample(
+        (runner.engine.graphdef, params), prompt, plen, key,
+        max_new_tokens=cfg.rollout.max_new_tokens,
+        stop_tokens=(runner.tokenizer.eos_token_id,), pad_id=runner.pad_id))
+
+    def timed(params, it: int) -> float:
+        key = jax.random.key(it)
+        jax.block_until_ready(run(params, key))  # compiled once; the call is not timed
+        t0 = time.perf_counter()
+        jax.block_until_ready(run(params, key))
+        return time.perf_counter() - t0
+
+    return timed
 
 
 def bench_trl(model, tokenizer, args, out_dir: str) -> dict:
@@ -210,23 +228,19 @@ def bench_trl(model, tokenizer, args, out_dir: str) -> dict:
                 torch.cuda.synchronize()
             times.append(time.perf_counter() - self.t0)
 
-    n = args.new
-
-    def reward_a(completions, **kwargs):
-        return [c.count("a") / n for c in completions]
-
     config = GRPOConfig(
         output_dir=out_dir, use_cpu=args.device == "cpu", report_to="none",
         max_steps=args.steps + 1,
         per_device_train_batch_size=args.prompts * args.group, num_generations=args.group,
-        max_completion_length=n, beta=0.0, loss_type="dapo", learning_rate=args.lr,
-        lr_scheduler_type="linear", max_grad_norm=1.0, bf16=False, gradient_checkpointing=False,
+        max_completion_length=args.new, beta=0.0, loss_type="dapo", learning_rate=args.lr,
+        lr_scheduler_type="constant", max_grad_norm=1.0, bf16=False, gradient_checkpointing=False,
         temperature=1.0, top_p=1.0, top_k=0, logging_steps=10**6, save_strategy="no",
         shuffle_dataset=False, seed=args.seed, disable_tqdm=True, dataloader_num_workers=0)
-    data = datasets.Dataset.from_dict({"prompt": prompts_of(args.prompts) * (args.steps + 1)})
+    prompts, answers = arithmetic_tasks(args.prompts * (args.steps + 1), args.seed)
+    data = datasets.Dataset.from_dict({"prompt": prompts, "answer": answers})
     cls = Trainer if args.breakdown and hasattr(GRPOTrainer, "_generate_and_score_completions") \
         else GRPOTrainer
-    trainer = cls(model=model, reward_funcs=reward_a, args=config, train_dataset=data,
+    trainer = cls(model=model, reward_funcs=answer_reward, args=config, train_dataset=data,
                   processing_class=tokenizer, callbacks=[Timer()])
     trainer.train()
     steady = float(np.median(times[1:]))
@@ -254,7 +268,8 @@ def run(args) -> dict:
     _, tokenizer = default_policy(0)
     result = dict(config=dict(prompts=args.prompts, group=args.group,
                               batch=args.prompts * args.group, max_new_tokens=args.new,
-                              prompt_tokens=len(prompts_of(1)[0]), layers=args.layers,
+                              prompt_tokens=len(arithmetic_tasks(1, args.seed)[0][0]),
+                              task="arithmetic " + json.dumps(ENV_OPTIONS), layers=args.layers,
                               hidden=args.hidden, heads=args.heads, kv_heads=args.kv_heads,
                               intermediate=args.intermediate, vocab=len(tokenizer),
                               dtype="float32", steps=args.steps))

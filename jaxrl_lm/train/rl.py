@@ -40,7 +40,7 @@ from jaxrl_lm.models.tokenizer import pad_id, stop_tokens
 from jaxrl_lm.rewards import shape_rewards
 from jaxrl_lm.rollout import make_rollout
 from jaxrl_lm.train import mesh as mesh_lib
-from jaxrl_lm.train.engine import Engine
+from jaxrl_lm.train.engine import Engine, TrainState
 from jaxrl_lm.train.optim import make_optimizer
 from jaxrl_lm.train.run_dir import RunFiles, RunResult
 
@@ -163,32 +163,42 @@ class RLRunner:
         return (state._replace(params=new),
                 {"update_move": first, "update_scale": scale, "update_move_kept": move})
 
-    def train(self, run_dir: str, *, resume: bool = False) -> RunResult:
-        cfg, a, t = self.cfg, self.cfg.algo, self.cfg.train
-        bounded = cfg.trust_region.max_update_move > 0
-        eng = self.engine
-        state = eng.init_state(t.seed)
+    def init(self) -> tuple[TrainState, Any]:
+        """(train state, frozen reference params or None) to start RL from."""
+        state = self.engine.init_state(self.cfg.train.seed)
         ref_params = None
-        if a.beta > 0:  # the frozen reference: the params RL starts from
+        if self.cfg.algo.beta > 0:  # the frozen reference: the params RL starts from
             ref_params = jax.tree.map(jnp.copy, state.params)
+        return state, ref_params
+
+    def iteration(self, state: TrainState, ref_params: Any, it: int):
+        """One RL iteration: (new state, its training batch, rollout stats, step
+        metrics). `state` is donated: use the returned one."""
+        eng, bounded = self.engine, self.cfg.trust_region.max_update_move > 0
+        key = jax.random.fold_in(state.rng, it)
+        batch, stats = self.collect(state.params, eng.rest, ref_params, key)
+        batch = eng.place_batch(batch)
+        # eng.step donates its state: keep the step's start for bound_move
+        before = jax.tree.map(jnp.copy, state.params) if bounded else None
+        for _ in range(self.cfg.algo.epochs):
+            state, metrics = eng.step(state, batch)
+        if bounded:
+            state, guard = self.bound_move(state, before, batch)
+            metrics = {**metrics, **guard}
+        return state, batch, stats, metrics
+
+    def train(self, run_dir: str, *, resume: bool = False) -> RunResult:
+        """`train.steps` iterations into run_dir (logs, checkpoints, resume)."""
+        state, ref_params = self.init()
         row = {}
-        with RunFiles(cfg, run_dir) as files:
+        with RunFiles(self.cfg, run_dir) as files:
             state = files.begin(state, resume=resume)
-            for it in range(files.start, t.steps):
-                key = jax.random.fold_in(state.rng, it)
-                batch, stats = self.collect(state.params, eng.rest, ref_params, key)
-                batch = eng.place_batch(batch)
-                # eng.step donates its state: keep the step's start for bound_move
-                before = jax.tree.map(jnp.copy, state.params) if bounded else None
-                for _ in range(a.epochs):
-                    state, metrics = eng.step(state, batch)
-                if bounded:
-                    state, guard = self.bound_move(state, before, batch)
-                    metrics = {**metrics, **guard}
+            for it in range(files.start, self.cfg.train.steps):
+                state, batch, stats, metrics = self.iteration(state, ref_params, it)
                 done = it + 1
                 if files.log_due(done):
                     row = files.logger.log(done, {**jax.device_get(stats),
                                                   **jax.device_get(metrics)},
                                            tokens=int(batch["loss_mask"].sum()))
                 files.after_step(done, state, lambda n: {"iteration": n})
-        return RunResult(state, eng, row, files.start)
+        return RunResult(state, self.engine, row, files.start)
