@@ -15,8 +15,8 @@ import pytest
 
 from jaxrl_lm.train import mesh, sft
 from jaxrl_lm.train.logging import read_metrics
-from tests.test_train_loop import tiny_cfg, toy_data
-from tests.test_train_step import engine, host, toy_batch, toy_model
+from tests.test_train_sft import tiny_cfg, toy_data
+from tests.test_train_engine import engine, host, toy_batch, toy_model
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -25,15 +25,15 @@ import json, sys, jax, numpy as np
 from jaxrl_lm.train import mesh, sft
 assert mesh.maybe_initialize_distributed()
 from jax.experimental import multihost_utils
-from tests.test_train_step import engine, toy_batch
+from tests.test_train_engine import engine, toy_batch
 assert jax.process_count() == 2 and jax.device_count() == 4
 eng = engine((2, 1, 2), k=2, devices=jax.devices())
 state = eng.init_state(0)
 for s in range(2):
     state, m = eng.step(state, eng.place_batch(toy_batch(s)))
 params = multihost_utils.process_allgather(state.params, tiled=True)
-from tests.test_train_loop import tiny_cfg, toy_data
-from tests.test_train_step import toy_model
+from tests.test_train_sft import tiny_cfg, toy_data
+from tests.test_train_engine import toy_model
 kw = dict(model=toy_model(), loss_fn=sft.sft_loss, data_fn=toy_data(8))
 res = sft.train_sft(tiny_cfg(mesh=(-1, 1, 2), steps=3, ckpt_every=2), sys.argv[1], **kw)
 again = sft.train_sft(tiny_cfg(mesh=(-1, 1, 2), steps=3, ckpt_every=2), sys.argv[1], resume=True, **kw)

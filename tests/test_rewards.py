@@ -1,12 +1,14 @@
 """Reward shaping against float64 numpy / plain-Python references and hand-worked values."""
 
 import math
+from types import SimpleNamespace
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from jaxrl_lm import envs
 from jaxrl_lm import rewards as R
 
 
@@ -107,9 +109,6 @@ def test_shape_rewards_cosine_and_repetition_hand_worked():
     reward (correct = env reward > 0, the whole budget used = r_exceed) and
     shaping.repetition_ngram adds the penalty of every completion token inside
     a repeated n-gram; worked by hand for bigrams."""
-    import math
-    from types import SimpleNamespace
-
     from jaxrl_lm.config import ShapingSection
     from jaxrl_lm.rewards import shape_rewards
     from jaxrl_lm.rollout import Trajectory
@@ -130,3 +129,70 @@ def test_shape_rewards_cosine_and_repetition_hand_worked():
     np.testing.assert_allclose(np.asarray(got), [[cos_right_6 - 4 * 0.05, -10.0]], rtol=1e-6)
     plain = shape_rewards(ShapingSection(), traj, max_new_tokens=8).reward
     np.testing.assert_array_equal(np.asarray(plain), np.asarray(env_r))
+
+
+def test_exploration_bonus_shaping_hand_worked():
+    """shaping.exploration_bonus adds the bonus on a turn whose arm is new to the
+    episode; an unparsable answer's random stand-in counts as tried but earns
+    nothing, and inactive turns earn nothing."""
+    from jaxrl_lm.config import ShapingSection
+    from jaxrl_lm.rewards import shape_rewards
+    from jaxrl_lm.rollout import Trajectory
+
+    # [T=5, B=2]; episode 0: arms 1, 1, 0 (invalid), 0, 2; episode 1: arms 3, 0, then over.
+    action = jnp.asarray([[1, 3], [1, 0], [0, 2], [0, 2], [2, 2]])
+    valid = jnp.asarray([[1, 1], [1, 1], [0, 1], [1, 1], [1, 1]], bool)
+    active = jnp.asarray([[1, 1], [1, 1], [1, 0], [1, 0], [1, 0]], bool)
+    reward = jnp.where(active, 0.5, 0.0)
+    zeros = jnp.zeros((5, 2), jnp.int32)
+    traj = Trajectory(prompt=zeros[..., None], prompt_len=zeros, completion=zeros[..., None],
+                      completion_len=zeros + 2, logp=jnp.zeros((5, 2, 1)), active=active,
+                      action=action, valid=valid, env_reward=reward, reward=reward,
+                      done=zeros.astype(bool), states=SimpleNamespace(
+                          legal_action_mask=jnp.ones((5, 2, 4), bool)))
+    got = np.asarray(shape_rewards(ShapingSection(exploration_bonus=2.0), traj,
+                                   max_new_tokens=8).reward)
+    want = np.asarray([[2.5, 2.5], [0.5, 2.5], [0.5, 0.0], [0.5, 0.0], [2.5, 0.0]])
+    np.testing.assert_allclose(got, want)
+    off = shape_rewards(ShapingSection(), traj, max_new_tokens=8).reward
+    np.testing.assert_allclose(np.asarray(off), np.asarray(reward))
+    with pytest.raises(ValueError, match="shaping.exploration_bonus"):
+        ShapingSection(exploration_bonus=-1.0)
+
+
+def test_expected_reward_shaping_hand_worked():
+    """shaping.expected_reward swaps each active turn's sampled env reward for the
+    played arm's mean, keeps the invalid penalty and adds the bonus after."""
+    from typing import NamedTuple
+
+    from jaxrl_lm.config import ShapingSection
+    from jaxrl_lm.rewards import shape_rewards
+    from jaxrl_lm.rollout import Trajectory
+
+    class States(NamedTuple):  # the fields shape_rewards and Bandit.expected_reward read
+        legal_action_mask: jax.Array
+        mu: jax.Array
+
+    mu = jnp.asarray([0.1, 0.4, 0.7, 0.9])
+    # [T=3, B=2]; episode 0: arms 2, 2, 0 (the last invalid: its random stand-in);
+    # episode 1: arm 1, then over.
+    action = jnp.asarray([[2, 1], [2, 3], [0, 3]])
+    valid = jnp.asarray([[1, 1], [1, 1], [0, 1]], bool)
+    active = jnp.asarray([[1, 1], [1, 0], [1, 0]], bool)
+    env_reward = jnp.where(active, jnp.asarray([[1.5, -0.3], [0.2, 0.0], [2.0, 0.0]]), 0.0)
+    reward = env_reward + jnp.where(active & ~valid, -5.0, 0.0)
+    zeros = jnp.zeros((3, 2), jnp.int32)
+    traj = Trajectory(prompt=zeros[..., None], prompt_len=zeros, completion=zeros[..., None],
+                      completion_len=zeros + 2, logp=jnp.zeros((3, 2, 1)), active=active,
+                      action=action, valid=valid, env_reward=env_reward, reward=reward,
+                      done=zeros.astype(bool),
+                      states=States(jnp.ones((3, 2, 4), bool), jnp.broadcast_to(mu, (3, 2, 4))))
+    env = envs.make("bandit", k=4)
+    cfg = ShapingSection(expected_reward=True, exploration_bonus=1.0)
+    got = np.asarray(shape_rewards(cfg, traj, max_new_tokens=8, env=env).reward)
+    want = np.asarray([[0.7 + 1, 0.4 + 1], [0.7, 0.0], [0.1 - 5.0, 0.0]])
+    np.testing.assert_allclose(got, want, rtol=1e-6)
+    with pytest.raises(ValueError, match="shaping.expected_reward"):
+        shape_rewards(cfg, traj, max_new_tokens=8)  # no env
+    with pytest.raises(ValueError, match="'tictactoe' has no expected_reward"):
+        shape_rewards(cfg, traj, max_new_tokens=8, env=envs.make("tictactoe"))

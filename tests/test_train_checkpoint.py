@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from jaxrl_lm.train.checkpoint import Checkpointer, checksums
-from tests.test_train_step import engine, host, toy_batch
+from tests.test_train_engine import engine, host, toy_batch
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ from jaxrl_lm.losses import kl_penalty
 from jaxrl_lm.train import mesh as mesh_lib
 from jaxrl_lm.train.engine import Engine
 from jaxrl_lm.train.optim import make_optimizer
-from tests.test_train_step import ce_loss, host, toy_batch, toy_model
+from tests.test_train_engine import ce_loss, host, toy_batch, toy_model
 
 LR, WD, B1, B2, EPS, CLIP = 0.05, 0.1, 0.9, 0.99, 1e-8, 1.0
 

@@ -14,8 +14,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENTRY = """
 import sys, numpy as np, jax
 from jaxrl_lm.train import mesh, sft
-from tests.test_train_loop import tiny_cfg, toy_data
-from tests.test_train_step import toy_model
+from tests.test_train_sft import tiny_cfg, toy_data
+from tests.test_train_engine import toy_model
 run, resume = sys.argv[1], sys.argv[2] == "1"
 res = sft.train_sft(tiny_cfg(mesh=(2, 1, 1), steps=8, ckpt_every=2), run, model=toy_model(),
                  loss_fn=sft.sft_loss, data_fn=toy_data(8), resume=resume)

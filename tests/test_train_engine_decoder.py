@@ -7,7 +7,7 @@ from flax import nnx
 from jax.sharding import PartitionSpec as P
 
 from jaxrl_lm.train import mesh as mesh_lib
-from tests.test_train_step import engine, host, run
+from tests.test_train_engine import engine, host, run
 
 
 def tiny_decoder(seed=0):

@@ -14,7 +14,7 @@ from jaxrl_lm import config as C
 from jaxrl_lm.cli import main as cli_main
 from jaxrl_lm.train import mesh, sft
 from jaxrl_lm.train.logging import RunLogger, read_metrics
-from tests.test_train_step import T, V, toy_model
+from tests.test_train_engine import T, V, toy_model
 
 
 def toy_data(batch_size):
