@@ -34,18 +34,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxrl_lm.envs.core import Env, State
+from jaxrl_lm.models.tokenizer import encode
 
 MARKER = "ACTION="
 WHITESPACE = " \t\n\r\x0b\x0c"
 _WS_BYTES = np.frombuffer(WHITESPACE.encode("ascii"), np.uint8)
-
-
-def _encode(tokenizer: Any, text: str) -> list[int]:
-    try:
-        out = tokenizer.encode(text, add_special_tokens=False)
-    except TypeError:
-        out = tokenizer.encode(text)
-    return list(getattr(out, "ids", out))
 
 
 def _decode(tokenizer: Any, ids) -> str:
@@ -125,7 +118,7 @@ class TextInterface:
         self.env, self.tokenizer = env, tokenizer
         self.action_strings = _check_action_strings(env)
         pieces = tuple(env.text_pieces())
-        piece_ids = [_encode(tokenizer, p) for p in pieces]
+        piece_ids = [encode(tokenizer, p) for p in pieces]
         for p, ids in zip(pieces, piece_ids):
             if _decode(tokenizer, ids) != p:
                 raise ValueError(
@@ -166,7 +159,7 @@ class TextInterface:
 
     def encode_action(self, action: int) -> list[int]:
         """Token ids of the answer ``ACTION=<action string>`` (host)."""
-        return _encode(self.tokenizer, MARKER + self.action_strings[int(action)])
+        return encode(self.tokenizer, MARKER + self.action_strings[int(action)])
 
     def decode(self, ids, length) -> str:
         return _decode(self.tokenizer, np.asarray(ids)[: int(length)])
