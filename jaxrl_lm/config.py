@@ -13,9 +13,12 @@ lists every field with its default and its comment (`jaxrl-lm train --help`).
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import inspect
 import math
+import os
 import re
+import sys
 import typing
 import warnings
 from typing import Any
@@ -57,6 +60,9 @@ class Config:
     env: EnvSection = dataclasses.field(default_factory=EnvSection)  # environment
     eval: EvalSection = dataclasses.field(default_factory=EvalSection)  # evaluation
     warmup: WarmupSection = dataclasses.field(default_factory=WarmupSection)  # SFT before RL
+    # modules imported before the config is checked, so that the envs, algorithms
+    # and rewards they register can be named in it (the working directory is searched)
+    imports: tuple[str, ...] = ()
 
     def __post_init__(self):
         t, a, o, r = self.train, self.algo, self.optim, self.rollout
@@ -119,6 +125,11 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
     elif hint is dict or origin is dict:
         if isinstance(value, dict):
             return value
+    elif origin is tuple:
+        if isinstance(value, str):
+            value = [value]
+        if isinstance(value, (list, tuple)):
+            return tuple(_coerce(v, args[0], where) for v in value)
     else:  # pragma: no cover - every field uses one of the types above
         return value
     name = getattr(hint, "__name__", str(hint))
@@ -165,13 +176,40 @@ def move_old_keys(data: dict) -> dict:
     return out
 
 
+def import_plugins(names) -> None:
+    """Import each module of `names` (a config's `imports`), so what it registers
+    (an env, an algorithm, a reward function) exists before the config is checked.
+    The working directory is searched too, so `my_rewards.py` next to the config
+    imports as `my_rewards`."""
+    if isinstance(names, str):
+        names = [names]
+    if not isinstance(names, (list, tuple)) or not all(isinstance(n, str) and n for n in names):
+        raise ConfigError(f"imports={names!r}: expected a list of module names, "
+                          f"e.g. [my_project.envs]")
+    if names and os.getcwd() not in sys.path:
+        sys.path.append(os.getcwd())
+    for name in names:
+        try:
+            importlib.import_module(name)
+        except ModuleNotFoundError as e:
+            raise ConfigError(f"imports: cannot import {name!r}: {e}") from None
+        except Exception as e:  # noqa: BLE001  (the user's module failed while importing)
+            raise ConfigError(f"imports: importing {name!r} raised {type(e).__name__}: {e}") \
+                from e
+
+
 def from_dict(data: dict | None) -> Config:
-    """Build a validated Config from nested plain data (as YAML gives it)."""
-    return _build(Config, move_old_keys(data or {}), "")
+    """Build a validated Config from nested plain data (as YAML gives it),
+    after importing the modules its `imports` names."""
+    data = move_old_keys(data or {})
+    import_plugins(data.get("imports", ()))
+    return _build(Config, data, "")
 
 
 def to_dict(cfg: Config) -> dict:
-    return dataclasses.asdict(cfg)
+    """Plain nested data (tuples as lists), as YAML and JSON write it."""
+    return dataclasses.asdict(cfg, dict_factory=lambda kv: {
+        k: list(v) if isinstance(v, tuple) else v for k, v in kv})
 
 
 def parse_overrides(args: list[str]) -> dict:
@@ -227,8 +265,10 @@ def _merge(base: dict, extra: dict) -> dict:
     return out
 
 
-def load_config(path: str | None = None, overrides: list[str] | None = None) -> Config:
-    """Read a YAML preset (or the defaults), apply `--a.b value` overrides, validate."""
+def load_config(path: str | None = None, overrides: list[str] | None = None,
+                imports: list[str] | None = None) -> Config:
+    """Read a YAML preset (or the defaults), apply `--a.b value` overrides, add
+    `imports` (the command line's --import) to the preset's, validate."""
     data: dict = {}
     if path is not None:
         try:
@@ -241,6 +281,9 @@ def load_config(path: str | None = None, overrides: list[str] | None = None) -> 
         if not isinstance(data, dict):
             raise ConfigError(f"config {path!r}: expected a mapping at the top level")
     data = _merge(data, parse_overrides(list(overrides or [])))
+    if imports:
+        given = data.get("imports") or []
+        data["imports"] = [*([given] if isinstance(given, str) else given), *imports]
     return from_dict(data)
 
 
@@ -306,6 +349,11 @@ def field_help() -> str:
     lines = []
     for sec in dataclasses.fields(Config):
         cls = typing.get_type_hints(Config)[sec.name]
+        if not dataclasses.is_dataclass(cls):
+            note = _comments(Config).get(sec.name, "")
+            lines.append(f"--import MODULE (repeatable; config key {sec.name}: "
+                         f"{sec.default!r})  {note}")
+            continue
         notes = _comments(cls)
         lines.append(f"{sec.name}:")
         for f in dataclasses.fields(cls):

@@ -194,9 +194,72 @@ def test_field_help_lists_every_field_with_default_and_comment():
     text = C.field_help()
     for section in dataclasses.fields(C.Config):
         cls = typing.get_type_hints(C.Config)[section.name]
+        if not dataclasses.is_dataclass(cls):  # the top-level `imports` list
+            assert f"config key {section.name}: ()" in text
+            continue
         for f in dataclasses.fields(cls):
             line = next(l for l in text.splitlines() if l.strip().startswith(f"--{section.name}.{f.name} "))
             default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
             assert f"({default!r})" in line
             assert len(line.split(")  ", 1)[-1]) > 5, f"no help for {section.name}.{f.name}"
     assert "--trust_region.max_update_move (0.0)  scale an iteration's step back" in text
+
+
+PLUGIN = '''
+import dataclasses
+from typing import ClassVar
+
+from jaxrl_lm import algorithms
+from jaxrl_lm.algorithms import reinforce
+from jaxrl_lm.envs.bandit import Bandit
+from jaxrl_lm.envs.core import register
+
+
+@register
+@dataclasses.dataclass(frozen=True)
+class PluginBandit(Bandit):
+    name: ClassVar[str] = "plugin_bandit"
+
+
+algorithms.register(algorithms.Algorithm("plugin_reinforce", "rl", reinforce.advantages,
+                                          summary="a user's algorithm"))
+'''
+
+
+def test_imports_register_a_users_env_and_algorithm(tmp_path):
+    """A module named by `imports` (or --import) is imported before the config is
+    checked: its env and algorithm can be named; from the working directory too.
+    Run in a subprocess so the test process's registries stay as they are."""
+    (tmp_path / "my_plugin.py").write_text(PLUGIN)
+    (tmp_path / "broken_plugin.py").write_text("raise RuntimeError('boom')\n")
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text("imports: [my_plugin]\nalgo: {name: plugin_reinforce}\n"
+                   "env: {name: plugin_bandit}\n")
+    code = ("import sys; from jaxrl_lm.config import load_config, check_runtime, ConfigError\n"
+            "c = load_config(sys.argv[1], [], imports=sys.argv[2:])\n"
+            "check_runtime(c, 1); print(c.imports, c.algo.name, c.env.name)\n")
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""}
+    run = lambda *a: subprocess.run([sys.executable, "-c", code, *a], cwd=tmp_path,  # noqa: E731
+                                    capture_output=True, text=True, env=env)
+    out = run(str(cfg))
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["('my_plugin',)", "plugin_reinforce", "plugin_bandit"]
+    (tmp_path / "bare.yaml").write_text("algo: {name: plugin_reinforce}\nenv: {name: plugin_bandit}\n")
+    out = run(str(tmp_path / "bare.yaml"), "my_plugin")  # the --import path
+    assert out.returncode == 0 and "plugin_reinforce" in out.stdout, out.stderr
+    out = run(str(tmp_path / "bare.yaml"))
+    assert "algo.name='plugin_reinforce': must be one of" in out.stderr
+    out = run(str(tmp_path / "bare.yaml"), "no_such_plugin")
+    assert "imports: cannot import 'no_such_plugin': No module named 'no_such_plugin'" in out.stderr
+    out = run(str(tmp_path / "bare.yaml"), "broken_plugin")
+    assert "imports: importing 'broken_plugin' raised RuntimeError: boom" in out.stderr
+    with pytest.raises(C.ConfigError, match="imports=3: expected a list of module names"):
+        C.from_dict({"imports": 3})
+
+
+def test_config_with_imports_round_trips_through_yaml():
+    import yaml
+
+    cfg = C.from_dict({"imports": ["json"]})
+    assert cfg.imports == ("json",)
+    assert C.from_dict(yaml.safe_load(C.dump_yaml(cfg))) == cfg

@@ -31,15 +31,28 @@ def main_eval(argv: list[str]) -> int:
     p.add_argument("--sample", action="store_true", help="sample at temperature 1, not greedy")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE",
+                   help="import a module first (repeatable), e.g. one that registers your env")
     args = p.parse_args(argv)
 
     from jaxrl_lm import envs
+    from jaxrl_lm.config import ConfigError, import_plugins
     from jaxrl_lm.evaluation.play import evaluate
 
     def fail(msg: str) -> int:
         print(f"error: {msg}", file=sys.stderr)
         return 2
 
+    path, run_cfg = args.checkpoint, {}
+    if os.path.isdir(os.path.join(path, "hf")):
+        if os.path.exists(os.path.join(path, "config.yaml")):
+            with open(os.path.join(path, "config.yaml")) as f:
+                run_cfg = yaml.safe_load(f) or {}
+        path = os.path.join(path, "hf")
+    try:  # the run's own plugins (its env, say), then the ones given here
+        import_plugins([*(run_cfg.get("imports") or []), *args.imports])
+    except ConfigError as e:
+        return fail(str(e))
     if args.env not in envs.registered():
         return fail(f"--env {args.env!r}: unknown env; choose one of {', '.join(envs.registered())}")
     given = {}
@@ -54,12 +67,6 @@ def main_eval(argv: list[str]) -> int:
         return fail(f"env options: {e}")
     if args.episodes < 1:
         return fail(f"--episodes {args.episodes}: must be >= 1")
-    path, run_cfg = args.checkpoint, {}
-    if os.path.isdir(os.path.join(path, "hf")):
-        if os.path.exists(os.path.join(path, "config.yaml")):
-            with open(os.path.join(path, "config.yaml")) as f:
-                run_cfg = yaml.safe_load(f) or {}
-        path = os.path.join(path, "hf")
     if not os.path.exists(os.path.join(path, "config.json")):
         return fail(f"--checkpoint {args.checkpoint!r}: no HF folder (config.json) there")
     # A run's policy knows its own prompt: start from the env options it trained

@@ -158,13 +158,16 @@ def _parse_train(argv: list[str]):
     p.add_argument("--config", help="YAML preset (launch/configs/*.yaml); defaults if omitted")
     p.add_argument("--out", required=True, help="run directory")
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint")
+    p.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE",
+                   help="import a module first (repeatable), e.g. one that registers your env "
+                        "or algorithm; added to the config's `imports` list")
     return p.parse_known_args(argv)
 
 
 def main_train(argv: list[str]) -> int:
     args, overrides = _parse_train(argv)
     try:
-        cfg = load_config(args.config, overrides)
+        cfg = load_config(args.config, overrides, imports=args.imports)
         from jaxrl_lm.train import env_data, mesh
 
         mesh.maybe_initialize_distributed(cfg)
