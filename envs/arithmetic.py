@@ -10,6 +10,11 @@ ValueError. Completions may carry a scratchpad before the final ACTION=<n>.
 
 Reward: 1 if the answer is exactly right, else 0; the episode always ends after
 one step. Every action is legal.
+
+Prompt: "full" (default) is "Compute a+b.\nWork it out, then answer with
+ACTION=<number>.\n"; "short" is the first line only, "Compute a+b.\n", for a
+model trained from scratch, to which the constant instruction line teaches
+nothing and which would be most of the prompt's tokens.
 """
 
 from __future__ import annotations
@@ -22,10 +27,11 @@ import jax.numpy as jnp
 from flax import struct
 
 from jaxrl_lm.envs import _puzzle_util as pu
-from jaxrl_lm.envs.core import Env, State, base_fields, check_range, register
+from jaxrl_lm.envs.core import Env, State, base_fields, check_choice, check_range, register
 
 MAX_ACTIONS = 20_000
 _OPS = "+*"
+PROMPTS = ("full", "short")
 
 
 @struct.dataclass
@@ -47,12 +53,14 @@ def max_answer(digits: int, ops: str) -> int:
 class Arithmetic(Env):
     digits: int = 2  # digits per operand, 1..4
     ops: str = "+*"  # operators to draw from: a non-empty subset of "+*"
+    prompt: str = "full"  # "full": the problem, then the answer format | "short": the problem
 
     name: ClassVar[str] = "arithmetic"
 
     def __post_init__(self):
         super().__post_init__()
         check_range(self, "digits", 1, 4)
+        check_choice(self, "prompt", PROMPTS)
         if (not isinstance(self.ops, str) or not self.ops or set(self.ops) - set(_OPS)
                 or len(set(self.ops)) != len(self.ops)):
             raise ValueError(f"Arithmetic.ops={self.ops!r} must be a non-empty string of "
@@ -108,10 +116,14 @@ class Arithmetic(Env):
 
     _HEAD: ClassVar[str] = "Compute "
     _FOOT: ClassVar[str] = ".\nWork it out, then answer with ACTION=<number>.\n"
+    _SHORT_FOOT: ClassVar[str] = ".\n"
+
+    def _foot(self) -> str:
+        return self._FOOT if self.prompt == "full" else self._SHORT_FOOT
 
     def text_pieces(self) -> tuple[str, ...]:
         # 0 head, 1..10 "0".."9", 11 "+", 12 "*", 13 foot
-        return (self._HEAD, *[str(d) for d in range(10)], *_OPS, self._FOOT)
+        return (self._HEAD, *[str(d) for d in range(10)], *_OPS, self._foot())
 
     @property
     def max_render_pieces(self) -> int:
@@ -125,7 +137,7 @@ class Arithmetic(Env):
         ]).astype(jnp.int32)
 
     def render_text(self, state: ArithmeticState) -> str:
-        return f"{self._HEAD}{int(state.a)}{_OPS[int(state.op)]}{int(state.b)}{self._FOOT}"
+        return f"{self._HEAD}{int(state.a)}{_OPS[int(state.op)]}{int(state.b)}{self._foot()}"
 
 
 def _solver(env: Arithmetic, state: ArithmeticState, key: jax.Array) -> jax.Array:

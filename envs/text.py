@@ -107,9 +107,12 @@ class TextInterface:
     Args:
       env: a registered env implementing the text hooks.
       tokenizer: anything with encode/decode (see the module docstring).
-      max_prompt_len: L, the fixed length of rendered ids; longer prompts are
-        cut at L. Default: max_render_pieces x the longest piece, which no
-        render can exceed.
+      max_prompt_len: L, the fixed length of rendered ids. A longer prompt is
+        cut at L by `render`, never silently: `full_length` gives its whole
+        length, and the rollout, the evaluation and the warm-up data stop with
+        an error naming env.max_prompt_len when a prompt did not fit
+        (`jaxrl_lm.rollout.check_prompt_fit`). Default: max_render_pieces x
+        the longest piece, which no render can exceed.
       pad_id: token id written after `length` in rendered ids.
     """
 
@@ -186,6 +189,13 @@ class TextInterface:
         length = jnp.minimum(end_m[-1], self.max_prompt_len).astype(jnp.int32)
         ids = jnp.where(pos_l < length, tok_l, self.pad_id).astype(jnp.int32)
         return ids, length
+
+    def full_length(self, state: State) -> jax.Array:
+        """i32[]: the tokens of the whole prompt, before any cut at max_prompt_len."""
+        idx_m = self.env.render_pieces(state)
+        used_m = idx_m >= 0
+        return jnp.where(used_m, self.piece_len[jnp.where(used_m, idx_m, 0)], 0).sum(
+            dtype=jnp.int32)
 
     def parse(self, ids: jax.Array, length: jax.Array) -> tuple[jax.Array, jax.Array]:
         """(action i32[], valid bool[]) of a response ids i32[T] of `length`."""

@@ -50,6 +50,9 @@ class Trajectory(NamedTuple):
     reward: jax.Array  # f32[T, B] env reward + invalid penalty (0 when inactive)
     done: jax.Array  # bool[T, B] the episode was over after this turn
     states: Any  # env State pytree [T, B, ...]: the state each turn started from
+    # i32[T, B] the rendered prompt's whole length; above P it was cut (an error
+    # for the trainer and the evaluation: check_prompt_fit)
+    prompt_full_len: jax.Array | None = None
 
 
 def _random_legal(mask_ba: jax.Array, key: jax.Array) -> jax.Array:
@@ -84,6 +87,7 @@ def make_rollout(env: Env, text: TextInterface, *, num_groups: int, group_size: 
     def turn(graphdef, params, state, key):
         key_sample, key_random, key_step = jax.random.split(key, 3)
         prompt, prompt_len = jax.vmap(text.render)(state)
+        full_len = jax.vmap(text.full_length)(state)
         out = sampling.sample((graphdef, params), prompt, prompt_len, key_sample, **options)
         # the stop token (newline or EOS) is not part of the answer
         parsed, valid = jax.vmap(text.parse)(out.tokens, out.lengths - out.done.astype(jnp.int32))
@@ -95,7 +99,8 @@ def make_rollout(env: Env, text: TextInterface, *, num_groups: int, group_size: 
         env_reward = new.reward if standin_reward else jnp.where(valid, new.reward, 0.0)
         reward = env_reward + jnp.where(valid, 0.0, invalid_penalty)
         rec = Trajectory(prompt, prompt_len, out.tokens, out.lengths, out.logp, active, action,
-                         valid, env_reward, jnp.where(active, reward, 0.0), new.done, state)
+                         valid, env_reward, jnp.where(active, reward, 0.0), new.done, state,
+                         full_len)
         return new, rec
 
     @jax.jit
@@ -124,6 +129,24 @@ def make_rollout(env: Env, text: TextInterface, *, num_groups: int, group_size: 
         return traj
 
     return play
+
+
+def prompt_cuts(traj: Trajectory) -> tuple[jax.Array, jax.Array]:
+    """(cut, longest): active turns whose prompt was longer than the P rendered
+    (i32[]), and the longest whole prompt of an active turn (i32[])."""
+    if traj.prompt_full_len is None:  # a trajectory built by hand
+        return jnp.zeros((), jnp.int32), jnp.zeros((), jnp.int32)
+    full = jnp.where(traj.active, traj.prompt_full_len, 0)
+    return (full > traj.prompt.shape[-1]).sum(dtype=jnp.int32), full.max()
+
+
+def check_prompt_fit(cut: int, longest: int, max_prompt_len: int, *, where: str,
+                     field: str = "env.max_prompt_len") -> None:
+    """ValueError when `cut` prompts (of `where`) were longer than max_prompt_len."""
+    if int(cut):
+        raise ValueError(f"{field}={max_prompt_len} is too short: {int(cut)} prompt(s) "
+                         f"rendered {where} were longer (up to {int(longest)} tokens) and would "
+                         f"be cut; set {field} >= {int(longest)}")
 
 
 def turn_faults(traj: Trajectory) -> tuple[jax.Array, jax.Array]:

@@ -17,7 +17,7 @@ def _np(tree):
 @pytest.mark.parametrize("bad,field", [
     (dict(digits=0), "digits"), (dict(digits=5, ops="+"), "digits"),
     (dict(digits=3, ops="*"), "capped"), (dict(ops=""), "ops"), (dict(ops="-"), "ops"),
-    (dict(ops="++"), "ops"), (dict(ops=("+",)), "ops")])
+    (dict(ops="++"), "ops"), (dict(ops=("+",)), "ops"), (dict(prompt="none"), "prompt")])
 def test_bad_options_raise(bad, field):
     with pytest.raises(ValueError, match=field):
         envs.make("arithmetic", **bad)
@@ -64,6 +64,24 @@ def test_text_render_matches_host_and_parses_back():
     s = single.init(jax.random.key(0)).replace(a=np.int32(0), b=np.int32(7), op=np.int32(1))
     text = "".join(single.text_pieces()[i] for i in np.asarray(single.render_pieces(s)) if i >= 0)
     assert text.startswith("Compute 0*7.\n") and text == single.render_text(s)
+
+
+def test_short_prompt_is_the_first_line_and_plays_the_same():
+    """prompt="short" renders only "Compute a+b.\n" (in jit as on the host);
+    the problems, answers and rewards are those of the default prompt."""
+    full, short = envs.make("arithmetic", digits=2), envs.make("arithmetic", digits=2, prompt="short")
+    s_full, t_full, _ = _np(pu.play(full, ar.BASELINES["solver"], jax.random.key(5), 50))
+    s_short, t_short, _ = _np(pu.play(short, ar.BASELINES["solver"], jax.random.key(5), 50))
+    jax.tree.map(np.testing.assert_array_equal, (s_full, t_full), (s_short, t_short))
+    render = np.asarray(jax.jit(jax.vmap(short.render_pieces))(s_short))
+    for e in range(50):
+        one = jax.tree.map(lambda x: x[e], s_short)
+        text = short.render_text(one)
+        assert "".join(short.text_pieces()[i] for i in render[e] if i >= 0) == text
+        assert text == full.render_text(one).split("\n")[0] + "\n"
+        assert re.fullmatch(r"Compute \d+[+*]\d+\.\n", text)
+    assert full.render_text(jax.tree.map(lambda x: x[0], s_full)).endswith(
+        "Work it out, then answer with ACTION=<number>.\n")
 
 
 @pytest.mark.parametrize("digits,ops", [(1, "+*"), (2, "*")])

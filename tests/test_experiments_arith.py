@@ -1,5 +1,8 @@
-"""jaxrl_lm.experiments (arith, arith_rl, grad_variance) against hand-worked and
-float64 numpy references, with tiny settings."""
+"""The arithmetic experiments of the notebooks on the library path: the
+gradient-variance probe (jaxrl_lm.metrics.grad_variance) against float64 numpy
+and hand-worked references, the scratchpad warm-up data
+(jaxrl_lm.train.arith_data), the answer metrics (jaxrl_lm.evaluation.answers),
+and a tiny end to end: train_sft, then RLRunner with grpo, dr_grpo and opo."""
 
 import jax
 import jax.numpy as jnp
@@ -7,11 +10,21 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from jaxrl_lm.envs.text import parse_text
-from jaxrl_lm.experiments import arith as X
-from jaxrl_lm.experiments import arith_rl as R
-from jaxrl_lm.experiments import grad_variance as GV
+from jaxrl_lm import envs
+from jaxrl_lm.config import from_dict
+from jaxrl_lm.envs.text import TextInterface, parse_text
+from jaxrl_lm.evaluation.answers import answer_stats, make_answer_eval
+from jaxrl_lm.metrics import grad_variance as GV
+from jaxrl_lm.models.default import default_policy
+from jaxrl_lm.rollout import Trajectory
 from jaxrl_lm.sampling import token_logprobs
+from jaxrl_lm.train.arith_data import arith_sft_data, completion
+from jaxrl_lm.train.logging import read_metrics
+from jaxrl_lm.train.rl import RLRunner
+from jaxrl_lm.train.sft import train_sft
+
+ENV = {"digits": 1, "ops": "+", "prompt": "short"}
+PROMPT_LEN = len("Compute 3+4.\n")
 
 
 # -- gradient variance on a toy linear softmax policy ----------------------------
@@ -78,116 +91,149 @@ def test_group_variance_rejects_groups_of_one():
                       (jnp.ones((5, 2)), jnp.zeros(5, jnp.int32)), 2)
 
 
-# -- task, warm-up data, rewards -----------------------------------------------
+# -- the probe on a rollout's Trajectory ----------------------------------------
 
 @pytest.fixture(scope="module")
 def tiny():
-    model, tok = X.policy(0, hidden=16, layers=1)
-    return model, tok, X.make_task(tok)
+    model, tok = default_policy(0, hidden_size=16, num_layers=1)
+    env = envs.make("arithmetic", **ENV)
+    return model, tok, TextInterface(env, tok, max_prompt_len=PROMPT_LEN, pad_id=tok.pad_token_id)
 
 
-def test_completions_hand_worked_and_parse(tiny):
-    _, _, task = tiny
-    assert X.completion(3, 4, "direct") == "ACTION=7"
-    assert X.completion(3, 4, "scratchpad") == "3+4=4+3=5+2=6+1=7+0 ACTION=7"
-    assert X.completion(5, 0, "scratchpad") == "5+0 ACTION=5"
-    for a, b in ((0, 0), (9, 9), (3, 4)):
-        for style in ("direct", "scratchpad"):
-            assert parse_text(task.env, X.completion(a, b, style)) == (a + b, True)
-    with pytest.raises(ValueError, match="style"):
-        X.completion(1, 2, "essay")
+def _traj(prompt, plen, comp, clen, reward):
+    """A hand-made one-turn Trajectory (only what pack_turns and the probe read)."""
+    b, r = len(plen), jnp.asarray(reward, jnp.float32)[None]
+    return Trajectory(prompt[None], jnp.asarray(plen)[None], comp[None], jnp.asarray(clen)[None],
+                      jnp.zeros(comp.shape)[None], jnp.ones((1, b), bool),
+                      jnp.zeros((1, b), jnp.int32), jnp.ones((1, b), bool), r, r,
+                      jnp.ones((1, b), bool), None)
 
 
-def test_sft_rows_are_prompt_then_completion(tiny):
-    _, tok, task = tiny
-    tokens, mask = X.sft_data(task, 6, p_direct=0.5, seed=3)
-    for row, m in zip(np.asarray(tokens), np.asarray(mask)):
-        text = tok.decode(list(row), skip_special_tokens=False)
-        prompt, rest = text.split("\n", 1)
-        a, b = (int(v) for v in prompt.removeprefix("Compute ").rstrip(".").split("+"))
-        target = [X.completion(a, b, s) + "<eos>" for s in ("direct", "scratchpad")]
-        assert rest.split("<pad>")[0] in target
-        start = len(prompt) + 1
-        assert m[:start].sum() == 0 and tok.decode(list(row[m > 0])) == rest.split("<pad>")[0]
-    assert task.prompt_len == len("Compute 3+4.\n")
-
-
-def test_all_problems_covers_every_sum(tiny):
-    states = X.all_problems(tiny[2], repeats=2)
-    pairs = set(zip(np.asarray(states.a).tolist(), np.asarray(states.b).tolist()))
-    assert len(pairs) == 100 and states.a.shape == (200,)
-    np.testing.assert_array_equal(states.answer, states.a + states.b)
-
-
-def test_pack_places_completion_after_each_prompt():
-    prompt = jnp.array([[1, 2, 3, 0], [4, 5, 0, 0]])
-    comp = jnp.array([[7, 8, 0], [9, 0, 0]])
-    tokens, mask = X._pack(prompt, jnp.array([3, 2]), comp, jnp.array([2, 1]))
-    np.testing.assert_array_equal(tokens, [[1, 2, 3, 7, 8, 0, 0], [4, 5, 9, 0, 0, 0, 0]])
-    np.testing.assert_array_equal(mask, [[0, 0, 0, 1, 1, 0, 0], [0, 0, 1, 0, 0, 0, 0]])
-
-
-def test_shaped_reward_hand_worked(tiny):
-    _, tok, _ = tiny
-    enc = lambda s: tok.encode(s, add_special_tokens=False)  # noqa: E731
-    rows = [enc("abcdabcd") + [0, 0], enc("ACTION=7") + [2, 0], enc("x" * 10)]
-    batch = dict(completion=jnp.asarray(rows), length=jnp.array([8, 9, 10]),
-                 correct=jnp.array([True, False, False]), done=jnp.array([True, True, False]))
-    np.testing.assert_array_equal(R.shaped_reward(batch, reward="binary", max_len=10), [1, 0, 0])
-    got = R.shaped_reward(batch, reward="cosine", max_len=10, rep_ngram=4)
-
-    def cos(t, lo, hi):
-        return lo + (hi - lo) * 0.5 * (1 + np.cos(np.pi * t / 10))
-
-    # "abcdabcd": the 4-gram at 4 repeats the one at 0, so tokens 4..7 get -0.05 each;
-    # "xxxxxxxxxx" repeats from position 1 on (9 tokens) and never stopped (r_exceed).
-    want = [cos(8, 1.0, 2.0) - 0.2, cos(9, 0.0, -10.0), -10.0 - 0.45]
-    np.testing.assert_allclose(got, want, rtol=1e-5)
-
-
-def test_advantages_dispatch_and_config_errors():
-    r, lengths = jnp.array([1.0, 0.0, 0.0, 1.0]), jnp.array([10, 30, 5, 5])
-    np.testing.assert_allclose(R.advantages(r, lengths, 2, "opo"),
-                               [1 - 10 / 40, 0 - 10 / 40, 0 - 0.5, 1 - 0.5], rtol=1e-6)
-    np.testing.assert_allclose(R.advantages(r, lengths, 2, "mean"), [0.5, -0.5, -0.5, 0.5])
-    with pytest.raises(ValueError, match="baseline"):
-        R.advantages(r, lengths, 2, "vine")
-    with pytest.raises(ValueError, match="RLConfig.baseline"):
-        R.RLConfig(baseline="ppo")
-    with pytest.raises(ValueError, match="RLConfig.reward"):
-        R.RLConfig(reward="length")
-
-
-# -- the tiny decoder end to end ------------------------------------------------
-
-def test_decoder_gram_matches_per_sample_grads(tiny):
+def test_trajectory_gram_matches_per_sample_grads_and_the_advantages(tiny):
     model, _, _ = tiny
-    graphdef, params = nnx.split(model)
-    tokens = jax.random.randint(jax.random.key(0), (4, 9), 4, 100)
-    mask = jnp.arange(9)[None, :] >= jnp.array([[3], [5], [4], [6]])
+    key = jax.random.key(0)
+    prompt = jax.random.randint(key, (4, 5), 4, 100)
+    comp = jax.random.randint(jax.random.fold_in(key, 1), (4, 6), 4, 100)
+    plen, clen, reward = [5, 3, 4, 5], [2, 6, 1, 4], [1.0, 0.0, 0.0, 1.0]
+    traj = _traj(prompt, plen, comp, clen, reward)
+    gram = GV.trajectory_gram(model, traj, 2)
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
 
-    def logp_fn(p, x):
-        return token_logprobs(nnx.merge(graphdef, p), x[0][None], x[1][None]).sum()
+    def logp_one(p, i):  # episode i alone: its prompt then completion, no vmap, no packing
+        row = jnp.concatenate([prompt[i, : plen[i]], comp[i, : clen[i]]])[None]
+        mask = (jnp.arange(row.shape[1]) >= plen[i])[None]
+        return token_logprobs(nnx.merge(graphdef, p, rest), row, mask).sum()
 
-    gram = GV.score_gram(logp_fn, params, (tokens, mask), 2)
-    grad_one = jax.jit(jax.grad(logp_fn))  # one sample at a time, no vmap
     flat = [np.concatenate([np.ravel(leaf).astype(np.float64) for leaf in jax.tree.leaves(
-        grad_one(params, (tokens[i], mask[i])))]) for i in range(4)]
+        jax.grad(logp_one)(params, i))]) for i in range(4)]
     want = np.array([[[flat[2 * k + i] @ flat[2 * k + j] for j in range(2)] for i in range(2)]
                      for k in range(2)])
     np.testing.assert_allclose(gram, want, rtol=1e-4)
 
+    out = GV.baseline_variances(gram, traj)
+    np.testing.assert_array_equal(out["length"], clen)
+    np.testing.assert_allclose(out["sq_norm"], [f @ f for f in flat], rtol=1e-4)
+    # both groups have rewards (1, 0): Dr. GRPO's advantages are +-0.5, GRPO's those
+    # over the unbiased group std (sqrt(0.5) + eps), OPO's r - (l1 r1 + l2 r2) / (l1 + l2)
+    g2 = np.asarray(gram, np.float64)
+    for name, adv in (("dr_grpo", [0.5, -0.5, -0.5, 0.5]),
+                      ("opo", [1 - 2 / 8, -2 / 8, -4 / 5, 1 - 4 / 5])):
+        a = np.reshape(adv, (2, 2))
+        inner = a[:, :, None] * a[:, None, :] * g2
+        total = inner.sum((1, 2))
+        np.testing.assert_allclose(out[f"V_{name}"], np.trace(inner, axis1=1, axis2=2) - total / 2,
+                                   rtol=1e-4)
+        np.testing.assert_allclose(out[f"M_{name}"], total / 4, rtol=1e-4)
+    np.testing.assert_allclose(out["V_grpo"], out["V_dr_grpo"] / (0.5**0.5 + 1e-6) ** 2,
+                               rtol=1e-4)
 
-def test_rl_step_on_the_tiny_decoder(tiny):
-    model, _, task = tiny
-    graphdef, params = nnx.split(model)
-    cfg = R.RLConfig(num_groups=2, group_size=2, max_new_tokens=4, lr=1e-3)
-    init, step = R.make_rl_step(task, graphdef, cfg)
-    new, _, metrics = step(params, init(params), jax.random.key(1))
-    assert all(np.isfinite(float(v)) for v in metrics.values())
-    # An untrained model is never right: every group has equal rewards, GRPO
-    # gives A = 0, and with no other loss term the parameters must not move.
-    assert float(metrics["accuracy"]) == 0.0 and float(metrics["loss"]) == 0.0
-    same = jax.tree.map(lambda a, c: bool(jnp.array_equal(a, c)), params, new)
-    assert all(jax.tree.leaves(same))
-    assert 1 <= float(metrics["length"]) <= 4
+
+# -- warm-up data and answer metrics ---------------------------------------------
+
+def test_completions_hand_worked_and_parse(tiny):
+    _, _, text = tiny
+    assert completion(3, 4, "direct") == "ACTION=7"
+    assert completion(3, 4, "scratchpad") == "3+4=4+3=5+2=6+1=7+0 ACTION=7"
+    assert completion(5, 0, "scratchpad") == "5+0 ACTION=5"
+    for a, b in ((0, 0), (9, 9), (3, 4)):
+        for style in ("direct", "scratchpad"):
+            assert parse_text(text.env, completion(a, b, style)) == (a + b, True)
+    with pytest.raises(ValueError, match="style"):
+        completion(1, 2, "essay")
+
+
+def test_sft_rows_are_the_short_prompt_then_a_completion(tiny):
+    _, tok, text = tiny
+    data = arith_sft_data(text, tok, batch_size=8, max_len=80)
+    batch = data(0, jax.random.key(3))
+    again = data(0, jax.random.key(3))
+    np.testing.assert_array_equal(batch["tokens"], again["tokens"])  # pure in the key
+    for row, m in zip(batch["tokens"], batch["loss_mask"]):
+        text_row = tok.decode(list(row), skip_special_tokens=False)
+        prompt, rest = text_row.split("\n", 1)
+        a, b = (int(v) for v in prompt.removeprefix("Compute ").rstrip(".").split("+"))
+        answer = rest.split("<pad>")[0]
+        assert answer in [completion(a, b, s) + "<eos>" for s in ("direct", "scratchpad")]
+        assert m[:PROMPT_LEN].sum() == 0 and tok.decode(list(row[m > 0])) == answer
+    with pytest.raises(ValueError, match="max_len"):
+        arith_sft_data(text, tok, batch_size=64, max_len=30, p_direct=0.0)(0, jax.random.key(0))
+
+
+def test_answer_stats_hand_worked(tiny):
+    _, tok, _ = tiny
+    enc = lambda s: tok.encode(s, add_special_tokens=False)  # noqa: E731
+    comp = jnp.asarray([enc("abcdabcd") + [0, 0], enc("ACTION=7") + [2, 0], enc("x" * 10)])
+    traj = _traj(jnp.zeros((3, 2), jnp.int32), [2, 2, 2], comp, [8, 9, 10], [1.0, 0.0, 0.0])
+    got = jax.device_get(answer_stats(traj, first_token=enc("A")[0], ngram=4))
+    # "abcdabcd": tokens 4..7 repeat the 4-gram at 0 (4 x -0.05); "x" * 10: 9 tokens
+    np.testing.assert_allclose(got["repetition"], (-0.2 - 0.45) / 3, rtol=1e-5)
+    assert got["accuracy"] == pytest.approx(1 / 3) and got["length"] == pytest.approx(9.0)
+    assert got["length_correct"] == 8.0 and got["length_wrong"] == 9.5
+    assert got["direct"] == pytest.approx(1 / 3)
+
+
+# -- SFT, then RL with each baseline through RLRunner -------------------------------
+
+def _rl_config(name, steps=2):
+    return from_dict({
+        "algo": {"name": name, "group_size": 2, "loss_agg": "token-mean", "epochs": 1,
+                 "beta": 0.0},
+        "rollout": {"max_new_tokens": 8, "temperature": 1.0, "stop_at_newline": False},
+        "shaping": {"invalid_penalty": 0.0, "standin_reward": False, "cosine_length": True,
+                    "repetition_ngram": 4},
+        "optim": {"name": "adamw", "lr": 1e-3, "weight_decay": 0.0, "schedule": "constant",
+                  "max_grad_norm": 0.0, "warmup_steps": 0},
+        "env": {"name": "arithmetic", "options": ENV, "max_turns": 1,
+                "max_prompt_len": PROMPT_LEN},
+        "train": {"steps": steps, "batch_size": 8, "micro_batches": 1,
+                  "max_len": PROMPT_LEN + 8, "seed": 0, "progress": False}})
+
+
+def test_sft_then_rl_with_each_baseline(tiny, tmp_path):
+    model, tok, text = tiny
+    sft_cfg = from_dict({
+        "algo": {"name": "sft"}, "optim": {"lr": 1e-2, "weight_decay": 0.0, "max_grad_norm": 0.0},
+        "train": {"steps": 3, "batch_size": 8, "max_len": 80, "progress": False}})
+    sft = train_sft(sft_cfg, str(tmp_path / "sft"), model=model,
+                    data_fn=arith_sft_data(text, tok, batch_size=8, max_len=80))
+    losses = [row["loss"] for row in read_metrics(str(tmp_path / "sft"))]
+    assert len(losses) == 3 and np.all(np.isfinite(losses))
+    nnx.update(model, jax.device_get(sft.state.params))
+    direct = tok.encode("A", add_special_tokens=False)[0]
+    for name in ("grpo", "dr_grpo", "opo"):
+        cfg = _rl_config(name)
+        runner = RLRunner(cfg, model, tok,
+                          traj_stats=lambda t: answer_stats(t, first_token=direct))
+        result = runner.train(str(tmp_path / name))
+        rows = read_metrics(str(tmp_path / name))
+        assert [r["step"] for r in rows] == [1, 2]
+        for key in ("loss", "accuracy", "length", "length_correct", "direct", "repetition",
+                    "reward"):
+            assert all(np.isfinite(r[key]) for r in rows), (name, key)
+        assert all(1 <= r["length"] <= 8 for r in rows)
+        moved = jax.tree.leaves(jax.tree.map(lambda a, b: bool(jnp.any(a != b)),
+                                             result.state.params, sft.state.params))
+        assert any(moved), name  # cosine rewards differ within groups: the policy moves
+    ev = make_answer_eval(_rl_config("grpo"), tok, episodes=6, first_token=direct)(
+        model, jax.random.key(1))
+    assert ev["correct"].shape == (6,) and (ev["length"] >= 1).all()

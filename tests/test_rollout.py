@@ -73,3 +73,26 @@ def test_packed_rows_recompute_sampler_logprobs():
     plen, clen = tr.prompt_len[t, b], tr.completion_len[t, b]
     np.testing.assert_array_equal(rows.tokens[j, :plen], tr.prompt[t, b, :plen])
     np.testing.assert_array_equal(rows.tokens[j, plen: plen + clen], tr.completion[t, b, :clen])
+
+
+def test_standin_reward_false_gives_unparsable_answers_no_env_reward():
+    """Three new tokens cannot hold "ACTION=": no answer parses, a random legal
+    stand-in is played, and on 1-digit addition it is sometimes right. With
+    standin_reward=True that luck is the env reward; with False it is 0."""
+    env = envs.make("arithmetic", digits=1, ops="+", prompt="short")
+    text = TextInterface(env, TOK, max_prompt_len=13, pad_id=TOK.pad_token_id)
+    g, s = nnx.split(tiny_model(3))
+    out = {}
+    for standin in (True, False):
+        fn = rollout.make_rollout(env, text, num_groups=64, group_size=1, max_turns=1,
+                                  max_new_tokens=3, invalid_penalty=0.0,
+                                  standin_reward=standin)
+        out[standin] = jax.tree.map(np.asarray, fn(g, s, jax.random.key(0)))
+    kept, dropped = out[True], out[False]
+    assert not kept.valid.any()
+    np.testing.assert_array_equal(kept.action, dropped.action)  # the same stand-ins
+    lucky = kept.action[0] == kept.states.answer[0]
+    assert lucky.any()  # fixed key: 64 stand-ins among 19 answers, about 3 right
+    np.testing.assert_array_equal(kept.env_reward[0], lucky.astype(np.float32))
+    np.testing.assert_array_equal(kept.reward, kept.env_reward)
+    assert not dropped.env_reward.any() and not dropped.reward.any()

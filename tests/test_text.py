@@ -66,6 +66,7 @@ VARIANTS = [(name, {}) for name in envs.registered()] + [
     ("bandit", {"render": "summary", "dist": "bernoulli", "k": 12}),
     ("tictactoe", {"prompt": "short", "agent_player": "o"}),
     ("tictactoe", {"prompt": "board"}),
+    ("arithmetic", {"prompt": "short"}),
 ]
 VARIANT_IDS = [name + "".join(f"-{k}={v}" for k, v in opts.items()) for name, opts in VARIANTS]
 

@@ -276,3 +276,34 @@ def test_expected_reward_needs_an_env_with_one():
     cfg = load_config(PRESET, ["--shaping.expected_reward", "true"])
     with pytest.raises(ValueError, match="shaping.expected_reward: env 'tictactoe'"):
         RLRunner(cfg, *build_policy(cfg))
+
+
+def test_a_prompt_longer_than_the_limit_is_an_error_not_a_cut(tmp_path):
+    """env.max_prompt_len below the rendered prompt's length: the warm-up data,
+    the evaluation and the RL iteration each stop with the field and the
+    length needed, instead of training on cut prompts (the board prompt's
+    length is measured here from the env's host render)."""
+    from jaxrl_lm import envs
+    from jaxrl_lm.envs.text import TextInterface
+    from jaxrl_lm.evaluation import evaluate
+    from jaxrl_lm.models.tokenizer import encode
+    from jaxrl_lm.train.trainer import build_data, warmup_config
+
+    cfg = load_config(PRESET, TINY + ["--env.max_prompt_len", "12", "--train.max_len", "19"])
+    model, tok = build_policy(cfg)
+    env = envs.make(cfg.env.name, **cfg.env.options)
+    state = env.init(jax.random.key(0))
+    whole = len(encode(tok, env.render_text(jax.device_get(state))))
+    text = TextInterface(env, tok, max_prompt_len=12)
+    assert int(text.full_length(state)) == whole > 12
+    assert int(text.render(state)[1]) == 12  # what would have been trained on, silently
+    need = f"env.max_prompt_len=12 is too short: .* set env.max_prompt_len >= {whole}"
+    with pytest.raises(ValueError, match=need.replace(".* set", ".*warm-up step 0.* set")):
+        build_data(warmup_config(cfg), tok)(0, jax.random.key(0))
+    with pytest.raises(ValueError, match=need):
+        evaluate(model, tok, cfg.env.name, dict(cfg.env.options), episodes=4, max_prompt_len=12,
+                 max_new_tokens=6)
+    runner = RLRunner(cfg, model, tok)
+    state0, ref = runner.init()
+    with pytest.raises(ValueError, match=need.replace(".* set", ".*RL iteration 0.* set")):
+        runner.iteration(state0, ref, 0)

@@ -1,11 +1,17 @@
-"""jaxrl_lm.experiments.update_moves on a tiny version of the main job: the
+"""experiments/update_moves.py (a script outside the package, loaded from its
+file) on a tiny version of the main job: the
 sampler's log-probs equal the trainer's on the parameters that sampled them,
 and an update moves log-probs exactly when its learning rate is not zero."""
 
+import importlib.util
 import json
 import os
+import pathlib
 
-from jaxrl_lm.experiments import update_moves
+SCRIPT = pathlib.Path(__file__).resolve().parents[1] / "experiments" / "update_moves.py"
+_spec = importlib.util.spec_from_file_location("update_moves", SCRIPT)
+update_moves = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(update_moves)
 
 TINY_SFT = os.path.join(os.path.dirname(update_moves.MAIN_CONFIG), "tiny.yaml")
 
@@ -33,3 +39,7 @@ def test_update_moves_rejects_bad_input(tmp_path, capsys):
     assert update_moves.main(["--run", str(tmp_path), "--optim.lr", "-1"]) == 2
     err = capsys.readouterr().err
     assert "--iterations 0" in err and "algo.name='sft'" in err and "optim.lr" in err
+
+
+def test_main_config_is_found_from_the_repo():
+    assert os.path.isfile(update_moves.MAIN_CONFIG)

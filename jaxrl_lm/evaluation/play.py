@@ -24,7 +24,7 @@ from jaxrl_lm.envs.text import TextInterface
 from jaxrl_lm.evaluation.bandit import bandit_report, bandit_table
 from jaxrl_lm.evaluation.stats import episode_stats
 from jaxrl_lm.models.tokenizer import pad_id, stop_tokens
-from jaxrl_lm.rollout import make_rollout
+from jaxrl_lm.rollout import check_prompt_fit, make_rollout, prompt_cuts
 
 
 def evaluate(model: nnx.Module, tokenizer: Any, env_name: str, options: dict | None = None, *,
@@ -43,6 +43,7 @@ def evaluate(model: nnx.Module, tokenizer: Any, env_name: str, options: dict | N
                         invalid_penalty=invalid_penalty, standin_reward=standin_reward)
     graphdef, state = nnx.split(model)
     traj = play(graphdef, state, jax.random.key(seed))
+    check_prompt_fit(*prompt_cuts(traj), max_prompt_len, where=f"evaluating on {env_name}")
     s = {k: float(v) for k, v in jax.device_get(episode_stats(traj)).items()}
     out = {"return": s["env_return"], "shaped_return": s["reward"], "win": s["win_rate"],
            "draw": s["draw_rate"], "loss": s["loss_rate"], "invalid_rate": s["invalid_rate"],

@@ -5,7 +5,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from jaxrl_lm.rollout import Trajectory, episode_returns, turn_faults
+from jaxrl_lm.rollout import Trajectory, episode_returns, prompt_cuts, turn_faults
 
 
 def episode_stats(traj: Trajectory) -> dict[str, jax.Array]:
@@ -34,4 +34,7 @@ def episode_stats(traj: Trajectory) -> dict[str, jax.Array]:
         "turns": act.sum(0).mean(),
         "completion_len": (traj.completion_len * act).sum() / jnp.maximum(turns, 1.0),
         "action_coverage": played_ba.sum(-1).mean() / num_actions,
+        # prompts longer than env.max_prompt_len (the trainer stops on any)
+        "prompt_cut": prompt_cuts(traj)[0],
+        "prompt_len_max": prompt_cuts(traj)[1],
     }

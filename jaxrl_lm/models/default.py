@@ -19,6 +19,7 @@ character tokenizer; a llama folder keeps the tokenizer.json as written.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import pathlib
 
 import jax
@@ -37,15 +38,29 @@ DEFAULT_CONFIG = ModelConfig(
 
 
 def default_policy(key: jax.Array | int = 0, *, dtype: str = "float32",
-                   param_dtype: str | None = None, value_head: bool = False):
+                   param_dtype: str | None = None, value_head: bool = False,
+                   hidden_size: int | None = None, num_layers: int | None = None):
     """(Decoder, tokenizer) of the embedded default, weights initialised from `key`.
 
     key: a PRNG key or an int seed. dtype/param_dtype/value_head as in `load_hf`.
+    hidden_size / num_layers: a narrower or shallower variant of the same
+    design (same tokenizer and heads, MLP 4 x hidden), for experiments that
+    must run in minutes on a CPU; None keeps the default's 128 and 4.
     """
     if isinstance(key, int):
         key = jax.random.key(key)
     cfg = hf.load_config(DEFAULT_DIR, dtype=dtype, param_dtype=param_dtype,
                          value_head=value_head)
+    if hidden_size is not None:
+        if hidden_size < cfg.num_heads or hidden_size % cfg.num_heads:
+            raise ValueError(f"hidden_size={hidden_size!r}: must be a positive multiple of "
+                             f"the {cfg.num_heads} heads")
+        cfg = dataclasses.replace(cfg, hidden_size=hidden_size, intermediate_size=4 * hidden_size,
+                                  head_dim=hidden_size // cfg.num_heads)
+    if num_layers is not None:
+        if num_layers < 1:
+            raise ValueError(f"num_layers={num_layers!r}: must be >= 1")
+        cfg = dataclasses.replace(cfg, num_layers=num_layers)
     tokenizer = hf.load_tokenizer(DEFAULT_DIR)
     return Decoder(cfg, rngs=nnx.Rngs(params=key)), tokenizer
 

@@ -24,6 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxrl_lm.config import Config, ConfigError
+from jaxrl_lm.rollout import check_prompt_fit
 from jaxrl_lm.train.players import PLAYER_PROBS, Player, get_player, random_legal_player
 
 
@@ -90,7 +91,8 @@ def make_example_fn(env: Any, text: Any, *, max_len: int, max_moves: int, stop_i
         in_answer = (pos >= plen) & (pos < plen + answer_len[action])
         tokens = jnp.where(pos < plen, prompt[p_idx],
                            jnp.where(in_answer, answers[action, a_idx], text.pad_id))
-        out = {"tokens": tokens.astype(jnp.int32), "loss_mask": in_answer.astype(jnp.float32)}
+        out = {"tokens": tokens.astype(jnp.int32), "loss_mask": in_answer.astype(jnp.float32),
+               "prompt_full_len": text.full_length(state)}
         if probs is not None:
             # past max_len the move token is cut off: its mask is 0 and so is its loss
             out.update(target_pos=jnp.minimum(plen + move_j, max_len - 1).astype(jnp.int32),
@@ -119,7 +121,11 @@ def scripted_env_data(cfg: Config, tokenizer: Any, *, pad_id: int = 0,
     b = cfg.train.batch_size
 
     def data_fn(step: int, key: jax.Array) -> dict:
-        return {k: np.asarray(v) for k, v in batch_fn(jax.random.split(key, b)).items()}
+        out = {k: np.asarray(v) for k, v in batch_fn(jax.random.split(key, b)).items()}
+        full = out.pop("prompt_full_len")
+        check_prompt_fit((full > text.max_prompt_len).sum(), full.max(), text.max_prompt_len,
+                         where=f"for warm-up step {step}")
+        return out
 
     data_fn.text = text  # for inspection / evaluation code
     return data_fn

@@ -24,7 +24,7 @@ checkpoint replays exactly what it lost, like the supervised loop.
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -38,7 +38,7 @@ from jaxrl_lm.envs.text import TextInterface
 from jaxrl_lm.evaluation.stats import episode_stats
 from jaxrl_lm.models.tokenizer import pad_id, stop_tokens
 from jaxrl_lm.rewards import shape_rewards
-from jaxrl_lm.rollout import make_rollout
+from jaxrl_lm.rollout import check_prompt_fit, make_rollout
 from jaxrl_lm.train import mesh as mesh_lib
 from jaxrl_lm.train.engine import Engine, TrainState
 from jaxrl_lm.train.optim import make_optimizer
@@ -55,10 +55,16 @@ def scale_first_moment(opt_state: Any, scale: jax.Array) -> Any:
 
 
 class RLRunner:
-    """Compiles the rollout and update for one config; `train` runs the loop."""
+    """Compiles the rollout and update for one config; `train` runs the loop.
 
-    def __init__(self, cfg: Config, model: nnx.Module, tokenizer: Any):
-        self.cfg, self.tokenizer = cfg, tokenizer
+    traj_stats: optional `(trajectory) -> {name: scalar}`, traced into `collect`:
+    task-specific metrics of the very episodes trained on (e.g.
+    `evaluation.answers.answer_stats`), logged with each iteration's stats.
+    """
+
+    def __init__(self, cfg: Config, model: nnx.Module, tokenizer: Any, *,
+                 traj_stats: Callable[[Any], dict] | None = None):
+        self.cfg, self.tokenizer, self.traj_stats = cfg, tokenizer, traj_stats
         a, r, t = cfg.algo, cfg.rollout, cfg.train
         self.algorithm = algorithms.get(a.name)
         if self.algorithm.kind != "rl":
@@ -116,6 +122,8 @@ class RLRunner:
             batch["ref_logp"] = common.ref_logprobs(ref, batch, chunks=cfg.train.micro_batches,
                                                     temperature=temperature)
         stats = episode_stats(traj)
+        if self.traj_stats is not None:
+            stats.update(self.traj_stats(traj))
         stats["kept_turns"] = sig.keep.sum() / jnp.maximum(traj.active.sum(), 1)
         return batch, stats
 
@@ -177,6 +185,8 @@ class RLRunner:
         eng, bounded = self.engine, self.cfg.trust_region.max_update_move > 0
         key = jax.random.fold_in(state.rng, it)
         batch, stats = self.collect(state.params, eng.rest, ref_params, key)
+        check_prompt_fit(stats["prompt_cut"], stats["prompt_len_max"],
+                         self.cfg.env.max_prompt_len, where=f"in RL iteration {it}")
         batch = eng.place_batch(batch)
         # eng.step donates its state: keep the step's start for bound_move
         before = jax.tree.map(jnp.copy, state.params) if bounded else None

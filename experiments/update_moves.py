@@ -13,10 +13,11 @@ the warmed-up policy), this reports:
              log-prob before| over the loss tokens, with the token that moved
              most (its context, log-probs and advantage).
 
-    python -m jaxrl_lm.experiments.update_moves --run runs/tictactoe --iterations 8
+    python experiments/update_moves.py --run runs/tictactoe --iterations 8
 
 `--run DIR` takes the warm-up from DIR/warmup when it has a checkpoint there
 (e.g. a `make train` run); otherwise the warm-up is trained into DIR first.
+A research driver over the installed library, kept outside the package.
 """
 
 from __future__ import annotations
@@ -34,7 +35,8 @@ from flax import nnx
 
 from jaxrl_lm import sampling
 
-MAIN_CONFIG = str(pathlib.Path(__file__).resolve().parents[2] / "launch/configs/tictactoe.yaml")
+REPO = pathlib.Path(__file__).resolve().parents[1]
+MAIN_CONFIG = str(REPO / "launch/configs/tictactoe.yaml")
 
 
 def update_moves(cfg, model, tokenizer, iterations: int, *, context: int = 12) -> list[dict]:
@@ -92,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     from jaxrl_lm.config import ConfigError, check_runtime, load_config
     from jaxrl_lm.train.trainer import build_policy, run_warmup
 
-    p = argparse.ArgumentParser(prog="python -m jaxrl_lm.experiments.update_moves",
+    p = argparse.ArgumentParser(prog="python experiments/update_moves.py",
                                 description="Per RL update: the sampler/trainer log-prob "
                                             "mismatch and how far each token's log-prob moved.",
                                 epilog="Any config field can follow: --section.field VALUE.")

@@ -1,1 +1,0 @@
-"""Small, reusable experiment drivers behind the notebooks (see each module)."""
