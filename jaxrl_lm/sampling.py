@@ -296,8 +296,11 @@ sample_jit_cache_size = _sample_jit._cache_size  # compiled programs held (tests
 
 def token_logprobs_from_hidden(h_btd: jax.Array, w_dv: jax.Array, tokens_bt: jax.Array,
                                mask_bt: jax.Array, *, temperature: float = 1.0,
-                               chunk_size: int = 256) -> jax.Array:
+                               chunk_size: int = 256, softcap: float | None = None) -> jax.Array:
     """logp[b, t] = log softmax(h[b, t-1] W / T)[tokens[b, t]] * mask[b, t]; logp[:, 0] = 0.
+
+    softcap: the model's `config.final_softcap` (Gemma 2): logits are c * tanh(hW / c)
+    before the temperature, as `Decoder.logits_from_hidden` computes them.
 
     The B*(T-1) predictions are processed `chunk_size` at a time under
     jax.checkpoint in a lax.map, so at most [chunk_size, V] logits (and their
@@ -319,7 +322,10 @@ def token_logprobs_from_hidden(h_btd: jax.Array, w_dv: jax.Array, tokens_bt: jax
     def chunk(args):
         h_cd, tgt_c = args
         z = jnp.einsum("cd,dv->cv", h_cd, w_dv.astype(h_cd.dtype),
-                       preferred_element_type=jnp.float32) / temperature
+                       preferred_element_type=jnp.float32)
+        if softcap is not None:
+            z = jnp.tanh(z / softcap) * softcap
+        z = z / temperature
         picked = jnp.take_along_axis(z, tgt_c[:, None], -1)[:, 0]
         return picked - jax.nn.logsumexp(z, -1)
 
@@ -342,4 +348,5 @@ def token_logprobs(model, tokens_bt: jax.Array, mask_bt: jax.Array, *, temperatu
                                         tokens_bt.shape)
     h = model.hidden_states(tokens_bt, positions_bt, remat=remat)
     return token_logprobs_from_hidden(h, model.unembedding(), tokens_bt, mask_bt,
-                                      temperature=temperature, chunk_size=chunk_size)
+                                      temperature=temperature, chunk_size=chunk_size,
+                                      softcap=model.config.final_softcap)

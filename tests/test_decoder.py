@@ -1,5 +1,6 @@
 """Decoder vs a float64 numpy reference written from the formulas (per head,
-per position loops), for the Llama, Qwen2 and Gemma flavours; causal masking;
+per position loops), for the Llama, Qwen2 and Gemma flavours (the newer
+families are checked against transformers in test_models_families.py); causal masking;
 KV-cache decode == full forward; GQA; value head; logical axis metadata."""
 
 import jax

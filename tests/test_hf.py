@@ -212,15 +212,30 @@ def qwen_copy(hf_folders, tmp_path):
 
 
 @pytest.mark.parametrize("changes, match", [
-    (dict(model_type="gemma2"), r"model_type='gemma2'.*supported: llama, qwen2, gemma"),
-    (dict(model_type="mistral"), r"model_type='mistral'.*supported"),
+    (dict(model_type="gemma3"),
+     r"model_type='gemma3'.*supported: llama, qwen2, qwen3, mistral, gemma, gemma2, gemma3_text"),
+    (dict(model_type="phi3"), r"model_type='phi3'.*supported"),
+    (dict(architectures=["Qwen2ForSequenceClassification"]),
+     "architectures lists 'Qwen2ForSequenceClassification'"),
+    (dict(rope_parameters={"rope_type": "yarn", "rope_theta": 1e4, "factor": 8.0}),
+     r"rope_type='yarn' is not supported; supported: default, llama3"),
     (dict(rope_parameters={"rope_type": "llama3", "rope_theta": 1e4, "factor": 8.0}),
-     "rope_type='llama3'"),
-    (dict(use_sliding_window=True, sliding_window=4), "sliding-window"),
+     "rope_type='llama3' needs 'low_freq_factor'"),
+    (dict(partial_rotary_factor=0.5), "partial_rotary_factor"),
+    (dict(use_sliding_window=True, sliding_window=4, layer_types=["sliding_attention"]),
+     r"layer_types=\['sliding_attention'\] must list 2 of full_attention, sliding_attention"),
+    (dict(use_sliding_window=True, sliding_window=4,
+          layer_types=["chunked_attention", "full_attention"]), "layer_types="),
     (dict(hidden_act="relu"), "hidden_act='relu'"),
+    (dict(model_type="qwen3"), r"missing tensor 'model\.layers\.0\.self_attn\.q_norm\.weight'"),
+    (dict(model_type="gemma2"),
+     r"missing tensor 'model\.layers\.0\.pre_feedforward_layernorm\.weight'"),
     (dict(num_hidden_layers=3, layer_types=["full_attention"] * 3),
      r"missing tensor 'model\.layers\.2\."),
-    (dict(hidden_size=32), "shape"),
+    (dict(hidden_size=32), r"'model\.embed_tokens\.weight' has shape \(272, 64\); "
+     r"config.json implies \(272, 32\)"),
+    (dict(head_dim=8), r"'model\.layers\.0\.self_attn\.q_proj\.weight' has shape \(64, 64\); "
+     r"config.json implies \(32, 64\)"),
 ])
 def test_bad_config_is_refused(qwen_copy, changes, match):
     _edit_config(qwen_copy, **changes)

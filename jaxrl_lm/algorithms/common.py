@@ -127,7 +127,8 @@ def make_loss(algo: AlgoSection, *, max_len: int, temperature: float = 1.0):
         tokens, mask, pos = batch["tokens"], batch["loss_mask"], batch["positions"]
         h = model.hidden_states(tokens, pos)
         logp = sampling.token_logprobs_from_hidden(h, model.unembedding(), tokens, mask,
-                                                   temperature=temperature)
+                                                   temperature=temperature,
+                                                   softcap=model.config.final_softcap)
         (loss_sum, denom), metrics = losses.ppo_policy_loss(
             logp, batch["old_logp"], batch["adv"], mask, clip_low=algo.clip_low,
             clip_high=algo.clip_high, dual_clip=algo.dual_clip, ratio_level=algo.ratio_level,

@@ -1,4 +1,4 @@
-"""The NNX decoder shared by the Llama, Qwen2 and Gemma families.
+"""The NNX decoder shared by all families (Llama, Qwen2/3, Mistral, Gemma 1/2/3; see config.py).
 
 Module tree and parameters (paths as in `nnx.state(model)`; logical axis names
 in the `out_sharding` metadata, read by `nnx.get_partition_spec`):
@@ -13,7 +13,11 @@ in the `out_sharding` metadata, read by `nnx.get_partition_spec`):
     layers.v_bias          [L, K, Hd]      ("layers", "kv_heads", "head_dim")  if attention_bias
     layers.o_proj          [L, H, Hd, D]   ("layers", "heads", "head_dim", "embed")
     layers.o_bias          [L, D]          ("layers", "embed")                 if attention_out_bias
+    layers.q_norm          [L, Hd]         ("layers", "head_dim")              if qk_norm
+    layers.k_norm          [L, Hd]         ("layers", "head_dim")              if qk_norm
+    layers.attn_post_norm  [L, D]          ("layers", "norm")                  if post_norms
     layers.mlp_norm        [L, D]          ("layers", "norm")
+    layers.mlp_post_norm   [L, D]          ("layers", "norm")                  if post_norms
     layers.gate_proj       [L, D, F]       ("layers", "embed", "mlp")
     layers.up_proj         [L, D, F]       ("layers", "embed", "mlp")
     layers.down_proj       [L, F, D]       ("layers", "mlp", "embed")
@@ -44,6 +48,10 @@ Without a cache the layers run as one `lax.scan`; with a cache they run
 unrolled, each on its own cache buffers (see `layers.KVCache`): a decode step
 then reads each layer's keys in place instead of copying a slice of a stacked
 cache, at the price of compiling the block L times for the cached call.
+
+Layers that differ (Gemma 2/3: some slide, some attend globally, Gemma 3's use
+another RoPE base) get their window and RoPE frequencies as static values in
+the unrolled cached forward, and as per-layer scan inputs in the layer scan.
 """
 
 from __future__ import annotations
@@ -55,7 +63,8 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jaxrl_lm.models.config import ModelConfig
-from jaxrl_lm.models.layers import KEY_BLOCK, KVCache, block, cache_slots, rms_norm, rope_table
+from jaxrl_lm.models.layers import (KEY_BLOCK, KVCache, block, cache_slots, inv_freq, rms_norm,
+                                    rope_angles, rope_table)
 
 # Layer stacks up to this deep run the cache-free scan fully unrolled. On XLA:CPU the
 # scan's backward zero-fills and copies stacked [L, ...] residual buffers (~40% of a
@@ -97,6 +106,12 @@ class LayerStack(nnx.Module):
         self.o_proj = mk(rngs.params(), (L, H, Hd, D), ("layers", "heads", "head_dim", "embed"), std=std)
         if cfg.attention_out_bias:
             self.o_bias = mk(None, (L, D), ("layers", "embed"), std=None)
+        if cfg.qk_norm:
+            self.q_norm = mk(None, (L, Hd), ("layers", "head_dim"), std=norm_std)
+            self.k_norm = mk(None, (L, Hd), ("layers", "head_dim"), std=norm_std)
+        if cfg.post_norms:
+            self.attn_post_norm = mk(None, (L, D), ("layers", "norm"), std=norm_std)
+            self.mlp_post_norm = mk(None, (L, D), ("layers", "norm"), std=norm_std)
         self.mlp_norm = mk(None, (L, D), ("layers", "norm"), std=norm_std)
         self.gate_proj = mk(rngs.params(), (L, D, F), ("layers", "embed", "mlp"), std=std)
         self.up_proj = mk(rngs.params(), (L, D, F), ("layers", "embed", "mlp"), std=std)
@@ -118,6 +133,11 @@ class ValueHead(nnx.Module):
     def __call__(self, h: jax.Array) -> jax.Array:
         h32 = h.astype(jnp.float32)
         return h32 @ self.kernel[...].astype(jnp.float32) + self.bias[...].astype(jnp.float32)
+
+
+def softcap_logits(z: jax.Array, cap: float | None) -> jax.Array:
+    """c * tanh(z / c) (Gemma 2's final logit soft-capping); z unchanged for cap None."""
+    return z if cap is None else jnp.tanh(z / cap) * cap
 
 
 class Decoder(nnx.Module):
@@ -151,10 +171,12 @@ class Decoder(nnx.Module):
         return self.embed[...].T if self.lm_head is None else self.lm_head[...]
 
     def logits_from_hidden(self, h: jax.Array) -> jax.Array:
-        """[..., D] final hidden states -> [..., V] float32 logits."""
+        """[..., D] final hidden states -> [..., V] float32 logits (soft-capped
+        as c * tanh(z / c) with final_softcap = c, Gemma 2)."""
         w = self.unembedding()
-        return jnp.einsum("...d,dv->...v", h, w.astype(h.dtype),
-                          preferred_element_type=jnp.float32)
+        z = jnp.einsum("...d,dv->...v", h, w.astype(h.dtype),
+                       preferred_element_type=jnp.float32)
+        return softcap_logits(z, self.config.final_softcap)
 
     def value_from_hidden(self, h: jax.Array) -> jax.Array:
         if self.value_head is None:
@@ -176,15 +198,30 @@ class Decoder(nnx.Module):
         """All blocks as one lax.scan without a cache; also the stacked per-layer
         (k, v) [L, B, T, K, Hd] when keep_kv."""
         cfg = self.config
+        # Per-layer scan inputs only where layers differ: each layer's window
+        # (2**30 = global) and whether it uses the local RoPE base (Gemma 3).
+        per_layer = {}
+        if cfg.mixed_layers:
+            per_layer["window"] = jnp.asarray([cfg.sliding_window if s else 2 ** 30
+                                               for s in cfg.sliding_layers], jnp.int32)
+            if cfg.rope_local_theta is not None:
+                per_layer["local"] = jnp.asarray(cfg.sliding_layers)
+        window = cfg.sliding_window if not cfg.mixed_layers else None  # static: same for all
 
-        def step(x, p):
-            x, kv = block(cfg, x, p, positions_bt)
+        def step(x, xs):
+            p, extra = xs
+            angles = None
+            if "local" in extra:
+                freq = jnp.where(extra["local"], inv_freq(cfg, local=True), inv_freq(cfg))
+                angles = rope_angles(positions_bt, freq)
+            x, kv = block(cfg, x, p, positions_bt, angles=angles,
+                          window=extra.get("window", window))
             return x, (kv if keep_kv else None)
 
         if remat:
             step = jax.checkpoint(step)
         unroll = cfg.num_layers <= UNROLL_LAYERS
-        return jax.lax.scan(step, x, self.layers.arrays(), unroll=unroll)
+        return jax.lax.scan(step, x, (self.layers.arrays(), per_layer), unroll=unroll)
 
     def layer_params(self) -> tuple[dict[str, jax.Array], ...]:
         """One {name: array} per layer: the stacked parameters sliced on the layer axis.
@@ -210,12 +247,15 @@ class Decoder(nnx.Module):
             x, _ = self._scan_layers(x, positions_bt, remat=remat, keep_kv=False)
             return self._final_norm(x)
         cfg = self.config
-        table = rope_table(cache.v[0].shape[2], cfg.head_dim, theta=cfg.rope_theta)
-        angles = tuple(jnp.asarray(a)[positions_bt] for a in table)  # positions < slots
+        slots = cache.v[0].shape[2]
+        angles = {local: tuple(jnp.asarray(a)[positions_bt]  # positions < slots
+                               for a in rope_table(slots, cfg, local=local))
+                  for local in {cfg.layer_local_rope(i) for i in range(cfg.num_layers)}}
         new_k, new_v = [], []
-        for p, kv in zip(self.layer_params() if layers is None else layers,
-                         zip(cache.k, cache.v), strict=True):
-            x, (k, v) = block(cfg, x, p, positions_bt, kv, angles)
+        for i, (p, kv) in enumerate(zip(self.layer_params() if layers is None else layers,
+                                        zip(cache.k, cache.v), strict=True)):
+            x, (k, v) = block(cfg, x, p, positions_bt, kv, angles[cfg.layer_local_rope(i)],
+                              cfg.layer_window(i))
             new_k.append(k)
             new_v.append(v)
         return self._final_norm(x), KVCache(tuple(new_k), tuple(new_v))

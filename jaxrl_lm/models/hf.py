@@ -1,9 +1,10 @@
 """Load and save Hugging Face folders (config.json + safetensors + tokenizer).
 
-Supported `model_type`s: llama, qwen2, gemma. Everything the decoder cannot
-reproduce exactly (RoPE scaling, sliding windows, MLP biases, Gemma-2's
-soft-capping and extra norms) is refused with a ValueError naming the config
-field, rather than loaded approximately.
+Supported `model_type`s: llama (incl. Llama 3.1+ "llama3" RoPE), qwen2, qwen3,
+mistral, gemma, gemma2, gemma3_text (see config.py for what each switches on).
+Everything the decoder cannot reproduce exactly (other RoPE types, MLP biases,
+partial rotary, bidirectional attention, other architectures) is refused with a
+ValueError naming the config field, rather than loaded approximately.
 
 Weight names (HF, per layer i) -> decoder parameters (see decoder.py):
 
@@ -11,10 +12,15 @@ Weight names (HF, per layer i) -> decoder parameters (see decoder.py):
     model.layers.i.input_layernorm.weight     [D]         -> layers.attn_norm[i]
     model.layers.i.self_attn.q_proj.weight    [H*Hd, D]   -> layers.q_proj[i]  = W.T.reshape(D, H, Hd)
     model.layers.i.self_attn.{k,v}_proj.weight [K*Hd, D]  -> layers.{k,v}_proj[i]
-    model.layers.i.self_attn.{q,k,v}_proj.bias            -> layers.{q,k,v}_bias[i]  (qwen2; llama bias)
+    model.layers.i.self_attn.{q,k,v}_proj.bias            -> layers.{q,k,v}_bias[i]  (qwen2; attention_bias)
     model.layers.i.self_attn.o_proj.weight    [D, H*Hd]   -> layers.o_proj[i]  = W.T.reshape(H, Hd, D)
-    model.layers.i.self_attn.o_proj.bias      [D]         -> layers.o_bias[i]        (llama bias)
+    model.layers.i.self_attn.o_proj.bias      [D]         -> layers.o_bias[i]        (attention_bias, not qwen2)
+    model.layers.i.self_attn.{q,k}_norm.weight [Hd]       -> layers.{q,k}_norm[i]    (qwen3, gemma3)
     model.layers.i.post_attention_layernorm.weight        -> layers.mlp_norm[i]
+      gemma2/3 instead (four norms per block):
+        post_attention_layernorm  -> layers.attn_post_norm[i]
+        pre_feedforward_layernorm -> layers.mlp_norm[i]
+        post_feedforward_layernorm -> layers.mlp_post_norm[i]
     model.layers.i.mlp.{gate,up}_proj.weight  [F, D]      -> layers.{gate,up}_proj[i] = W.T
     model.layers.i.mlp.down_proj.weight       [D, F]      -> layers.down_proj[i]     = W.T
     model.norm.weight                         [D]         -> final_norm
@@ -36,114 +42,13 @@ import numpy as np
 from flax import nnx
 
 from jaxrl_lm.models.config import ModelConfig
+from jaxrl_lm.models.hf_config import (SUPPORTED_MODEL_TYPES, config_from_hf,  # noqa: F401
+                                       config_to_hf, model_type_of)
 from jaxrl_lm.models.tokenizer import quiet_transformers
 
-SUPPORTED_MODEL_TYPES = ("llama", "qwen2", "gemma")
 # Buffers some exporters write next to the weights; they are recomputed, not loaded.
 _IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
 _V_HEAD = ("v_head.summary.weight", "v_head.summary.bias")
-
-
-# -- config.json <-> ModelConfig ------------------------------------------------
-def _rope_theta(hf: dict) -> float:
-    """RoPE base from either transformers-5 `rope_parameters` or legacy keys."""
-    rp = hf.get("rope_parameters") or hf.get("rope_scaling") or {}
-    rope_type = rp.get("rope_type", rp.get("type", "default"))
-    if rope_type != "default":
-        raise ValueError(f"config.json: rope_type={rope_type!r} is not supported; only "
-                         "'default' (unscaled) RoPE loads exactly")
-    if hf.get("partial_rotary_factor", rp.get("partial_rotary_factor", 1.0)) != 1.0:
-        raise ValueError("config.json: partial_rotary_factor must be 1.0")
-    return float(rp.get("rope_theta", hf.get("rope_theta", 10000.0)))
-
-
-def _activation(hf: dict, model_type: str) -> str:
-    act = hf.get("hidden_activation") or hf.get("hidden_act", "silu")
-    if model_type == "gemma" and act == "gelu":
-        # transformers rewrites Gemma's legacy "gelu" to the tanh form it was trained with.
-        act = "gelu_pytorch_tanh"
-    allowed = {"silu": "silu", "gelu_pytorch_tanh": "gelu_tanh", "gelu_new": "gelu_tanh"}
-    if act not in allowed:
-        raise ValueError(f"config.json: hidden_act={act!r} is not supported; allowed: "
-                         f"{', '.join(allowed)}")
-    return allowed[act]
-
-
-def config_from_hf(hf: dict, *, dtype: str = "float32", param_dtype: str | None = None,
-                   value_head: bool = False) -> ModelConfig:
-    """The ModelConfig equivalent to an HF config.json dict; refuses anything inexact."""
-    model_type = hf.get("model_type")
-    if model_type not in SUPPORTED_MODEL_TYPES:
-        raise ValueError(f"config.json: model_type={model_type!r} is not supported; "
-                         f"supported: {', '.join(SUPPORTED_MODEL_TYPES)}")
-    for key in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
-                "num_attention_heads"):
-        if key not in hf:
-            raise ValueError(f"config.json: missing required field {key!r}")
-    if hf.get("mlp_bias", False):
-        raise ValueError("config.json: mlp_bias=True is not supported")
-    if hf.get("use_sliding_window", False) or "sliding_attention" in (hf.get("layer_types") or ()):
-        raise ValueError("config.json: sliding-window attention is not supported "
-                         "(use_sliding_window / layer_types)")
-    bias = bool(hf.get("attention_bias", False))
-    return ModelConfig(
-        vocab_size=hf["vocab_size"], hidden_size=hf["hidden_size"],
-        intermediate_size=hf["intermediate_size"], num_layers=hf["num_hidden_layers"],
-        num_heads=hf["num_attention_heads"],
-        num_kv_heads=hf.get("num_key_value_heads") or hf["num_attention_heads"],
-        head_dim=hf.get("head_dim"), rope_theta=_rope_theta(hf),
-        rms_norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
-        tie_embeddings=bool(hf.get("tie_word_embeddings", model_type == "gemma")),
-        # qwen2 always has q/k/v biases; llama's attention_bias covers o_proj too.
-        attention_bias=True if model_type == "qwen2" else bias,
-        attention_out_bias=bias if model_type == "llama" else False,
-        activation=_activation(hf, model_type),
-        norm_offset=1.0 if model_type == "gemma" else 0.0,
-        scale_embeddings=model_type == "gemma",
-        dtype=dtype, param_dtype=param_dtype or dtype, value_head=value_head)
-
-
-def model_type_of(cfg: ModelConfig) -> str:
-    """The HF family that computes exactly what `cfg` computes."""
-    gemma = (cfg.norm_offset == 1, cfg.scale_embeddings, cfg.activation == "gelu_tanh")
-    if all(gemma) and not cfg.attention_bias and not cfg.attention_out_bias:
-        return "gemma"
-    if any(gemma):
-        raise ValueError("ModelConfig mixes Gemma switches (norm_offset=1, scale_embeddings, "
-                         "gelu_tanh) with others; no HF model_type computes that")
-    if cfg.attention_bias and not cfg.attention_out_bias:
-        return "qwen2"
-    if cfg.attention_out_bias and not cfg.attention_bias:
-        raise ValueError("ModelConfig.attention_out_bias without attention_bias has no HF "
-                         "equivalent")
-    return "llama"
-
-
-def config_to_hf(cfg: ModelConfig, *, max_position_embeddings: int = 2048,
-                 token_ids: dict[str, int | None] | None = None) -> dict:
-    """An HF config.json dict that transformers builds the same network from."""
-    model_type = model_type_of(cfg)
-    arch = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM",
-            "gemma": "GemmaForCausalLM"}[model_type]
-    hf: dict[str, Any] = {
-        "architectures": [arch], "model_type": model_type,
-        "vocab_size": cfg.vocab_size, "hidden_size": cfg.hidden_size,
-        "intermediate_size": cfg.intermediate_size, "num_hidden_layers": cfg.num_layers,
-        "num_attention_heads": cfg.num_heads, "num_key_value_heads": cfg.num_kv_heads,
-        "head_dim": cfg.head_dim, "max_position_embeddings": int(max_position_embeddings),
-        "rms_norm_eps": cfg.rms_norm_eps, "tie_word_embeddings": cfg.tie_embeddings,
-        "rope_parameters": {"rope_type": "default", "rope_theta": cfg.rope_theta},
-        "hidden_act": "gelu_pytorch_tanh" if model_type == "gemma" else "silu",
-        "attention_dropout": 0.0, "dtype": cfg.param_dtype,
-    }
-    if model_type == "llama":
-        hf.update(attention_bias=cfg.attention_bias, mlp_bias=False)
-    elif model_type == "qwen2":
-        hf.update(use_sliding_window=False, sliding_window=None)
-    else:
-        hf.update(attention_bias=False)
-    hf.update({k: v for k, v in (token_ids or {}).items() if v is not None})
-    return hf
 
 
 def _token_ids(tokenizer: Any) -> dict[str, int | None]:
@@ -232,7 +137,24 @@ def _layer_names(cfg: ModelConfig) -> dict[str, str]:
                      v_bias="self_attn.v_proj.bias")
     if cfg.attention_out_bias:
         names["o_bias"] = "self_attn.o_proj.bias"
+    if cfg.qk_norm:
+        names.update(q_norm="self_attn.q_norm.weight", k_norm="self_attn.k_norm.weight")
+    if cfg.post_norms:  # Gemma 2/3 reuse post_attention_layernorm for the attention output
+        names.update(attn_post_norm="post_attention_layernorm.weight",
+                     mlp_norm="pre_feedforward_layernorm.weight",
+                     mlp_post_norm="post_feedforward_layernorm.weight")
     return names
+
+
+def _hf_shape(name: str, ours: tuple[int, ...]) -> tuple[int, ...]:
+    """The HF shape of one layer's tensor whose decoder shape (per layer) is `ours`."""
+    if name in ("q_proj", "k_proj", "v_proj"):
+        return (ours[1] * ours[2], ours[0])
+    if name in ("q_bias", "k_bias", "v_bias"):
+        return (ours[0] * ours[1],)
+    if name == "o_proj":
+        return (ours[2], ours[0] * ours[1])
+    return ours[::-1] if name.endswith("_proj") else ours
 
 
 def _to_ours(name: str, w: np.ndarray, cfg: ModelConfig) -> np.ndarray:
@@ -265,21 +187,25 @@ def params_from_hf(tensors: dict[str, np.ndarray], cfg: ModelConfig,
     (a pure dict of ShapeDtypeStructs, e.g. from an abstract Decoder)."""
     tensors = {k: v for k, v in tensors.items() if not k.endswith(_IGNORED_SUFFIXES)}
 
-    def take(key: str) -> np.ndarray:
+    def take(key: str, shape: tuple[int, ...] | None = None) -> np.ndarray:
         if key not in tensors:
             raise ValueError(f"safetensors: missing tensor {key!r} required by the config")
-        return tensors.pop(key)
+        w = tensors.pop(key)
+        if shape is not None and tuple(w.shape) != tuple(shape):
+            raise ValueError(f"safetensors: tensor {key!r} has shape {tuple(w.shape)}; "
+                             f"config.json implies {tuple(shape)}")
+        return w
 
-    out: dict[str, Any] = {"embed": take("model.embed_tokens.weight"),
-                           "final_norm": take("model.norm.weight")}
+    out: dict[str, Any] = {"embed": take("model.embed_tokens.weight", expected["embed"].shape),
+                           "final_norm": take("model.norm.weight", expected["final_norm"].shape)}
     out["layers"] = {
-        ours: np.stack([_to_ours(ours, take(f"model.layers.{i}.{hf}"), cfg)
-                        for i in range(cfg.num_layers)])
+        ours: np.stack([_to_ours(ours, take(f"model.layers.{i}.{hf}", _hf_shape(
+            ours, expected["layers"][ours].shape[1:])), cfg) for i in range(cfg.num_layers)])
         for ours, hf in _layer_names(cfg).items()}
     if cfg.tie_embeddings:
         tensors.pop("lm_head.weight", None)  # some exporters also write the tied copy
     else:
-        out["lm_head"] = take("lm_head.weight").T
+        out["lm_head"] = take("lm_head.weight", expected["lm_head"].shape[::-1]).T
     if cfg.value_head:
         if _V_HEAD[0] in tensors:
             out["value_head"] = {"kernel": take(_V_HEAD[0]).reshape(-1),
