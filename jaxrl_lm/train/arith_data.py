@@ -21,6 +21,7 @@ import numpy as np
 
 from jaxrl_lm.envs.text import TextInterface
 from jaxrl_lm.models.tokenizer import encode
+from jaxrl_lm.rollout import check_prompt_fit
 from jaxrl_lm.train.sft import pack
 
 STYLES = ("direct", "scratchpad")
@@ -54,7 +55,7 @@ def arith_sft_data(text: TextInterface, tokenizer: Any, *, batch_size: int, max_
     def problems(key):
         states = jax.vmap(env.init)(jax.random.split(key, batch_size))
         prompt, plen = jax.vmap(text.render)(states)
-        return states.a, states.b, prompt, plen
+        return states.a, states.b, prompt, plen, jax.vmap(text.full_length)(states)
 
     @functools.cache
     def answer(a: int, b: int, style: str) -> tuple[int, ...]:
@@ -62,7 +63,9 @@ def arith_sft_data(text: TextInterface, tokenizer: Any, *, batch_size: int, max_
 
     def data_fn(step: int, key: jax.Array) -> dict:
         k_problems, k_style = jax.random.split(key)
-        a, b, prompt, plen = jax.device_get(problems(k_problems))
+        a, b, prompt, plen, full = jax.device_get(problems(k_problems))
+        check_prompt_fit((full > text.max_prompt_len).sum(), full.max(), text.max_prompt_len,
+                         where=f"for arithmetic warm-up step {step}", field="max_prompt_len")
         direct = np.asarray(jax.random.uniform(k_style, (batch_size,))) < p_direct
         rows = []
         for i in range(batch_size):
