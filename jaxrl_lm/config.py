@@ -29,6 +29,7 @@ from jaxrl_lm import algorithms
 from jaxrl_lm.config_sections import (  # noqa: F401  (re-exported)
     ConfigError, ModelSection, MeshSection, OptimSection, AlgoSection, RolloutSection,
     ShapingSection, TrustRegionSection, WarmupSection, TrainSection, EnvSection, EvalSection,
+    DataSection,
 )
 from jaxrl_lm.train.optim import WITH_FIRST_MOMENT
 
@@ -58,6 +59,7 @@ class Config:
         default_factory=TrustRegionSection)  # a bound on each iteration's move
     train: TrainSection = dataclasses.field(default_factory=TrainSection)  # the outer loop
     env: EnvSection = dataclasses.field(default_factory=EnvSection)  # environment
+    data: DataSection = dataclasses.field(default_factory=DataSection)  # a prompt dataset instead
     eval: EvalSection = dataclasses.field(default_factory=EvalSection)  # evaluation
     warmup: WarmupSection = dataclasses.field(default_factory=WarmupSection)  # SFT before RL
     # modules imported before the config is checked, so that the envs, algorithms
@@ -85,7 +87,14 @@ class Config:
         if self.shaping.overlong_cache and self.shaping.overlong_cache >= r.max_new_tokens:
             raise ConfigError(f"shaping.overlong_cache={self.shaping.overlong_cache}: must be < "
                               f"rollout.max_new_tokens={r.max_new_tokens}")
-        if self.needs_env and t.max_len < self.env.max_prompt_len + r.max_new_tokens:
+        if self.data.path is not None:
+            if not self.is_rl:
+                raise ConfigError(f"data.path trains an RL algorithm on the prompts; algo.name="
+                                  f"{a.name!r} is not one (SFT on a prompt dataset is not built yet)")
+            if self.warmup.steps:
+                raise ConfigError(f"warmup.steps={self.warmup.steps}: must be 0 with data.path "
+                                  f"(the warm-up imitates a scripted env player)")
+        if (self.is_rl or t.data == "env") and t.max_len < self.env.max_prompt_len + r.max_new_tokens:
             raise ConfigError(
                 f"train.max_len={t.max_len} is shorter than env.max_prompt_len + "
                 f"rollout.max_new_tokens = {self.env.max_prompt_len + r.max_new_tokens}")
@@ -97,7 +106,8 @@ class Config:
 
     @property
     def needs_env(self) -> bool:
-        return self.is_rl or self.train.data == "env"
+        """The run plays env.name (RL without data.path, or SFT on env play)."""
+        return (self.is_rl and self.data.path is None) or self.train.data == "env"
 
 
 def _coerce(value: Any, hint: Any, where: str) -> Any:

@@ -12,12 +12,14 @@ from typing import Any
 from jaxrl_lm import algorithms
 from jaxrl_lm.advantages import GRPO_SCALES
 from jaxrl_lm.algorithms.common import KL_IN
+from jaxrl_lm.data.prompts import OVERLONG
 from jaxrl_lm.losses.aggregate import AGG_MODES
 from jaxrl_lm.losses.kl import KL_KINDS
 from jaxrl_lm.losses.policy import RATIO_LEVELS
 from jaxrl_lm.models.config import DTYPES
 from jaxrl_lm.train.optim import OPTIMIZERS, SCHEDULES
 from jaxrl_lm.train.players import PLAYERS, WARMUP_TARGETS
+from jaxrl_lm.verifiers import MARKERS, MODES
 
 # Allowed values come from the library modules that implement them; only the
 # two dispatched by the trainer itself are defined here.
@@ -303,7 +305,38 @@ class EvalSection:
                                          f"got {opts!r}")
 
 
+@dataclasses.dataclass(frozen=True)
+class DataSection:
+    # a prompt dataset to train on instead of env play: a JSONL / JSON / Parquet file
+    # or a folder saved by `datasets` (None: play env.name)
+    path: str | None = None
+    split: str | None = None  # the split of a saved DatasetDict folder (None: train)
+    eval_path: str | None = None  # held-out prompts (None: eval_fraction of path's rows)
+    eval_split: str | None = None  # the split of eval_path's DatasetDict folder
+    eval_fraction: float = 0.1  # rows of path held out when eval_path is None
+    prompt_column: str = "prompt"  # a string, or a chat `messages` list of {role, content}
+    answer_column: str = "answer"  # the reference answer each completion is graded against
+    system_prompt: str | None = None  # a system turn put before every prompt
+    chat: bool = True  # render prompts through the tokenizer's chat template (else the plain one)
+    on_overlong: str = "error"  # a prompt longer than env.max_prompt_len: error | drop (counted)
+    shuffle: bool = True  # a new row order each epoch
+    marker: str = "####"  # where a completion's final answer is: #### | boxed | answer_tag
+    match: str = "number"  # how answers compare: number (normalised) | exact
+    answer_width: int = 32  # bytes kept of an extracted answer
+
+    def __post_init__(self):
+        _choice(self, "on_overlong", OVERLONG)
+        _choice(self, "marker", MARKERS)
+        _choice(self, "match", MODES)
+        _at_least(self, "answer_width", 1)
+        if not 0.0 <= self.eval_fraction < 1.0:
+            _fail(self, "eval_fraction", "must lie in [0, 1)")
+        if self.path is None and self.eval_path is not None:
+            _fail(self, "eval_path", "needs data.path (the prompts to train on)")
+
+
 _SECTION_OF = {ModelSection: "model", MeshSection: "mesh", OptimSection: "optim",
                AlgoSection: "algo", RolloutSection: "rollout", ShapingSection: "shaping",
                TrustRegionSection: "trust_region", TrainSection: "train", EnvSection: "env",
+               DataSection: "data",
                EvalSection: "eval", WarmupSection: "warmup"}

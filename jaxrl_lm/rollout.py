@@ -66,9 +66,14 @@ def make_rollout(env: Env, text: TextInterface, *, num_groups: int, group_size: 
                  top_p: float | None = None, min_p: float | None = None,
                  stop_tokens: tuple[int, ...] = (), invalid_penalty: float = -5.0,
                  standin_reward: bool = True) -> Callable[[nnx.GraphDef, nnx.State, jax.Array], Trajectory]:
-    """Build the jitted rollout `play(graphdef, params, key) -> Trajectory`.
+    """Build the jitted rollout `play(graphdef, params, key, tasks=None) -> Trajectory`.
 
-    max_turns defaults to env.max_steps (every episode ends by then).
+    max_turns defaults to env.max_steps (every episode ends by then). `tasks`
+    (i32[num_groups]) picks each group's task through `env.init_task(key,
+    task)` instead of `env.init(key)`: a prompt dataset's rows, in epoch
+    order. A `text` with a `grade(state, ids, length) -> (action, valid)`
+    method (a free-form task, jaxrl_lm.data.task) is graded by it instead of
+    parsed: the state holds the reference the verifier compares against.
     """
     for name, value in (("num_groups", num_groups), ("group_size", group_size),
                         ("max_new_tokens", max_new_tokens)):
@@ -90,7 +95,11 @@ def make_rollout(env: Env, text: TextInterface, *, num_groups: int, group_size: 
         full_len = jax.vmap(text.full_length)(state)
         out = sampling.sample((graphdef, params), prompt, prompt_len, key_sample, **options)
         # the stop token (newline or EOS) is not part of the answer
-        parsed, valid = jax.vmap(text.parse)(out.tokens, out.lengths - out.done.astype(jnp.int32))
+        answer_len = out.lengths - out.done.astype(jnp.int32)
+        if hasattr(text, "grade"):  # a free-form task: its verifier reads the state's reference
+            parsed, valid = jax.vmap(text.grade)(state, out.tokens, answer_len)
+        else:
+            parsed, valid = jax.vmap(text.parse)(out.tokens, answer_len)
         fallback = _random_legal(state.legal_action_mask, key_random)
         action = jnp.where(valid, parsed, fallback)
         step_keys = jax.random.split(key_step, batch)
@@ -104,10 +113,14 @@ def make_rollout(env: Env, text: TextInterface, *, num_groups: int, group_size: 
         return new, rec
 
     @jax.jit
-    def play(graphdef: nnx.GraphDef, params: nnx.State, key: jax.Array) -> Trajectory:
+    def play(graphdef: nnx.GraphDef, params: nnx.State, key: jax.Array,
+             tasks: jax.Array | None = None) -> Trajectory:
         key_init, key_turns = jax.random.split(key)
-        group_keys = jax.random.split(key_init, num_groups)
-        state = jax.vmap(env.init)(jnp.repeat(group_keys, group_size, axis=0))
+        group_keys = jnp.repeat(jax.random.split(key_init, num_groups), group_size, axis=0)
+        if tasks is None:
+            state = jax.vmap(env.init)(group_keys)
+        else:  # i32[num_groups]: which task each group plays (a dataset's rows)
+            state = jax.vmap(env.init_task)(group_keys, jnp.repeat(tasks, group_size))
 
         def run(state, key):
             return turn(graphdef, params, state, key)

@@ -28,53 +28,76 @@ from jaxrl_lm.rollout import check_prompt_fit, make_rollout, prompt_cuts
 
 
 def evaluate(model: nnx.Module, tokenizer: Any, env_name: str, options: dict | None = None, *,
-             episodes: int = 64, max_prompt_len: int = 160, max_new_tokens: int = 8,
-             max_turns: int | None = None, greedy: bool = True, temperature: float = 1.0,
-             invalid_penalty: float = -5.0, stop_at_newline: bool = True,
-             standin_reward: bool = True, seed: int = 0) -> dict[str, float]:
-    """Play `episodes` episodes of `envs.make(env_name, **options)`; see the module doc."""
+             episodes: int = 64, max_prompt_len: int = 160, **kwargs) -> dict[str, float]:
+    """Play `episodes` episodes of `envs.make(env_name, **options)`; see the
+    module doc (and `evaluate_task` for the keyword options)."""
     env = envs.make(env_name, **(options or {}))
     text = TextInterface(env, tokenizer, max_prompt_len=max_prompt_len,
                          pad_id=pad_id(tokenizer))
+    return evaluate_task(model, tokenizer, env, text, episodes=episodes, **kwargs)
+
+
+def evaluate_task(model: nnx.Module, tokenizer: Any, env: Any, text: Any, *,
+                  episodes: int = 64, max_new_tokens: int = 8, max_turns: int | None = None,
+                  greedy: bool = True, temperature: float = 1.0, invalid_penalty: float = -5.0,
+                  stop_at_newline: bool = True, standin_reward: bool = True,
+                  seed: int = 0) -> dict[str, float]:
+    """`evaluate` on a built (env, text): an env and its TextInterface, or a
+    prompt dataset's `PromptTask` (then every row once, `episodes` ignored:
+    pass@1 = the share answered right, `answered` = the share with an answer)."""
+    rows = jax.numpy.arange(len(env)) if hasattr(env, "init_task") else None
+    episodes = len(env) if rows is not None else episodes
     play = make_rollout(env, text, num_groups=episodes, group_size=1,
                         max_turns=max_turns or env.max_steps, max_new_tokens=max_new_tokens,
                         temperature=0.0 if greedy else temperature,
                         stop_tokens=stop_tokens(tokenizer, newline=stop_at_newline),
                         invalid_penalty=invalid_penalty, standin_reward=standin_reward)
     graphdef, state = nnx.split(model)
-    traj = play(graphdef, state, jax.random.key(seed))
-    check_prompt_fit(*prompt_cuts(traj), max_prompt_len, where=f"evaluating on {env_name}")
+    traj = play(graphdef, state, jax.random.key(seed), rows)
+    check_prompt_fit(*prompt_cuts(traj), text.max_prompt_len,
+                     where=f"evaluating on {env.name}")
     s = {k: float(v) for k, v in jax.device_get(episode_stats(traj)).items()}
+    if rows is not None:
+        return {"pass@1": s["env_return"], "answered": 1.0 - s["invalid_rate"],
+                "completion_len": s["completion_len"], "episodes": episodes}
     out = {"return": s["env_return"], "shaped_return": s["reward"], "win": s["win_rate"],
            "draw": s["draw_rate"], "loss": s["loss_rate"], "invalid_rate": s["invalid_rate"],
            "illegal_rate": s["illegal_rate"], "turns": s["turns"],
            "completion_len": s["completion_len"], "episodes": episodes}
-    if env_name == "bandit":  # RLFT's decision metrics, next to UCB and random
+    if env.name == "bandit":  # RLFT's decision metrics, next to UCB and random
         out.update(bandit_report(env, traj, episodes=episodes, seed=seed))
     return out
 
 
 def evaluate_config(model: nnx.Module, tokenizer: Any, cfg) -> dict[str, dict[str, float]]:
     """{label: results} for each `eval.variants` entry (env.options updated by
-    the entry), or for the training env itself when there are none."""
+    the entry), or for the training env itself when there are none; for a
+    prompt dataset (data.path), {"held-out": results} on its held-out rows."""
+    from jaxrl_lm.train import tasks
+
+    opts = dict(max_new_tokens=cfg.rollout.max_new_tokens, max_turns=tasks.max_turns(cfg),
+                greedy=cfg.eval.greedy, temperature=cfg.rollout.temperature,
+                invalid_penalty=cfg.shaping.invalid_penalty,
+                stop_at_newline=cfg.rollout.stop_at_newline,
+                standin_reward=cfg.shaping.standin_reward, seed=cfg.train.seed + 1)
+    if tasks.is_dataset(cfg):
+        env, text = tasks.make_task(cfg, tokenizer, held_out=True)
+        return {"held-out": evaluate_task(model, tokenizer, env, text, **opts)}
     base = dict(cfg.env.options)
-    targets = {str(label): {**base, **opts} for label, opts in cfg.eval.variants.items()}
+    targets = {str(label): {**base, **o} for label, o in cfg.eval.variants.items()}
     if not targets:
         targets = {"train env": base}
-    return {label: evaluate(model, tokenizer, cfg.env.name, opts, episodes=cfg.eval.episodes,
-                            max_prompt_len=cfg.env.max_prompt_len,
-                            max_new_tokens=cfg.rollout.max_new_tokens,
-                            max_turns=cfg.env.max_turns, greedy=cfg.eval.greedy,
-                            temperature=cfg.rollout.temperature,
-                            invalid_penalty=cfg.shaping.invalid_penalty,
-                            stop_at_newline=cfg.rollout.stop_at_newline,
-                            standin_reward=cfg.shaping.standin_reward, seed=cfg.train.seed + 1)
-            for label, opts in targets.items()}
+    return {label: evaluate_task(model, tokenizer,
+                                 *tasks.make_task(cfg, tokenizer, options=env_opts),
+                                 episodes=cfg.eval.episodes, **opts)
+            for label, env_opts in targets.items()}
 
 
 def format_table(before: dict, after: dict) -> str:
     """A plain-text before/after table, one row per (target, stage)."""
     cols = ("return", "win", "draw", "loss", "invalid_rate", "illegal_rate", "turns")
+    if any("pass@1" in res for res in after.values()):  # a prompt dataset
+        cols = ("pass@1", "answered", "completion_len")
     lines = [f"{'target':<14}{'stage':<8}" + "".join(f"{c:>13}" for c in cols)]
     for label in after:
         for stage, res in (("before", before.get(label)), ("after", after[label])):

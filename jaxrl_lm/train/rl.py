@@ -31,15 +31,16 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from jaxrl_lm import algorithms, envs
+from jaxrl_lm import algorithms
 from jaxrl_lm.algorithms import common
 from jaxrl_lm.config import Config
-from jaxrl_lm.envs.text import TextInterface
 from jaxrl_lm.evaluation.stats import episode_stats
 from jaxrl_lm.models.tokenizer import pad_id, stop_tokens
 from jaxrl_lm.rewards import shape_rewards
 from jaxrl_lm.rollout import check_prompt_fit, make_rollout
+from jaxrl_lm.data.prompts import batch_rows
 from jaxrl_lm.train import mesh as mesh_lib
+from jaxrl_lm.train import tasks
 from jaxrl_lm.train.engine import Engine, TrainState
 from jaxrl_lm.train.optim import make_optimizer
 from jaxrl_lm.train.run_dir import RunFiles, RunResult
@@ -70,23 +71,22 @@ class RLRunner:
         if self.algorithm.kind != "rl":
             raise ValueError(f"algo.name={a.name!r}: RLRunner runs RL algorithms, not "
                              f"{self.algorithm.kind}")
-        self.env = envs.make(cfg.env.name, **cfg.env.options)
+        self.env, self.text = tasks.make_task(cfg, tokenizer)
         if cfg.shaping.expected_reward and not self.env.has_expected_reward:
-            raise ValueError(f"shaping.expected_reward: env {cfg.env.name!r} has no expected "
+            raise ValueError(f"shaping.expected_reward: env {self.env.name!r} has no expected "
                              f"reward (its reward is not a noisy sample of a known mean); "
                              f"bandit has one")
         self.pad_id = pad_id(tokenizer)
-        self.text = TextInterface(self.env, tokenizer, max_prompt_len=cfg.env.max_prompt_len,
-                                  pad_id=self.pad_id)
+        self.num_groups = t.batch_size // a.group_size
         self.play = make_rollout(
-            self.env, self.text, num_groups=t.batch_size // a.group_size,
-            group_size=a.group_size, max_turns=cfg.env.max_turns,
+            self.env, self.text, num_groups=self.num_groups,
+            group_size=a.group_size, max_turns=tasks.max_turns(cfg),
             max_new_tokens=r.max_new_tokens, temperature=r.temperature, top_k=r.top_k,
             top_p=r.top_p, min_p=r.min_p,
             stop_tokens=stop_tokens(tokenizer, newline=r.stop_at_newline),
             invalid_penalty=cfg.shaping.invalid_penalty,
             standin_reward=cfg.shaping.standin_reward)
-        rows = cfg.env.max_turns * t.batch_size
+        rows = tasks.max_turns(cfg) * t.batch_size
         self.mesh = mesh_lib.make_mesh(cfg.mesh.shape)
         mesh_lib.check_mesh(self.mesh, rows // t.micro_batches)
         self.optimizer, self.schedule = make_optimizer(cfg.optim, t.steps * a.epochs)
@@ -100,11 +100,11 @@ class RLRunner:
             lambda o, n: (o + (n - o) * s).astype(n.dtype), old, new))
         self.scale_mu = jax.jit(scale_first_moment)
 
-    def _collect(self, params, rest, ref_params, key):
+    def _collect(self, params, rest, ref_params, key, rows=None):
         cfg, a = self.cfg, self.cfg.algo
         model = nnx.merge(self.engine.graphdef, params, rest)
         graphdef, state = nnx.split(model)
-        traj = shape_rewards(cfg.shaping, self.play(graphdef, state, key),
+        traj = shape_rewards(cfg.shaping, self.play(graphdef, state, key, rows),
                              max_new_tokens=cfg.rollout.max_new_tokens, env=self.env)
         temperature = cfg.rollout.temperature
         if a.beta > 0 and a.kl_in == "reward":
@@ -179,12 +179,20 @@ class RLRunner:
             ref_params = jax.tree.map(jnp.copy, state.params)
         return state, ref_params
 
+    def rows_of(self, it: int) -> jax.Array | None:
+        """A prompt dataset's rows for iteration `it` (one per group, each epoch a
+        new order: `data.batch_rows`); None for env play."""
+        if not tasks.is_dataset(self.cfg):
+            return None
+        return jnp.asarray(batch_rows(it, self.num_groups, len(self.env), seed=self.cfg.train.seed,
+                                      shuffle=self.cfg.data.shuffle))
+
     def iteration(self, state: TrainState, ref_params: Any, it: int):
         """One RL iteration: (new state, its training batch, rollout stats, step
         metrics). `state` is donated: use the returned one."""
         eng, bounded = self.engine, self.cfg.trust_region.max_update_move > 0
         key = jax.random.fold_in(state.rng, it)
-        batch, stats = self.collect(state.params, eng.rest, ref_params, key)
+        batch, stats = self.collect(state.params, eng.rest, ref_params, key, self.rows_of(it))
         check_prompt_fit(stats["prompt_cut"], stats["prompt_len_max"],
                          self.cfg.env.max_prompt_len, where=f"in RL iteration {it}")
         batch = eng.place_batch(batch)

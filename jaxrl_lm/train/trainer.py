@@ -11,6 +11,9 @@ For an RL algorithm (`run_rl`):
     5. export     run_dir/hf/ (an HF folder) and run_dir/summary.json
 
 For `algo.name: sft`, steps 2-4 are one SFT run on `train.data` (train/sft.py).
+With `data.path` the RL stage plays a prompt dataset instead of an env
+(train/tasks.py: free-form completions graded by a verifier), evaluated on
+its held-out rows (pass@1), with no warm-up.
 With `--resume`, a finished warm-up is restored rather than redone and each
 stage continues from its newest intact checkpoint. An invalid configuration
 prints `error: <message>` and exits with status 2 before anything compiles.
@@ -176,6 +179,14 @@ def main_train(argv: list[str]) -> int:
         check_runtime(cfg, jax.device_count())
         model, tokenizer = build_policy(cfg)
         data_fn = None if cfg.is_rl else build_data(cfg, tokenizer)
+        if cfg.data.path is not None:  # read, render and tokenize the prompts before compiling
+            from jaxrl_lm.train import tasks
+
+            try:
+                tasks.make_task(cfg, tokenizer)
+                tasks.make_task(cfg, tokenizer, held_out=True)
+            except ValueError as e:
+                raise ConfigError(str(e)) from None
         if cfg.is_rl and cfg.warmup.steps and cfg.warmup.targets == "expected":
             env_data.check_expected_targets(cfg, tokenizer)
     except ConfigError as e:
