@@ -13,7 +13,6 @@ one changes the logits on these inputs: `test_each_switch_matters` checks that.
 
 from __future__ import annotations
 
-import functools
 
 import jax
 import jax.numpy as jnp
@@ -29,6 +28,7 @@ from jaxrl_lm.models.config import ModelConfig  # noqa: E402
 from jaxrl_lm.models.decoder import Decoder  # noqa: E402
 from jaxrl_lm.models.hf import build_model, load_hf, save_hf  # noqa: E402
 from jaxrl_lm.models.tokenizer import char_tokenizer_hf  # noqa: E402
+from tests.test_hf import _our_logits, _torch_logits  # noqa: E402  (shared parity helpers)
 
 TOL = 1e-4
 V = 272
@@ -94,21 +94,6 @@ def _hf_model(family: str, seed: int = 0):
 
 def _tokens(seed: int, shape=(2, T)) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, V, shape)
-
-
-def _torch_logits(model, ids: np.ndarray) -> np.ndarray:
-    with torch.no_grad():
-        return model(torch.tensor(ids)).logits.float().numpy()
-
-
-@functools.partial(jax.jit, static_argnums=0)
-def _forward(graphdef, state, ids_bt):
-    pos_bt = jnp.broadcast_to(jnp.arange(ids_bt.shape[1]), ids_bt.shape)
-    return nnx.merge(graphdef, state)(ids_bt, pos_bt)
-
-
-def _our_logits(model, ids: np.ndarray) -> np.ndarray:
-    return np.asarray(_forward(*nnx.split(model), jnp.asarray(ids, jnp.int32)))
 
 
 @pytest.fixture(scope="module")
