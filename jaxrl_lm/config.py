@@ -29,7 +29,7 @@ from jaxrl_lm import algorithms
 from jaxrl_lm.config_sections import (  # noqa: F401  (re-exported)
     ConfigError, ModelSection, MeshSection, OptimSection, AlgoSection, RolloutSection,
     ShapingSection, TrustRegionSection, WarmupSection, TrainSection, EnvSection, EvalSection,
-    DataSection,
+    DataSection, RewardSection,
 )
 from jaxrl_lm.train.optim import WITH_FIRST_MOMENT
 
@@ -60,6 +60,7 @@ class Config:
     train: TrainSection = dataclasses.field(default_factory=TrainSection)  # the outer loop
     env: EnvSection = dataclasses.field(default_factory=EnvSection)  # environment
     data: DataSection = dataclasses.field(default_factory=DataSection)  # a prompt dataset instead
+    reward: RewardSection = dataclasses.field(default_factory=RewardSection)  # data-run rewards
     eval: EvalSection = dataclasses.field(default_factory=EvalSection)  # evaluation
     warmup: WarmupSection = dataclasses.field(default_factory=WarmupSection)  # SFT before RL
     # modules imported before the config is checked, so that the envs, algorithms
@@ -83,18 +84,24 @@ class Config:
         tr = self.trust_region
         if tr.scale_momentum and tr.max_update_move and o.name not in WITH_FIRST_MOMENT:
             raise ConfigError(f"trust_region.scale_momentum needs a first moment to scale: "
-                              f"optim.name must be {' or '.join(WITH_FIRST_MOMENT)}, got {o.name!r}")
+                              f"optim.name must be {' or '.join(WITH_FIRST_MOMENT)}, "
+                              f"got {o.name!r}")
         if self.shaping.overlong_cache and self.shaping.overlong_cache >= r.max_new_tokens:
             raise ConfigError(f"shaping.overlong_cache={self.shaping.overlong_cache}: must be < "
                               f"rollout.max_new_tokens={r.max_new_tokens}")
         if self.data.path is not None:
             if not self.is_rl:
                 raise ConfigError(f"data.path trains an RL algorithm on the prompts; algo.name="
-                                  f"{a.name!r} is not one (SFT on a prompt dataset is not built yet)")
+                                  f"{a.name!r} is not one (SFT on a prompt dataset is not "
+                                  f"built yet)")
             if self.warmup.steps:
                 raise ConfigError(f"warmup.steps={self.warmup.steps}: must be 0 with data.path "
                                   f"(the warm-up imitates a scripted env player)")
-        if (self.is_rl or t.data == "env") and t.max_len < self.env.max_prompt_len + r.max_new_tokens:
+        elif self.reward != RewardSection():
+            raise ConfigError("reward: answer_weight, format_weight and functions grade a prompt "
+                              "dataset's completions; they need data.path")
+        uses_prompts = self.is_rl or t.data == "env"
+        if uses_prompts and t.max_len < self.env.max_prompt_len + r.max_new_tokens:
             raise ConfigError(
                 f"train.max_len={t.max_len} is shorter than env.max_prompt_len + "
                 f"rollout.max_new_tokens = {self.env.max_prompt_len + r.max_new_tokens}")

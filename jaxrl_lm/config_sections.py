@@ -16,7 +16,7 @@ from jaxrl_lm.data.prompts import OVERLONG
 from jaxrl_lm.losses.aggregate import AGG_MODES
 from jaxrl_lm.losses.kl import KL_KINDS
 from jaxrl_lm.losses.policy import RATIO_LEVELS
-from jaxrl_lm.models.config import DTYPES
+from jaxrl_lm.models.config import DTYPES, MASTER_DTYPES, REMAT_MODES
 from jaxrl_lm.train.optim import OPTIMIZERS, SCHEDULES
 from jaxrl_lm.train.players import PLAYERS, WARMUP_TARGETS
 from jaxrl_lm.verifiers import MARKERS, MODES
@@ -52,12 +52,20 @@ class ModelSection:
     source: str = "default"  # "default" (embedded tiny policy) | "hf" (a local HF folder)
     path: str | None = None  # HF folder when source == "hf"
     dtype: str = "float32"  # activation dtype: float32 | bfloat16
-    param_dtype: str = "float32"  # master parameter dtype
+    param_dtype: str = "float32"  # parameter dtype the forward sees: float32 | bfloat16
+    remat: str = "none"  # recompute each decoder block in the backward: none | full | dots
+    master_dtype: str | None = None  # float32: optimizer updates f32 master weights of bf16 params
 
     def __post_init__(self):
         _choice(self, "source", MODEL_SOURCES)
         _choice(self, "dtype", DTYPES)
         _choice(self, "param_dtype", DTYPES)
+        _choice(self, "remat", REMAT_MODES)
+        if self.master_dtype is not None:
+            _choice(self, "master_dtype", MASTER_DTYPES)
+            if self.param_dtype != "bfloat16":
+                _fail(self, "master_dtype", "needs model.param_dtype: bfloat16 (float32 params "
+                      "are their own master copy)")
         if self.source == "hf" and not self.path:
             _fail(self, "path", "must name a local HF folder when model.source is 'hf'")
 
@@ -335,8 +343,30 @@ class DataSection:
             _fail(self, "eval_path", "needs data.path (the prompts to train on)")
 
 
+@dataclasses.dataclass(frozen=True)
+class RewardSection:
+    answer_weight: float = 1.0  # data runs: weight of the verifier's 0/1 answer reward
+    format_weight: float = 0.0  # data runs: weight of the think/answer tags' format reward
+    # data runs: host reward functions on the decoded text, TRL's form
+    # fn(prompts, completions, **columns) -> floats: [{fn: module.name or math_verify, weight: 1.0}]
+    functions: tuple[dict, ...] = ()
+
+    def __post_init__(self):
+        for i, entry in enumerate(self.functions):
+            if not isinstance(entry, dict) or not isinstance(entry.get("fn"), str):
+                _fail(self, "functions", f"entry {i} must be a mapping with a string `fn`, "
+                                         f"e.g. {{fn: math_verify, weight: 1.0}}")
+            extra = sorted(set(entry) - {"fn", "weight"})
+            if extra:
+                _fail(self, "functions", f"entry {i}: unknown key(s) {', '.join(extra)}; "
+                                         f"allowed: fn, weight")
+            w = entry.get("weight", 1.0)
+            if isinstance(w, bool) or not isinstance(w, (int, float)):
+                _fail(self, "functions", f"entry {i}: weight {w!r} must be a number")
+
+
 _SECTION_OF = {ModelSection: "model", MeshSection: "mesh", OptimSection: "optim",
                AlgoSection: "algo", RolloutSection: "rollout", ShapingSection: "shaping",
                TrustRegionSection: "trust_region", TrainSection: "train", EnvSection: "env",
-               DataSection: "data",
+               DataSection: "data", RewardSection: "reward",
                EvalSection: "eval", WarmupSection: "warmup"}

@@ -137,3 +137,94 @@ def test_data_section_errors():
         from_dict({"data": {"eval_path": "x.jsonl"}})
     with pytest.raises(ConfigError, match="data.eval_fraction=1.0: must lie in"):
         from_dict({"data": {"eval_fraction": 1.0}})
+
+
+REWARDS_MODULE = '''
+import math
+
+calls = []
+
+
+def n_chars(prompts, completions, answer, **columns):
+    assert len(prompts) == len(completions) == len(answer)
+    return [len(c) / 8 for c in completions]
+
+
+def boom(prompts, completions, **columns):
+    calls.append(1)
+    if len(calls) > 1:
+        raise RuntimeError("second batch")
+    return [0.0] * len(completions)
+
+
+def short(prompts, completions, **columns):
+    return [0.0]
+
+
+def nan(prompts, completions, **columns):
+    return [math.nan] * len(completions)
+'''
+
+
+def _host_run(tmp_path, functions, steps=2, ckpt_every=1):
+    import yaml
+
+    (tmp_path / "myrew.py").write_text(REWARDS_MODULE)
+    data = write_rows(tmp_path / "math.jsonl", ROWS)
+    cfg = {**BASE, "imports": ["myrew"], "reward": {"functions": functions},
+           "data": {**BASE["data"], "path": data},
+           "train": {**BASE["train"], "steps": steps, "ckpt_every": ckpt_every}}
+    (tmp_path / "run.yaml").write_text(yaml.safe_dump(cfg))
+    out = str(tmp_path / "run")
+    cwd = os.getcwd()
+    os.chdir(tmp_path)  # plugins are found in the working directory
+    try:
+        return cli_main(["train", "--config", str(tmp_path / "run.yaml"), "--out", out]), out
+    finally:
+        os.chdir(cwd)
+
+
+def test_host_reward_functions_are_weighted_added_and_logged(tmp_path):
+    """reward.functions: a user's function (imported from the working directory)
+    gets the decoded batch and the rows' columns; its weighted value is added
+    to the episode reward, and each part's mean is logged."""
+    code, out = _host_run(tmp_path, [{"fn": "myrew.n_chars", "weight": 0.5}])
+    assert code == 0
+    rows = [json.loads(x) for x in open(os.path.join(out, "metrics.jsonl"))]
+    for r in rows:
+        assert r["reward/myrew.n_chars"] > 0
+        # invalid_penalty 0: the episode reward is the answer reward plus 0.5 x the function
+        assert r["reward"] == pytest.approx(r["reward/answer"] + 0.5 * r["reward/myrew.n_chars"],
+                                            rel=1e-5)
+
+
+@pytest.mark.parametrize("fn, message", [
+    ("myrew.boom", "reward function 'myrew.boom' raised RuntimeError: second batch"),
+    ("myrew.short", "reward function 'myrew.short' returned 1 values for 8 completions"),
+    ("myrew.nan", "reward function 'myrew.nan': row 0 is nan"),
+])
+def test_a_failing_reward_function_stops_the_run_and_keeps_what_was_written(tmp_path, fn, message):
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        _host_run(tmp_path, [{"fn": fn}])
+    metrics = os.path.join(tmp_path, "run", "metrics.jsonl")
+    if fn == "myrew.boom":  # the first iteration finished: its log line and checkpoint stay
+        assert [json.loads(x)["step"] for x in open(metrics)] == [1]
+        assert os.path.isdir(os.path.join(tmp_path, "run", "checkpoints", "1"))
+
+
+def test_unknown_reward_function_is_an_error_before_compiling(tmp_path, capsys):
+    code, _ = _host_run(tmp_path, [{"fn": "myrew.missing"}])
+    assert code == 2
+    assert "reward function 'myrew.missing': module 'myrew' has no 'missing'" in capsys.readouterr().err
+    code, _ = _host_run(tmp_path, [{"fn": "nowhere.fn"}])
+    assert code == 2 and "cannot import 'nowhere'" in capsys.readouterr().err
+
+
+def test_math_verify_builtin_on_a_gsm8k_shaped_fixture():
+    from jaxrl_lm.reward_functions import math_verify
+
+    answer = ["Natalia sold 48 clips in April and 24 in May. #### 72"] * 4
+    got = math_verify(["How many clips?"] * 4,
+                      ["48 + 24 = 72, so #### 72", "\\boxed{71}", "The total is $\\frac{144}{2}$",
+                       "I don't know"], answer=answer)
+    assert got == [1.0, 0.0, 1.0, 0.0]

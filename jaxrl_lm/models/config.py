@@ -25,6 +25,8 @@ import jax.numpy as jnp
 
 ACTIVATIONS = ("silu", "gelu_tanh")
 DTYPES = ("float32", "bfloat16")
+REMAT_MODES = ("none", "full", "dots")  # see ModelConfig.remat
+MASTER_DTYPES = ("float32",)  # see ModelConfig.master_dtype
 ROPE_TYPES = ("default", "llama3")
 # llama3 RoPE parameters and their values when unused (rope_type="default").
 LLAMA3_ROPE = {"rope_factor": 8.0, "rope_low_freq_factor": 1.0, "rope_high_freq_factor": 4.0,
@@ -65,6 +67,8 @@ class ModelConfig:
     final_softcap: float | None = None  # c: logits -> c * tanh(logits / c) (Gemma 2)
     sliding_window: int | None = None  # W: sliding layers see the last W positions (Mistral, Gemma 2)
     sliding_layers: tuple[bool, ...] | None = None  # per layer: slides? None: all (if sliding_window)
+    remat: str = "none"  # recompute blocks in the backward: "none" | "full" | "dots" (keep matmuls)
+    master_dtype: str | None = None  # "float32": train a float32 master of bfloat16 params
 
     def __post_init__(self):
         def fail(name: str, msg: str):
@@ -111,6 +115,14 @@ class ModelConfig:
                                       or not value > 0):
                 fail(name, "must be None or a number > 0")
         self._check_sliding(fail)
+        if self.remat not in REMAT_MODES:
+            fail("remat", f"must be one of {', '.join(REMAT_MODES)}")
+        if self.master_dtype is not None:
+            if self.master_dtype not in MASTER_DTYPES:
+                fail("master_dtype", f"must be None or one of {', '.join(MASTER_DTYPES)}")
+            if self.param_dtype == self.master_dtype:
+                fail("master_dtype", "needs param_dtype='bfloat16' (float32 params are their "
+                     "own master copy)")
 
     def _check_rope(self, fail) -> None:
         if self.rope_type not in ROPE_TYPES:

@@ -27,7 +27,9 @@ in the `out_sharding` metadata, read by `nnx.get_partition_spec`):
     value_head.bias        []              ()                                  if value_head
 
 Layers are stacked on a leading L axis and run with `lax.scan` (one compiled
-block, fast compiles for deep models; unrolled when L <= UNROLL_LAYERS). HF
+block, fast compiles for deep models; unrolled when L <= UNROLL_LAYERS); with
+config.remat "full" or "dots" each block of the cache-free forward is a
+`jax.checkpoint` (REMAT_POLICIES) whose activations the backward recomputes. HF
 mapping: `q_proj.weight` [H*Hd, D] is `q_proj[l].reshape(D, H*Hd).T`;
 `o_proj.weight` [D, H*Hd] is `o_proj[l].reshape(H*Hd, D).T`; MLP/lm_head weights
 are transposed; norm weights are copied as stored (Gemma's are stored as w - 1,
@@ -52,6 +54,10 @@ cache, at the price of compiling the block L times for the cached call.
 Layers that differ (Gemma 2/3: some slide, some attend globally, Gemma 3's use
 another RoPE base) get their window and RoPE frequencies as static values in
 the unrolled cached forward, and as per-layer scan inputs in the layer scan.
+
+Parameters are read as config.param_dtype whatever dtype the arrays hold: a
+float32 master copy (config.master_dtype, kept by the train engine) computes
+exactly what the bfloat16 params it stands for compute (a no-op otherwise).
 """
 
 from __future__ import annotations
@@ -72,6 +78,13 @@ from jaxrl_lm.models.layers import (KEY_BLOCK, KVCache, block, cache_slots, inv_
 # CPU time, a whole GRPO step (`bench grpo-step`) ~9% less, and compiled no slower.
 # Deeper stacks keep the rolled scan's fast compile.
 UNROLL_LAYERS = 8
+
+# config.remat -> the jax.checkpoint policy of each block (what the backward may keep):
+# "full" keeps only the block's input; "dots" also keeps the outputs of matmuls
+# without batch dimensions (the q/k/v/o and MLP projections) and recomputes the
+# norms, RoPE, attention and activations.
+REMAT_POLICIES = {"full": None,
+                  "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable}
 
 
 def _param(key: jax.Array, shape: tuple[int, ...], names: tuple, dtype, std: float | None):
@@ -117,9 +130,10 @@ class LayerStack(nnx.Module):
         self.up_proj = mk(rngs.params(), (L, D, F), ("layers", "embed", "mlp"), std=std)
         self.down_proj = mk(rngs.params(), (L, F, D), ("layers", "mlp", "embed"), std=std)
 
-    def arrays(self) -> dict[str, jax.Array]:
-        """{name: stacked array}, the xs of the layer scan."""
-        return {k: v[...] for k, v in vars(self).items() if isinstance(v, nnx.Param)}
+    def arrays(self, dtype=None) -> dict[str, jax.Array]:
+        """{name: stacked array}, the xs of the layer scan (cast to `dtype` if given)."""
+        return {k: v[...] if dtype is None else v[...].astype(dtype)
+                for k, v in vars(self).items() if isinstance(v, nnx.Param)}
 
 
 class ValueHead(nnx.Module):
@@ -129,10 +143,13 @@ class ValueHead(nnx.Module):
         dt = cfg.storage_dtype
         self.kernel = _param(rngs.params(), (cfg.hidden_size,), ("embed",), dt, cfg.init_std)
         self.bias = _param(None, (), (), dt, None)
+        self.param_dtype = cfg.param_dtype  # params are read as this (module docstring)
 
     def __call__(self, h: jax.Array) -> jax.Array:
         h32 = h.astype(jnp.float32)
-        return h32 @ self.kernel[...].astype(jnp.float32) + self.bias[...].astype(jnp.float32)
+        w, b = (p[...].astype(self.param_dtype).astype(jnp.float32)
+                for p in (self.kernel, self.bias))
+        return h32 @ w + b
 
 
 def softcap_logits(z: jax.Array, cap: float | None) -> jax.Array:
@@ -166,9 +183,13 @@ class Decoder(nnx.Module):
         return KVCache(tuple(jnp.zeros(k_shape, cfg.compute_dtype) for _ in range(cfg.num_layers)),
                        tuple(jnp.zeros(v_shape, cfg.compute_dtype) for _ in range(cfg.num_layers)))
 
+    def _read(self, param: nnx.Param) -> jax.Array:
+        """A parameter's value as config.param_dtype (a float32 master copy is rounded)."""
+        return param[...].astype(self.config.storage_dtype)
+
     def unembedding(self) -> jax.Array:
         """The [D, V] output matrix (the embedding transposed when tied)."""
-        return self.embed[...].T if self.lm_head is None else self.lm_head[...]
+        return self._read(self.embed).T if self.lm_head is None else self._read(self.lm_head)
 
     def logits_from_hidden(self, h: jax.Array) -> jax.Array:
         """[..., D] final hidden states -> [..., V] float32 logits (soft-capped
@@ -185,17 +206,19 @@ class Decoder(nnx.Module):
 
     def _embed(self, tokens_bt: jax.Array) -> jax.Array:
         cfg = self.config
-        x = self.embed[...][tokens_bt].astype(cfg.compute_dtype)
+        x = self._read(self.embed)[tokens_bt].astype(cfg.compute_dtype)
         if cfg.scale_embeddings:
             x = x * jnp.asarray(cfg.hidden_size ** 0.5, cfg.compute_dtype)
         return x
 
     def _final_norm(self, x: jax.Array) -> jax.Array:
         cfg = self.config
-        return rms_norm(x, self.final_norm[...], eps=cfg.rms_norm_eps, offset=cfg.norm_offset)
+        return rms_norm(x, self._read(self.final_norm), eps=cfg.rms_norm_eps,
+                        offset=cfg.norm_offset)
 
-    def _scan_layers(self, x: jax.Array, positions_bt: jax.Array, *, remat: bool, keep_kv: bool):
-        """All blocks as one lax.scan without a cache; also the stacked per-layer
+    def _scan_layers(self, x: jax.Array, positions_bt: jax.Array, *, remat: str, keep_kv: bool):
+        """All blocks as one lax.scan without a cache (each a jax.checkpoint of
+        REMAT_POLICIES[remat] unless remat is "none"); also the stacked per-layer
         (k, v) [L, B, T, K, Hd] when keep_kv."""
         cfg = self.config
         # Per-layer scan inputs only where layers differ: each layer's window
@@ -218,10 +241,11 @@ class Decoder(nnx.Module):
                           window=extra.get("window", window))
             return x, (kv if keep_kv else None)
 
-        if remat:
-            step = jax.checkpoint(step)
+        if remat != "none":
+            step = jax.checkpoint(step, policy=REMAT_POLICIES[remat])
         unroll = cfg.num_layers <= UNROLL_LAYERS
-        return jax.lax.scan(step, x, (self.layers.arrays(), per_layer), unroll=unroll)
+        return jax.lax.scan(step, x, (self.layers.arrays(cfg.storage_dtype), per_layer),
+                            unroll=unroll)
 
     def layer_params(self) -> tuple[dict[str, jax.Array], ...]:
         """One {name: array} per layer: the stacked parameters sliced on the layer axis.
@@ -229,22 +253,27 @@ class Decoder(nnx.Module):
         A loop that calls the cached forward (the sampler's decode loop) slices
         once before the loop and passes them as `layers=`: XLA:CPU does not hoist
         the slices out of a while loop, and would copy every weight every step."""
-        arrays = self.layers.arrays()
+        arrays = self.layers.arrays(self.config.storage_dtype)
         return tuple({name: w[layer] for name, w in arrays.items()}
                      for layer in range(self.config.num_layers))
 
     def hidden_states(self, tokens_bt: jax.Array, positions_bt: jax.Array, *,
-                      cache: KVCache | None = None, remat: bool = False,
+                      cache: KVCache | None = None, remat: bool | str | None = None,
                       layers: tuple[dict[str, jax.Array], ...] | None = None):
         """Final-normed hidden states [B, T, D] (compute dtype); with a cache, also
-        the updated KVCache. remat=True recomputes each block in the backward pass.
+        the updated KVCache. remat (cache-free calls): a mode of config.remat for
+        this call, True meaning "full"; None or False: config.remat.
         `layers` (cached calls only): `layer_params()`, sliced once by the caller."""
         if tokens_bt.ndim != 2 or positions_bt.shape != tokens_bt.shape:
             raise ValueError(f"tokens and positions must both be [B, T]; got "
                              f"{tokens_bt.shape} and {positions_bt.shape}")
         x = self._embed(tokens_bt)
         if cache is None:
-            x, _ = self._scan_layers(x, positions_bt, remat=remat, keep_kv=False)
+            mode = "full" if remat is True else remat or self.config.remat
+            if mode not in REMAT_POLICIES and mode != "none":
+                raise ValueError(f"remat={remat!r}: must be a bool, None or one of "
+                                 f"none, {', '.join(REMAT_POLICIES)}")
+            x, _ = self._scan_layers(x, positions_bt, remat=mode, keep_kv=False)
             return self._final_norm(x)
         cfg = self.config
         slots = cache.v[0].shape[2]
@@ -270,7 +299,7 @@ class Decoder(nnx.Module):
             raise ValueError(f"length={length} must be >= the prompt's {t} tokens")
         positions = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
         x, (k_lbtkd, v_lbtkd) = self._scan_layers(self._embed(tokens_bt), positions,
-                                                  remat=False, keep_kv=True)
+                                                  remat="none", keep_kv=True)
         s = cache_slots(length)
         pad = ((0, 0), (0, s - t), (0, 0), (0, 0))
         dt = self.config.compute_dtype

@@ -176,6 +176,7 @@ def model_type_of(cfg: ModelConfig) -> str:
     model_type = _guess_model_type(cfg)
     back = config_from_hf(_hf_dict(cfg, model_type), dtype=cfg.dtype,
                           param_dtype=cfg.param_dtype, value_head=cfg.value_head)
+    back = back.replace(remat=cfg.remat, master_dtype=cfg.master_dtype)  # training-only
     if back != cfg:
         diff = [f"{f.name}={getattr(cfg, f.name)!r}" for f in dataclasses.fields(cfg)
                 if getattr(cfg, f.name) != getattr(back, f.name)]

@@ -13,6 +13,15 @@ accumulation). Metrics (flat scalars) combine by `combine_metrics`: token
 means, `*_max` / `*_min` and `*_tokens` counts come out as one pass's would.
 Params are Flax NNX state split off a module; the module is merged back
 inside the jitted function (the NNX jit-boundary pattern).
+
+Mixed precision with master weights (`master_dtype="float32"`, by default the
+model's `config.master_dtype`): the state's params are a float32 master copy
+of the module's (bfloat16) params, and the optimizer state is float32 too.
+Each micro-batch's forward sees the master cast to the module's dtypes, and
+the gradient is taken through that cast (bfloat16 gradients arrive in float32),
+so the optimizer adds every update to the master, however small: updated in
+bfloat16, an update below half a bfloat16 spacing of its weight (2**-9 of
+it) would round away. Without it, params and moments keep the module's dtypes.
 """
 
 from __future__ import annotations
@@ -85,11 +94,19 @@ class Engine:
     schedule: optax.Schedule
     mesh: jax.sharding.Mesh
     micro_batches: int = 1
+    master_dtype: str | None = None  # "float32": a master copy; None: model.config's
 
     def __post_init__(self):
         if self.micro_batches < 1:
             raise ValueError(f"micro_batches={self.micro_batches} must be >= 1")
+        if self.master_dtype is None:
+            self.master_dtype = getattr(getattr(self.model, "config", None), "master_dtype", None)
+        if self.master_dtype is not None and not jnp.issubdtype(self.master_dtype, jnp.floating):
+            raise ValueError(f"master_dtype={self.master_dtype!r} must be a float dtype or None")
         self.graphdef, params, self.rest = nnx.split(self.model, nnx.Param, ...)
+        # the dtypes the loss's module sees: the module's own (bfloat16 under a master copy)
+        self.param_dtypes = jax.tree.map(lambda x: x.dtype, params)
+        params = self.to_master(params)
         self.param_sh = mesh_lib.param_shardings(params, self.mesh)
         self.opt_sh = mesh_lib.opt_state_shardings(self.optimizer, params, self.param_sh, self.mesh)
         rep = mesh_lib.replicated(self.mesh)
@@ -97,11 +114,27 @@ class Engine:
         self.rest = jax.device_put(self.rest, rep)
         self._compiled: dict = {}
 
+    def to_master(self, params: nnx.State) -> nnx.State:
+        """Params as the state holds them: float leaves cast to master_dtype (if set)."""
+        if self.master_dtype is None:
+            return params
+        dt = jnp.dtype(self.master_dtype)
+        return jax.tree.map(lambda x: x.astype(dt) if jnp.issubdtype(x.dtype, jnp.floating)
+                            else x, params)
+
+    def model_params(self, params: nnx.State) -> nnx.State:
+        """Params as the module computes with them: the module's own dtypes (a
+        master copy rounded to them; the identity without one)."""
+        if self.master_dtype is None:
+            return params
+        return jax.tree.map(lambda x, dt: x.astype(dt), params, self.param_dtypes)
+
     def init_state(self, seed: int = 0, params: nnx.State | None = None) -> TrainState:
-        """Place params (the module's own unless given) and a fresh optimizer state."""
+        """Place params (the module's own unless given; in master_dtype if set) and
+        a fresh optimizer state."""
         if params is None:
             params = nnx.state(self.model, nnx.Param)
-        params = mesh_lib.place(params, self.param_sh)
+        params = mesh_lib.place(self.to_master(params), self.param_sh)
         opt_state = jax.jit(self.optimizer.init, out_shardings=self.opt_sh)(params)
         rep = mesh_lib.replicated(self.mesh)
         return TrainState(jax.device_put(jnp.zeros((), jnp.int32), rep), params, opt_state,
@@ -141,10 +174,11 @@ class Engine:
         mbs = jax.tree.map(split, batch)
         ref_model = None
         if ref_params is not None:
-            ref_model = nnx.merge(self.graphdef, jax.lax.stop_gradient(ref_params), rest)
+            ref_model = nnx.merge(self.graphdef, jax.lax.stop_gradient(
+                self.model_params(ref_params)), rest)
 
-        def sum_loss(p, mb):
-            model = nnx.merge(self.graphdef, p, rest)
+        def sum_loss(p, mb):  # a master copy: the gradient flows through the cast
+            model = nnx.merge(self.graphdef, self.model_params(p), rest)
             args = (model, mb) if ref_model is None else (model, mb, ref_model)
             (loss_sum, denom), metrics = self.loss_fn(*args)
             return loss_sum, (jax.lax.stop_gradient(denom), metrics)

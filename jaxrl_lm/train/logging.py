@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import time
 from typing import Any
 
@@ -161,7 +162,8 @@ def plot_run(run_dir: str) -> list[str]:
         ax.set_title(f"{k} ({os.path.basename(os.path.abspath(run_dir))})", fontsize=9)
         ax.grid(alpha=0.3)
         fig.tight_layout()
-        path = os.path.join(out_dir, f"{k}.png")
+        # metric names may hold "/" (TensorBoard groups, e.g. reward/answer): one file each
+        path = os.path.join(out_dir, f"{re.sub(r'[^A-Za-z0-9_.@-]', '_', k)}.png")
         fig.savefig(path, dpi=100)
         plt.close(fig)
         paths.append(path)

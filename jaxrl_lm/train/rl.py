@@ -28,10 +28,11 @@ from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from flax import nnx
 
-from jaxrl_lm import algorithms
+from jaxrl_lm import algorithms, reward_functions
 from jaxrl_lm.algorithms import common
 from jaxrl_lm.config import Config
 from jaxrl_lm.evaluation.stats import episode_stats
@@ -94,17 +95,30 @@ class RLRunner:
                                    temperature=r.temperature)
         self.engine = Engine(model, loss_fn, self.optimizer, self.schedule, self.mesh,
                              micro_batches=t.micro_batches)
+        # data runs: host reward functions on decoded text (reward.functions)
+        self.host_fns = [(e["fn"], reward_functions.resolve(e["fn"]), float(e.get("weight", 1.0)))
+                         for e in cfg.reward.functions]
         self.collect = jax.jit(self._collect)
+        self.rollout = jax.jit(self._rollout)
         self.update_move = jax.jit(self._update_move)
         self.shrink = jax.jit(lambda old, new, s: jax.tree.map(
             lambda o, n: (o + (n - o) * s).astype(n.dtype), old, new))
         self.scale_mu = jax.jit(scale_first_moment)
 
-    def _collect(self, params, rest, ref_params, key, rows=None):
+    def _rollout(self, params, rest, key, rows=None):
+        graphdef, state = nnx.split(nnx.merge(self.engine.graphdef, params, rest))
+        return self.play(graphdef, state, key, rows)
+
+    def _collect(self, params, rest, ref_params, key, rows=None, traj=None, host_reward=None):
+        """Rollout (unless `traj` is given: the host-reward path), rewards,
+        advantages and training rows, as one jitted program."""
         cfg, a = self.cfg, self.cfg.algo
         model = nnx.merge(self.engine.graphdef, params, rest)
-        graphdef, state = nnx.split(model)
-        traj = shape_rewards(cfg.shaping, self.play(graphdef, state, key, rows),
+        if traj is None:
+            graphdef, state = nnx.split(model)
+            traj = self.play(graphdef, state, key, rows)
+        traj, parts = self._task_rewards(traj, host_reward)
+        traj = shape_rewards(cfg.shaping, traj,
                              max_new_tokens=cfg.rollout.max_new_tokens, env=self.env)
         temperature = cfg.rollout.temperature
         if a.beta > 0 and a.kl_in == "reward":
@@ -121,7 +135,7 @@ class RLRunner:
             ref = nnx.merge(self.engine.graphdef, ref_params, rest)
             batch["ref_logp"] = common.ref_logprobs(ref, batch, chunks=cfg.train.micro_batches,
                                                     temperature=temperature)
-        stats = episode_stats(traj)
+        stats = {**episode_stats(traj), **parts}
         if self.traj_stats is not None:
             stats.update(self.traj_stats(traj))
         stats["kept_turns"] = sig.keep.sum() / jnp.maximum(traj.active.sum(), 1)
@@ -179,6 +193,40 @@ class RLRunner:
             ref_params = jax.tree.map(jnp.copy, state.params)
         return state, ref_params
 
+    def _task_rewards(self, traj, host_reward):
+        """A data run's reward: answer_weight x the verifier's answer reward +
+        format_weight x the format reward + the host functions' weighted sum
+        (`host_reward` f32[B], already weighted); each part's batch mean is
+        logged. Env play: unchanged."""
+        if not tasks.is_dataset(self.cfg):
+            return traj, {}
+        w = self.cfg.reward
+        answer = traj.env_reward[0]
+        fmt = jax.vmap(self.env.grader.format)(traj.completion[0], traj.completion_len[0])
+        extra = (w.answer_weight - 1.0) * answer + w.format_weight * fmt
+        parts = {"reward/answer": answer.mean(), "reward/format": fmt.mean()}
+        if host_reward is not None:
+            extra = extra + host_reward
+        return traj._replace(reward=traj.reward.at[0].add(extra)), parts
+
+    def host_rewards(self, traj) -> tuple[jax.Array, dict[str, float]]:
+        """The weighted sum f32[B] of reward.functions on the decoded batch, and
+        each function's mean (unweighted)."""
+        task = self.env
+        comp, n, done_row = jax.device_get((traj.completion[0], traj.completion_len[0],
+                                            traj.states.row[0]))
+        completions = [self.tokenizer.decode(comp[b, : n[b]], skip_special_tokens=True)
+                       for b in range(comp.shape[0])]
+        prompts = [task.prompts.texts[r] for r in done_row]
+        columns = {c: [v[r] for r in done_row] for c, v in task.prompts.columns.items()}
+        total = np.zeros(len(completions))
+        means = {}
+        for name, fn, weight in self.host_fns:
+            r = reward_functions.call(fn, name, prompts, completions, columns)
+            total += weight * r
+            means[f"reward/{name}"] = float(r.mean())
+        return jnp.asarray(total, jnp.float32), means
+
     def rows_of(self, it: int) -> jax.Array | None:
         """A prompt dataset's rows for iteration `it` (one per group, each epoch a
         new order: `data.batch_rows`); None for env play."""
@@ -192,7 +240,15 @@ class RLRunner:
         metrics). `state` is donated: use the returned one."""
         eng, bounded = self.engine, self.cfg.trust_region.max_update_move > 0
         key = jax.random.fold_in(state.rng, it)
-        batch, stats = self.collect(state.params, eng.rest, ref_params, key, self.rows_of(it))
+        rows = self.rows_of(it)
+        if self.host_fns:  # rollout, rewards on the host, then the rest in one program
+            traj = self.rollout(state.params, eng.rest, key, rows)
+            host_r, host_means = self.host_rewards(traj)
+            batch, stats = self.collect(state.params, eng.rest, ref_params, key, rows, traj,
+                                        host_r)
+            stats = {**stats, **host_means}
+        else:
+            batch, stats = self.collect(state.params, eng.rest, ref_params, key, rows)
         check_prompt_fit(stats["prompt_cut"], stats["prompt_len_max"],
                          self.cfg.env.max_prompt_len, where=f"in RL iteration {it}")
         batch = eng.place_batch(batch)

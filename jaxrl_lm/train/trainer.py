@@ -40,12 +40,17 @@ def build_policy(cfg: Config):
 
     value_head = algorithms.get(cfg.algo.name).needs_value
     if cfg.model.source == "default":
-        return models.default_policy(cfg.train.seed, dtype=cfg.model.dtype,
-                                     param_dtype=cfg.model.param_dtype, value_head=value_head)
-    if not os.path.isdir(cfg.model.path):
-        raise ConfigError(f"model.path={cfg.model.path!r}: not a directory")
-    return models.load_hf(cfg.model.path, dtype=cfg.model.dtype, param_dtype=cfg.model.param_dtype,
-                          value_head=value_head)
+        model, tokenizer = models.default_policy(cfg.train.seed, dtype=cfg.model.dtype,
+                                                 param_dtype=cfg.model.param_dtype,
+                                                 value_head=value_head)
+    else:
+        if not os.path.isdir(cfg.model.path):
+            raise ConfigError(f"model.path={cfg.model.path!r}: not a directory")
+        model, tokenizer = models.load_hf(cfg.model.path, dtype=cfg.model.dtype,
+                                          param_dtype=cfg.model.param_dtype, value_head=value_head)
+    # training-only switches, read when the model is traced (remat) or trained (master_dtype)
+    model.config = model.config.replace(remat=cfg.model.remat, master_dtype=cfg.model.master_dtype)
+    return model, tokenizer
 
 
 def build_data(cfg: Config, tokenizer):
@@ -70,6 +75,11 @@ def export_hf(params, model, tokenizer, path: str) -> None:
 
     if jax.process_count() > 1:
         params = multihost_utils.process_allgather(params, tiled=True)
+    # a float32 master copy (model.master_dtype) is written in the model's param_dtype,
+    # as its config.json says
+    dt = jax.numpy.dtype(model.config.param_dtype)
+    floating = lambda x: jax.numpy.issubdtype(x.dtype, jax.numpy.floating)  # noqa: E731
+    params = jax.tree.map(lambda x: x.astype(dt) if floating(x) else x, params)
     if jax.process_index() == 0:
         nnx.update(model, jax.device_get(params))
         save_hf(model, tokenizer, path)
@@ -180,11 +190,14 @@ def main_train(argv: list[str]) -> int:
         model, tokenizer = build_policy(cfg)
         data_fn = None if cfg.is_rl else build_data(cfg, tokenizer)
         if cfg.data.path is not None:  # read, render and tokenize the prompts before compiling
+            from jaxrl_lm import reward_functions
             from jaxrl_lm.train import tasks
 
             try:
                 tasks.make_task(cfg, tokenizer)
                 tasks.make_task(cfg, tokenizer, held_out=True)
+                for entry in cfg.reward.functions:
+                    reward_functions.resolve(entry["fn"])
             except ValueError as e:
                 raise ConfigError(str(e)) from None
         if cfg.is_rl and cfg.warmup.steps and cfg.warmup.targets == "expected":
