@@ -28,7 +28,7 @@ from jaxrl_lm.models.config import ModelConfig  # noqa: E402
 from jaxrl_lm.models.decoder import Decoder  # noqa: E402
 from jaxrl_lm.models.hf import build_model, load_hf, save_hf  # noqa: E402
 from jaxrl_lm.models.tokenizer import char_tokenizer_hf  # noqa: E402
-from tests.test_hf import _our_logits, _torch_logits  # noqa: E402  (shared parity helpers)
+from tests.test_hf import _byte_tokenizer, _our_logits, _torch_logits  # noqa: E402
 
 TOL = 1e-4
 V = 272
@@ -67,13 +67,6 @@ FAMILIES = {
                              "full_attention": {"rope_type": "default", "rope_theta": 1e6},
                              "sliding_attention": {"rope_type": "default", "rope_theta": 100.0}})),
 }
-
-
-def _byte_tokenizer():
-    from tokenizers.pre_tokenizers import ByteLevel
-
-    vocab = {c: i for i, c in enumerate(sorted(ByteLevel.alphabet()))}
-    return transformers.Qwen2Tokenizer(vocab=vocab, merges=[])
 
 
 def _tokenizer(family: str):
