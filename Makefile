@@ -1,7 +1,7 @@
 # Two commands set everything up on a fresh machine:
 #   make train   -- the main job on the embedded default
 #   make test    -- the test suite (what CI runs)
-#   make test-fast -- everything not marked slow, a few minutes
+#   make test-fast -- everything not marked slow, on every core (pytest-xdist)
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -26,7 +26,7 @@ test: $(VENV)/.test
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 test-fast: $(VENV)/.test
-	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
+	$(PY) -m pytest -q -m "not slow" -n auto $(PYTEST_ARGS)
 
 bench: $(VENV)/.test
 	$(VENV)/bin/jaxrl-lm bench envs
