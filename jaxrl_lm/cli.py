@@ -55,8 +55,10 @@ RL fine-tuning of language models in JAX. `jaxrl-lm COMMAND --help` lists a
 command's flags.
 
 commands:
-  train   run a config: SFT, or warm-up + RL + before/after evaluation
+  train   run a config: SFT, or warm-up + RL + before/after evaluation, on an env
+          or on your own prompts (--data.path FILE)
             jaxrl-lm train --config launch/configs/tictactoe.yaml --out runs/ttt [--resume]
+            jaxrl-lm train --config launch/configs/prompts.yaml --data.path my.jsonl --out runs/my
             (any config field: --section.field VALUE, e.g. --train.steps 50;
              `jaxrl-lm train --help` lists them all with their defaults)
   eval    play an env with a run's policy (greedy) and print win/draw/loss
