@@ -88,16 +88,22 @@ def _our_logits(model, ids: np.ndarray) -> np.ndarray:
     return np.asarray(_forward(*nnx.split(model), jnp.asarray(ids, jnp.int32)))
 
 
-@pytest.fixture(scope="module")
-def hf_folders(tmp_path_factory):
+def write_hf_folders(tmp_path_factory, families, hf_model, tokenizer) -> dict:
+    """family -> (folder, torch model): each family's random model and tokenizer
+    written with save_pretrained (shared with test_models_families.py)."""
     out = {}
-    for family in FAMILIES:
+    for family in families:
         path = tmp_path_factory.mktemp(family)
-        model = _hf_model(family)
+        model = hf_model(family)
         model.save_pretrained(path)
-        _tokenizer(family).save_pretrained(path)
+        tokenizer(family).save_pretrained(path)
         out[family] = (path, model)
     return out
+
+
+@pytest.fixture(scope="module")
+def hf_folders(tmp_path_factory):
+    return write_hf_folders(tmp_path_factory, FAMILIES, _hf_model, _tokenizer)
 
 
 @pytest.mark.parametrize("family", list(FAMILIES))

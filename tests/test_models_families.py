@@ -28,7 +28,8 @@ from jaxrl_lm.models.config import ModelConfig  # noqa: E402
 from jaxrl_lm.models.decoder import Decoder  # noqa: E402
 from jaxrl_lm.models.hf import build_model, load_hf, save_hf  # noqa: E402
 from jaxrl_lm.models.tokenizer import char_tokenizer_hf  # noqa: E402
-from tests.test_hf import _byte_tokenizer, _our_logits, _torch_logits  # noqa: E402
+from tests.test_hf import (_byte_tokenizer, _our_logits, _torch_logits,  # noqa: E402
+                           write_hf_folders)
 
 TOL = 1e-4
 V = 272
@@ -91,14 +92,7 @@ def _tokens(seed: int, shape=(2, T)) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def hf_folders(tmp_path_factory):
-    out = {}
-    for family in FAMILIES:
-        path = tmp_path_factory.mktemp(family)
-        model = _hf_model(family)
-        model.save_pretrained(path)
-        _tokenizer(family).save_pretrained(path)
-        out[family] = (path, model)
-    return out
+    return write_hf_folders(tmp_path_factory, FAMILIES, _hf_model, _tokenizer)
 
 
 def _hf_logp(ref, ids_1t: np.ndarray) -> np.ndarray:
