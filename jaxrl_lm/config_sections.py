@@ -273,11 +273,12 @@ class TrainSection:
     ckpt_every: int = 50  # steps between checkpoints (and one at the end)
     keep_checkpoints: int = 3  # checkpoints kept on disk
     progress: bool = True  # show a rich progress bar
+    max_skipped_steps: int = 10  # consecutive skipped (non-finite) steps that stop the run
 
     def __post_init__(self):
         _choice(self, "data", DATA_SOURCES)
         for name in ("steps", "batch_size", "micro_batches", "max_len", "log_every",
-                     "ckpt_every", "keep_checkpoints"):
+                     "ckpt_every", "keep_checkpoints", "max_skipped_steps"):
             _at_least(self, name, 1)
         _at_least(self, "seed", 0)
         if self.batch_size % self.micro_batches:
