@@ -1,4 +1,11 @@
-"""The `jaxrl-lm` command line: train, eval, bench, plot."""
+"""The `jaxrl-lm` command line: train, eval, bench, plot, data, plan.
+
+An expected failure (a bad config or flag, an HF folder that does not load)
+prints one line, `error: <message naming the field, flag or file>`, on stderr
+and exits with status 2, before anything is compiled or written; a traceback
+means a bug. A malformed command line (an unknown flag, a value argparse
+cannot convert) is argparse's usage line and `PROG: error: ...`, also status 2.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +19,7 @@ BENCHES = {
     "logprobs-memory": "jaxrl_lm.bench.logprobs_memory",
     "rollout": "jaxrl_lm.bench.rollout",
     "grpo-step": "jaxrl_lm.bench.grpo_step",
+    "data-grpo": "jaxrl_lm.bench.data_grpo",
 }
 
 
@@ -23,9 +31,18 @@ def _bench(argv: list[str]) -> int:
     if not argv or argv[0] in ("-h", "--help"):
         parser.print_help()
         return 0
+    if argv[0] not in BENCHES:
+        raise UsageError(f"bench {argv[0]!r}: unknown benchmark; choose one of "
+                         f"{', '.join(sorted(BENCHES))}")
     args, rest = parser.parse_known_args(argv)
     module = importlib.import_module(BENCHES[args.name])
-    return module.main(rest) or 0
+    try:
+        return module.main(rest) or 0
+    except ValueError as e:
+        # the benchmarks check their flags first and name the flag: "--batch=0: ..."
+        if str(e).startswith("--"):
+            raise UsageError(f"bench {args.name} {e}") from None
+        raise
 
 
 def _train(argv: list[str]) -> int:
@@ -46,10 +63,23 @@ def _eval(argv: list[str]) -> int:
     return main_eval(argv)
 
 
-COMMANDS = {"bench": _bench, "train": _train, "eval": _eval, "plot": _plot}
+def _data(argv: list[str]) -> int:
+    from jaxrl_lm.data.generate import main as main_data
+
+    return main_data(argv)
+
+
+def _plan(argv: list[str]) -> int:
+    from jaxrl_lm.plan import main as main_plan
+
+    return main_plan(argv)
+
+
+COMMANDS = {"bench": _bench, "train": _train, "eval": _eval, "plot": _plot, "data": _data,
+            "plan": _plan}
 
 HELP = """\
-usage: jaxrl-lm {bench,eval,plot,train} ...
+usage: jaxrl-lm {bench,data,eval,plan,plot,train} ...
 
 RL fine-tuning of language models in JAX. `jaxrl-lm COMMAND --help` lists a
 command's flags.
@@ -65,9 +95,24 @@ commands:
             jaxrl-lm eval --checkpoint runs/ttt --env tictactoe --opponent minimax
   plot    redraw a run's curves from its metrics.jsonl
             jaxrl-lm plot runs/ttt
+  plan    estimate each device's memory per stage for a config and mesh, from
+          model.path's config.json (no weights read, nothing compiled)
+            jaxrl-lm plan --config launch/configs/qwen2.5-0.5b.yaml --devices 8 --memory-gib 80
+  data    write a built-in reasoning task (addition, countdown) as a JSONL dataset
+            jaxrl-lm data addition --out data/addition.jsonl --rows 900
   bench   speed and memory benchmarks against a baseline measured in the same run
-            jaxrl-lm bench envs|sampler|logprobs-memory|rollout|grpo-step [--json]
+            jaxrl-lm bench envs|sampler|logprobs-memory|rollout|grpo-step|data-grpo [--json]
 """
+
+
+class UsageError(ValueError):
+    """A bad command-line value the CLI reports as `error: <message>`."""
+
+
+def error(message: str) -> int:
+    """Print `error: <message>` as one line on stderr; the exit status 2."""
+    print("error: " + " ".join(str(message).split()), file=sys.stderr)
+    return 2
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -76,11 +121,22 @@ def main(argv: list[str] | None = None) -> int:
         print(HELP, end="")
         return 0
     if argv[0] not in COMMANDS:
-        print(HELP, end="", file=sys.stderr)
-        print(f"jaxrl-lm: unknown command {argv[0]!r}; choose one of "
-              f"{', '.join(sorted(COMMANDS))}", file=sys.stderr)
-        return 2
-    return COMMANDS[argv[0]](argv[1:])
+        return error(f"jaxrl-lm: unknown command {argv[0]!r}; choose one of "
+                     f"{', '.join(sorted(COMMANDS))} (jaxrl-lm --help lists them)")
+    try:
+        return COMMANDS[argv[0]](argv[1:])
+    except ValueError as e:  # an expected failure the command did not report itself
+        if not _expected(e):
+            raise
+        return error(str(e))
+
+
+def _expected(e: ValueError) -> bool:
+    # imported only now: `bench sampler` sets XLA flags before JAX starts
+    from jaxrl_lm.config_sections import ConfigError
+    from jaxrl_lm.models.hf_config import HFLoadError
+
+    return isinstance(e, (ConfigError, HFLoadError, UsageError))
 
 
 if __name__ == "__main__":

@@ -3,9 +3,11 @@
     cfg = load_config("launch/configs/tiny.yaml", ["--algo.beta", "0.04"])
 
 Every field is validated in `__post_init__`; a bad value raises `ConfigError`
-(a ValueError) naming the field and what is allowed. Checks that need the
-outside world (the env registry, the device count) live in `check_runtime`,
-which the CLI calls before anything is compiled. (Levanter / Flax gemma style.)
+(a ValueError) naming the field and what is allowed; no float field takes NaN
+or inf, and a YAML file that repeats a key or is not UTF-8 is refused. Checks
+that need the outside world (the env registry, the model folder, the device
+count, the machine's memory) live in `check_runtime`, which the CLI calls
+before anything is compiled. (Levanter / Flax gemma style.)
 The sections themselves live in `jaxrl_lm.config_sections`; `field_help()`
 lists every field with its default and its comment (`jaxrl-lm train --help`).
 """
@@ -27,10 +29,12 @@ import yaml
 
 from jaxrl_lm import algorithms
 from jaxrl_lm.config_sections import (  # noqa: F401  (re-exported)
-    ConfigError, ModelSection, MeshSection, OptimSection, AlgoSection, RolloutSection,
+    MAX_SEED, ConfigError, is_finite, non_finite, ModelSection, MeshSection, OptimSection,
+    AlgoSection, RolloutSection,
     ShapingSection, TrustRegionSection, WarmupSection, TrainSection, EnvSection, EvalSection,
-    DataSection, RewardSection,
+    DataSection, RewardSection, LoraSection,
 )
+from jaxrl_lm.config_preference import PreferenceSection
 from jaxrl_lm.train.optim import WITH_FIRST_MOMENT
 
 # Keys that moved when the old `algo` section was split: old -> new. A preset
@@ -50,6 +54,7 @@ MOVED_KEYS = {
 @dataclasses.dataclass(frozen=True)
 class Config:
     model: ModelSection = dataclasses.field(default_factory=ModelSection)  # policy to train
+    lora: LoraSection = dataclasses.field(default_factory=LoraSection)  # LoRA adapters (rank 0: off)
     mesh: MeshSection = dataclasses.field(default_factory=MeshSection)  # device mesh
     optim: OptimSection = dataclasses.field(default_factory=OptimSection)  # optimizer
     algo: AlgoSection = dataclasses.field(default_factory=AlgoSection)  # the loss and advantages
@@ -61,6 +66,8 @@ class Config:
     env: EnvSection = dataclasses.field(default_factory=EnvSection)  # environment
     data: DataSection = dataclasses.field(default_factory=DataSection)  # a prompt dataset instead
     reward: RewardSection = dataclasses.field(default_factory=RewardSection)  # data-run rewards
+    preference: PreferenceSection = dataclasses.field(
+        default_factory=PreferenceSection)  # pairwise losses: dpo, ipo, hinge, robust, simpo, rpo
     eval: EvalSection = dataclasses.field(default_factory=EvalSection)  # evaluation
     warmup: WarmupSection = dataclasses.field(default_factory=WarmupSection)  # SFT before RL
     # modules imported before the config is checked, so that the envs, algorithms
@@ -90,13 +97,9 @@ class Config:
             raise ConfigError(f"shaping.overlong_cache={self.shaping.overlong_cache}: must be < "
                               f"rollout.max_new_tokens={r.max_new_tokens}")
         if self.data.path is not None:
-            if not self.is_rl:
-                raise ConfigError(f"data.path trains an RL algorithm on the prompts; algo.name="
-                                  f"{a.name!r} is not one (SFT on a prompt dataset is not "
-                                  f"built yet)")
-            if self.warmup.steps:
-                raise ConfigError(f"warmup.steps={self.warmup.steps}: must be 0 with data.path "
-                                  f"(the warm-up imitates a scripted env player)")
+            # RL plays the prompts; SFT (and an RL run's warm-up) imitates the rows'
+            # data.demo_column, checked when the rows are read
+            pass
         elif self.reward != RewardSection():
             raise ConfigError("reward: answer_weight, format_weight and functions grade a prompt "
                               "dataset's completions; they need data.path")
@@ -105,6 +108,10 @@ class Config:
             raise ConfigError(
                 f"train.max_len={t.max_len} is shorter than env.max_prompt_len + "
                 f"rollout.max_new_tokens = {self.env.max_prompt_len + r.max_new_tokens}")
+        try:  # the algorithm's own rules across sections (algorithms/<name>.py)
+            algorithms.get(a.name).check_config(self)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
 
     @property
     def is_rl(self) -> bool:
@@ -135,7 +142,10 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
             return int(value)
     elif hint is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
+            try:
+                return float(value)
+            except OverflowError:  # an int past float's range
+                raise ConfigError(f"{where}={value!r}: must be a finite number") from None
     elif hint is str:
         if isinstance(value, str):
             return value
@@ -170,7 +180,15 @@ def _build(cls: type, data: dict, where: str):
             kwargs[k] = _build(hint, v if v is not None else {}, path)
         else:
             kwargs[k] = _coerce(v, hint, path)
-    return cls(**kwargs)
+    out = cls(**kwargs)
+    # Every float field, whatever its section checks: NaN passes a bound written
+    # with < or <=, and inf passes a lower bound (optim.max_grad_norm=nan would
+    # silently turn clipping off).
+    for k, v in kwargs.items():
+        if isinstance(v, float) and not is_finite(v):
+            raise ConfigError(f"{where}.{k}".lstrip(".") + f"={v!r}: must be a finite number "
+                              f"(not NaN or inf)")
+    return out
 
 
 def move_old_keys(data: dict) -> dict:
@@ -251,7 +269,7 @@ def parse_overrides(args: list[str]) -> dict:
         if len(parts) != 2 or not all(parts):
             raise ConfigError(f"override --{key}: expected the form --section.field")
         try:
-            value = yaml.safe_load(raw)
+            value = parse_yaml(raw, f"override --{key}")
         except yaml.YAMLError:
             value = raw
         if isinstance(value, str) and _looks_numeric(value):
@@ -282,19 +300,73 @@ def _merge(base: dict, extra: dict) -> dict:
     return out
 
 
+def _refuse_duplicates(node: yaml.Node, path: tuple[str, ...], where: str,
+                       visited: set[int] | None = None) -> None:
+    """Walk a composed YAML node tree; a mapping that holds one key twice is an
+    error naming the key's path and both lines (PyYAML keeps the last silently)."""
+    visited = set() if visited is None else visited
+    if id(node) in visited:  # an alias of a node already walked (maybe recursive)
+        return
+    visited.add(id(node))
+    if isinstance(node, yaml.MappingNode):
+        seen: dict[str, int] = {}
+        for key_node, value_node in node.value:
+            key = key_node.value if isinstance(key_node, yaml.ScalarNode) else None
+            if key is not None and key != "<<":
+                name = ".".join((*path, key))
+                line = key_node.start_mark.line + 1
+                if key in seen:
+                    raise ConfigError(f"{where}: duplicate key {name} (line {line}; first "
+                                      f"given on line {seen[key]}); give each key once")
+                seen[key] = line
+            _refuse_duplicates(value_node, (*path, str(key)), where, visited)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            _refuse_duplicates(item, (*path, str(i)), where, visited)
+
+
+def parse_yaml(text: str, where: str) -> Any:
+    """yaml.safe_load(text), but a mapping with a duplicate key raises ConfigError
+    naming it (`where` says whose text it is). A YAMLError passes through."""
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _refuse_duplicates(node, (), where)
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()
+
+
+def read_yaml(path: str, what: str = "config") -> Any:
+    """The data of a YAML file: ConfigError (naming the file and the problem) for
+    a file that cannot be read, is not UTF-8, is not YAML, or repeats a key."""
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+    except OSError as e:
+        raise ConfigError(f"cannot read {what} {path!r}: {e.strerror}") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw[:e.start].count(b"\n") + 1
+        raise ConfigError(f"{what} {path!r} is not UTF-8 text (byte 0x{raw[e.start]:02x} on "
+                          f"line {line}); save it as UTF-8") from None
+    try:
+        return parse_yaml(text, f"{what} {path!r}")
+    except yaml.YAMLError as e:
+        msg = " ".join(str(e).split())  # one line: PyYAML's message spans several
+        raise ConfigError(f"{what} {path!r} is not valid YAML: {msg}") from None
+
+
 def load_config(path: str | None = None, overrides: list[str] | None = None,
                 imports: list[str] | None = None) -> Config:
     """Read a YAML preset (or the defaults), apply `--a.b value` overrides, add
     `imports` (the command line's --import) to the preset's, validate."""
     data: dict = {}
     if path is not None:
-        try:
-            with open(path) as f:
-                data = yaml.safe_load(f) or {}
-        except OSError as e:
-            raise ConfigError(f"cannot read config {path!r}: {e.strerror}") from None
-        except yaml.YAMLError as e:
-            raise ConfigError(f"config {path!r} is not valid YAML: {e}") from None
+        data = read_yaml(path) or {}
         if not isinstance(data, dict):
             raise ConfigError(f"config {path!r}: expected a mapping at the top level")
     data = _merge(data, parse_overrides(list(overrides or [])))
@@ -308,8 +380,28 @@ def dump_yaml(cfg: Config) -> str:
     return yaml.safe_dump(to_dict(cfg), sort_keys=False)
 
 
+def model_config(cfg: Config):
+    """The policy's ModelConfig, without building it: the embedded default's, or the
+    HF folder's after every check `load_hf` makes that reads no weights
+    (`models.hf.check_hf_folder`); a bad folder is a ConfigError naming model.path."""
+    from jaxrl_lm.models import hf
+    from jaxrl_lm.models.tokenizer import DEFAULT_DIR
+
+    m = cfg.model
+    try:
+        if m.source == "default":
+            mcfg = hf.load_config(DEFAULT_DIR, dtype=m.dtype, param_dtype=m.param_dtype)
+        else:
+            mcfg = hf.check_hf_folder(m.path, dtype=m.dtype, param_dtype=m.param_dtype,
+                                      value_head=algorithms.get(cfg.algo.name).needs_value)
+    except hf.HFLoadError as e:
+        raise ConfigError(f"model.path={m.path!r}: {e}") from None
+    return mcfg.replace(remat=m.remat, master_dtype=m.master_dtype)
+
+
 def check_runtime(cfg: Config, device_count: int) -> None:
-    """Checks against the world outside the file: env registry and devices."""
+    """Checks against the world outside the file: env registry, the model folder,
+    devices and memory (`jaxrl_lm.memory_check`)."""
     if cfg.needs_env:
         from jaxrl_lm import envs  # lazily: importing every env costs time
 
@@ -326,6 +418,9 @@ def check_runtime(cfg: Config, device_count: int) -> None:
         raise ConfigError(
             f"train.batch_size/train.micro_batches={per_micro} must be divisible by "
             f"mesh.data*mesh.fsdp={shape[0] * shape[1]} (batch rows are split over them)")
+    from jaxrl_lm.memory_check import check_memory
+
+    check_memory(cfg, model_config(cfg))
 
 
 def resolve_mesh_shape(shape: tuple[int, ...], device_count: int) -> tuple[int, ...]:

@@ -7,6 +7,7 @@ the field and what is allowed). `jaxrl_lm.config` composes them into
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any
 
 from jaxrl_lm import algorithms
@@ -17,6 +18,7 @@ from jaxrl_lm.losses.aggregate import AGG_MODES
 from jaxrl_lm.losses.kl import KL_KINDS
 from jaxrl_lm.losses.policy import RATIO_LEVELS
 from jaxrl_lm.models.config import DTYPES, MASTER_DTYPES, REMAT_MODES
+from jaxrl_lm.models.lora import TARGETS as LORA_TARGETS, check_targets as check_lora_targets
 from jaxrl_lm.train.optim import OPTIMIZERS, SCHEDULES
 from jaxrl_lm.train.players import PLAYERS, WARMUP_TARGETS
 from jaxrl_lm.verifiers import MARKERS, MODES
@@ -25,6 +27,8 @@ from jaxrl_lm.verifiers import MARKERS, MODES
 # two dispatched by the trainer itself are defined here.
 MODEL_SOURCES = ("default", "hf")  # the embedded tiny policy | a local HF folder
 DATA_SOURCES = ("sorting", "env")  # train.data for sft: synthetic sorting | scripted env play
+MAX_LR = 10.0  # optim.lr and warmup.lr above this are typos (1e30), not learning rates
+MAX_SEED = 2**32 - 1  # PRNG keys hold 32 bits of seed: 2**32 would run as seed 0
 
 
 class ConfigError(ValueError):
@@ -41,10 +45,60 @@ def _choice(obj: Any, field: str, allowed: tuple) -> None:
         _fail(obj, field, f"must be one of {', '.join(map(str, allowed))}")
 
 
-def _at_least(obj: Any, field: str, lo: float, strict: bool = False) -> None:
+def is_finite(v: Any) -> bool:
+    """v is an int, or a float that is neither NaN nor +-inf (bools are not numbers)."""
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return False
+    return isinstance(v, int) or math.isfinite(v)
+
+
+def _bounded(obj: Any, field: str, lo: float | None = None, hi: float | None = None, *,
+             lo_open: bool = False, hi_open: bool = False, optional: bool = False) -> None:
+    """obj.field is a finite number within [lo, hi] (or the open sides; None: that side
+    is unbounded). NaN and +-inf always fail, whatever the bounds, because every
+    comparison with NaN is false and a bound written with < would let it through."""
     v = getattr(obj, field)
-    if (v <= lo) if strict else (v < lo):
-        _fail(obj, field, f"must be {'>' if strict else '>='} {lo:g}")
+    if v is None and optional:
+        return
+    ok = is_finite(v) and (lo is None or (v > lo if lo_open else v >= lo)) and \
+        (hi is None or (v < hi if hi_open else v <= hi))
+    if ok:
+        return
+    finite = "" if isinstance(v, int) and not isinstance(v, bool) else " and finite"
+    num = lambda x: str(x) if isinstance(x, int) else f"{x:g}"  # noqa: E731
+    if lo is not None and hi is not None:
+        allowed = f"lie in {'(' if lo_open else '['}{num(lo)}, {num(hi)}{')' if hi_open else ']'}"
+    elif lo is not None:
+        allowed = f"be {'>' if lo_open else '>='} {num(lo)}{finite}"
+    elif hi is not None:
+        allowed = f"be {'<' if hi_open else '<='} {num(hi)}{finite}"
+    else:
+        allowed = "be a finite number"
+    if optional:
+        allowed = "be None or " + allowed.removeprefix("be ")
+    _fail(obj, field, f"must {allowed}")
+
+
+def _at_least(obj: Any, field: str, lo: float, strict: bool = False) -> None:
+    _bounded(obj, field, lo, lo_open=strict)
+
+
+def non_finite(value: Any, where: str) -> list[tuple[str, float]]:
+    """(path, value) of every NaN or +-inf float inside a nested dict / list value
+    (env options, eval variants); paths read `where.key`, `where.key.0`, ..."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return [(where, value)]
+    if isinstance(value, dict):
+        return [p for k, v in value.items() for p in non_finite(v, f"{where}.{k}")]
+    if isinstance(value, (list, tuple)):
+        return [p for i, v in enumerate(value) for p in non_finite(v, f"{where}.{i}")]
+    return []
+
+
+def _finite_tree(obj: Any, field: str) -> None:
+    bad = non_finite(getattr(obj, field), f"{_SECTION_OF[type(obj)]}.{field}")
+    if bad:
+        raise ConfigError(f"{bad[0][0]}={bad[0][1]!r}: must be a finite number (not NaN or inf)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,6 +122,38 @@ class ModelSection:
                       "are their own master copy)")
         if self.source == "hf" and not self.path:
             _fail(self, "path", "must name a local HF folder when model.source is 'hf'")
+
+
+@dataclasses.dataclass(frozen=True)
+class LoraSection:
+    rank: int = 0  # LoRA adapter rank r; 0 = off (every parameter is trained)
+    alpha: float = 16.0  # the adapters' update B A is scaled by alpha / rank
+    # only 0: the adapters are merged into the weights each forward (models/lora.py),
+    # which leaves no adapter input to drop out
+    dropout: float = 0.0
+    # the projections that get adapters (any of q_proj k_proj v_proj o_proj gate_proj
+    # up_proj down_proj); the rest of the model is frozen
+    targets: tuple[str, ...] = LORA_TARGETS
+
+    def __post_init__(self):
+        if isinstance(self.rank, bool) or not isinstance(self.rank, int):
+            _fail(self, "rank", "must be an int (0 turns LoRA off)")
+        _at_least(self, "rank", 0)
+        _bounded(self, "alpha", 0.0, lo_open=True)
+        _bounded(self, "dropout", 0.0, 1.0, hi_open=True)
+        if self.dropout != 0.0:
+            _fail(self, "dropout", "only 0 is supported: the adapters are merged into the "
+                                   "weights, so there is no adapter input to drop out")
+        try:
+            check_lora_targets(self.targets)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+        if self.rank == 0:
+            changed = [f.name for f in dataclasses.fields(self) if f.name != "rank"
+                       and getattr(self, f.name) != f.default]
+            if changed:
+                _fail(self, "rank", f"must be >= 1 when lora.{changed[0]} is set "
+                                    f"(rank 0 turns LoRA off)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,28 +188,26 @@ class MeshSection:
 @dataclasses.dataclass(frozen=True)
 class OptimSection:
     name: str = "adamw"  # adamw | adafactor | lion
-    lr: float = 1e-3  # peak learning rate
+    lr: float = 1e-3  # peak learning rate, in (0, 10]
     schedule: str = "cosine"  # after warmup: cosine decay | constant
     warmup_steps: int = 0  # linear warmup from 0 to lr
     min_lr_ratio: float = 0.1  # cosine ends at lr * min_lr_ratio
     b1: float = 0.9  # first-moment decay (adamw, lion)
     b2: float = 0.999  # second-moment decay (adamw, lion)
-    eps: float = 1e-8  # adamw denominator epsilon
-    weight_decay: float = 0.0  # decoupled weight decay
+    eps: float = 1e-8  # adamw denominator epsilon, in (0, 1]
+    weight_decay: float = 0.0  # decoupled weight decay, in [0, 10]
     max_grad_norm: float = 1.0  # global-norm clipping; 0 disables
 
     def __post_init__(self):
         _choice(self, "name", OPTIMIZERS)
         _choice(self, "schedule", SCHEDULES)
-        _at_least(self, "lr", 0.0, strict=True)
+        _bounded(self, "lr", 0.0, MAX_LR, lo_open=True)
         _at_least(self, "warmup_steps", 0)
-        if not 0.0 <= self.min_lr_ratio <= 1.0:
-            _fail(self, "min_lr_ratio", "must lie in [0, 1]")
+        _bounded(self, "min_lr_ratio", 0.0, 1.0)
         for name in ("b1", "b2"):
-            if not 0.0 <= getattr(self, name) < 1.0:
-                _fail(self, name, "must lie in [0, 1)")
-        _at_least(self, "eps", 0.0, strict=True)
-        _at_least(self, "weight_decay", 0.0)
+            _bounded(self, name, 0.0, 1.0, hi_open=True)
+        _bounded(self, "eps", 0.0, 1.0, lo_open=True)
+        _bounded(self, "weight_decay", 0.0, 10.0)
         _at_least(self, "max_grad_norm", 0.0)
 
 
@@ -159,18 +243,13 @@ class AlgoSection:
         _choice(self, "scale", GRPO_SCALES)
         _at_least(self, "group_size", 1)
         _at_least(self, "beta", 0.0)
-        if not 0.0 <= self.clip_low < 1.0:
-            _fail(self, "clip_low", "must lie in [0, 1)")
-        if self.clip_high is not None:
-            _at_least(self, "clip_high", 0.0)
-        if self.dual_clip is not None and not self.dual_clip > 1.0:
-            _fail(self, "dual_clip", "must be None or > 1")
+        _bounded(self, "clip_low", 0.0, 1.0, hi_open=True)
+        _bounded(self, "clip_high", 0.0, optional=True)
+        _bounded(self, "dual_clip", 1.0, lo_open=True, optional=True)
         for name in ("gamma", "lam"):
-            if not 0.0 <= getattr(self, name) <= 1.0:
-                _fail(self, name, "must lie in [0, 1]")
+            _bounded(self, name, 0.0, 1.0)
         _at_least(self, "vf_coef", 0.0)
-        if self.value_clip is not None:
-            _at_least(self, "value_clip", 0.0, strict=True)
+        _bounded(self, "value_clip", 0.0, lo_open=True, optional=True)
         _at_least(self, "epochs", 1)
         _at_least(self, "turn_weight", 0.0)
         try:  # the algorithm's own rules (algorithms/<name>.py)
@@ -194,9 +273,7 @@ class RolloutSection:
         if self.top_k is not None:
             _at_least(self, "top_k", 1)
         for name in ("top_p", "min_p"):
-            v = getattr(self, name)
-            if v is not None and not 0.0 < v <= 1.0:
-                _fail(self, name, "must be None or lie in (0, 1]")
+            _bounded(self, name, 0.0, 1.0, lo_open=True, optional=True)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -217,11 +294,9 @@ class ShapingSection:
     standin_reward: bool = True
 
     def __post_init__(self):
-        if self.invalid_penalty > 0:
-            _fail(self, "invalid_penalty", "must be <= 0")
+        _bounded(self, "invalid_penalty", hi=0.0)
         _at_least(self, "repetition_ngram", 0)
-        if self.repetition_penalty > 0:
-            _fail(self, "repetition_penalty", "must be <= 0")
+        _bounded(self, "repetition_penalty", hi=0.0)
         _at_least(self, "exploration_bonus", 0.0)
         _at_least(self, "overlong_cache", 0)
 
@@ -243,7 +318,7 @@ class TrustRegionSection:
 class WarmupSection:
     steps: int = 0  # supervised warm-up steps on scripted play before RL (0 = none)
     player: str = "random"  # scripted player whose moves are imitated
-    lr: float = 2.0e-3  # warm-up learning rate (peak, after optim.warmup_steps)
+    lr: float = 2.0e-3  # warm-up learning rate (peak, after optim.warmup_steps), in (0, 10]
     # after its linear warm-up: "constant" | "cosine" (decays to lr * optim.min_lr_ratio)
     schedule: str = "constant"
     batch_size: int = 16  # warm-up examples per step
@@ -257,7 +332,7 @@ class WarmupSection:
         _choice(self, "player", PLAYERS)
         _choice(self, "targets", WARMUP_TARGETS)
         _choice(self, "schedule", SCHEDULES)
-        _at_least(self, "lr", 0.0, strict=True)
+        _bounded(self, "lr", 0.0, MAX_LR, lo_open=True)
         _at_least(self, "batch_size", 1)
 
 
@@ -267,7 +342,7 @@ class TrainSection:
     batch_size: int = 16  # sequences per step (all processes together)
     micro_batches: int = 1  # gradient-accumulation chunks per step
     max_len: int = 64  # token length of every training sequence
-    seed: int = 0  # root of every random key in the run
+    seed: int = 0  # root of every random key in the run, in [0, 2**32 - 1]
     data: str = "sorting"  # data source: sorting (synthetic SFT) | env (scripted env play)
     log_every: int = 1  # steps between metric lines
     ckpt_every: int = 50  # steps between checkpoints (and one at the end)
@@ -280,7 +355,7 @@ class TrainSection:
         for name in ("steps", "batch_size", "micro_batches", "max_len", "log_every",
                      "ckpt_every", "keep_checkpoints", "max_skipped_steps"):
             _at_least(self, name, 1)
-        _at_least(self, "seed", 0)
+        _bounded(self, "seed", 0, MAX_SEED)
         if self.batch_size % self.micro_batches:
             _fail(self, "micro_batches", f"must divide train.batch_size={self.batch_size}")
 
@@ -295,6 +370,7 @@ class EnvSection:
     def __post_init__(self):
         _at_least(self, "max_prompt_len", 1)
         _at_least(self, "max_turns", 1)
+        _finite_tree(self, "options")  # envs compare options with <, which NaN passes
 
 
 @dataclasses.dataclass(frozen=True)
@@ -302,16 +378,19 @@ class EvalSection:
     episodes: int = 64  # episodes per evaluation
     every: int = 0  # steps between evaluations; 0 = only at the end
     greedy: bool = True  # argmax decoding during evaluation
+    samples: int = 0  # data runs: sampled completions per held-out row for pass@k (0: greedy only)
     variants: dict = dataclasses.field(default_factory=dict)  # label -> env.options overrides,
     #   each evaluated (e.g. {minimax: {opponent: minimax}}); none: the training env itself
 
     def __post_init__(self):
         _at_least(self, "episodes", 1)
         _at_least(self, "every", 0)
+        _at_least(self, "samples", 0)
         for label, opts in self.variants.items():
             if not isinstance(opts, dict):
                 _fail(self, "variants", f"{label!r} must map to a dict of env options, "
                                          f"got {opts!r}")
+        _finite_tree(self, "variants")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -332,14 +411,17 @@ class DataSection:
     marker: str = "####"  # where a completion's final answer is: #### | boxed | answer_tag
     match: str = "number"  # how answers compare: number (normalised) | exact
     answer_width: int = 32  # bytes kept of an extracted answer
+    demo_column: str = "demo"  # worked completions the SFT warm-up imitates (warmup.steps > 0)
+    # what decides pass@k in evaluation: "verifier" (the answer after data.marker against
+    # answer_column) or a host reward function (built-in or module.fn; right when >= 1)
+    grader: str = "verifier"
 
     def __post_init__(self):
         _choice(self, "on_overlong", OVERLONG)
         _choice(self, "marker", MARKERS)
         _choice(self, "match", MODES)
         _at_least(self, "answer_width", 1)
-        if not 0.0 <= self.eval_fraction < 1.0:
-            _fail(self, "eval_fraction", "must lie in [0, 1)")
+        _bounded(self, "eval_fraction", 0.0, 1.0, hi_open=True)
         if self.path is None and self.eval_path is not None:
             _fail(self, "eval_path", "needs data.path (the prompts to train on)")
 
@@ -353,6 +435,8 @@ class RewardSection:
     functions: tuple[dict, ...] = ()
 
     def __post_init__(self):
+        _bounded(self, "answer_weight")
+        _bounded(self, "format_weight")
         for i, entry in enumerate(self.functions):
             if not isinstance(entry, dict) or not isinstance(entry.get("fn"), str):
                 _fail(self, "functions", f"entry {i} must be a mapping with a string `fn`, "
@@ -362,12 +446,12 @@ class RewardSection:
                 _fail(self, "functions", f"entry {i}: unknown key(s) {', '.join(extra)}; "
                                          f"allowed: fn, weight")
             w = entry.get("weight", 1.0)
-            if isinstance(w, bool) or not isinstance(w, (int, float)):
-                _fail(self, "functions", f"entry {i}: weight {w!r} must be a number")
+            if not is_finite(w):
+                _fail(self, "functions", f"entry {i}: weight {w!r} must be a finite number")
 
 
 _SECTION_OF = {ModelSection: "model", MeshSection: "mesh", OptimSection: "optim",
                AlgoSection: "algo", RolloutSection: "rollout", ShapingSection: "shaping",
                TrustRegionSection: "trust_region", TrainSection: "train", EnvSection: "env",
                DataSection: "data", RewardSection: "reward",
-               EvalSection: "eval", WarmupSection: "warmup"}
+               EvalSection: "eval", WarmupSection: "warmup", LoraSection: "lora"}

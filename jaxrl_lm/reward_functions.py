@@ -11,6 +11,10 @@ weight: 0.5}]`, the module imported like `imports`) or by a built-in name:
     math_verify   1.0 when the completion's final answer equals the `answer`
                   column as mathematics (the math-verify package: LaTeX,
                   fractions, sets), else 0.0
+    countdown     1.0 when the expression after the completion's last "####"
+                  uses each of the `numbers` column's numbers exactly once
+                  with + - * / and parentheses and equals the `target`
+                  column, else 0.0 (jaxrl_lm.data.generate's countdown task)
 
 A function that raises, returns the wrong number of values, or a value that
 is not a finite number stops the run with a message naming the function and
@@ -19,8 +23,12 @@ the row; checkpoints and logs already written stay as they are.
 
 from __future__ import annotations
 
+import ast
 import importlib
 import math
+import re
+from collections import Counter
+from fractions import Fraction
 from typing import Any, Callable
 
 import numpy as np
@@ -45,7 +53,53 @@ def math_verify(prompts: list[str], completions: list[str], answer: list[Any] | 
     return out
 
 
-BUILTIN: dict[str, RewardFn] = {"math_verify": math_verify}
+_BINOPS = {ast.Add: lambda a, b: a + b, ast.Sub: lambda a, b: a - b,
+           ast.Mult: lambda a, b: a * b, ast.Div: lambda a, b: a / b}
+
+
+def eval_expression(text: str) -> tuple[Fraction, list[int]] | None:
+    """(exact value, the integer literals used) of an arithmetic expression of
+    non-negative integers, + - * / and parentheses; None for anything else
+    (names, calls, powers, unary signs, division by zero, over 64 characters)."""
+    if len(text) > 64 or not re.fullmatch(r"[0-9+\-*/() ]+", text):
+        return None
+    try:
+        tree = ast.parse(text, mode="eval").body
+    except SyntaxError:
+        return None
+    used: list[int] = []
+
+    def value(node) -> Fraction:
+        if isinstance(node, ast.Constant) and type(node.value) is int:
+            used.append(node.value)
+            return Fraction(node.value)
+        if isinstance(node, ast.BinOp) and type(node.op) in _BINOPS:
+            return _BINOPS[type(node.op)](value(node.left), value(node.right))
+        raise ValueError("not allowed")
+
+    try:
+        return value(tree), used
+    except (ValueError, ZeroDivisionError):
+        return None
+
+
+def countdown(prompts: list[str], completions: list[str], numbers: list[Any] | None = None,
+              target: list[Any] | None = None, **columns) -> list[float]:
+    """1.0 where the expression after the last "####" reaches `target` using
+    each of `numbers` exactly once (module doc)."""
+    if numbers is None or target is None:
+        raise ValueError("reward function countdown needs `numbers` and `target` columns")
+    out = []
+    for completion, nums, goal in zip(completions, numbers, target):
+        _, marker, expr = completion.rpartition("####")
+        got = eval_expression(expr.strip()) if marker else None
+        ok = got is not None and got[0] == Fraction(int(goal)) and \
+            Counter(got[1]) == Counter(int(n) for n in nums)
+        out.append(float(ok))
+    return out
+
+
+BUILTIN: dict[str, RewardFn] = {"math_verify": math_verify, "countdown": countdown}
 
 
 def resolve(spec: str) -> RewardFn:

@@ -22,6 +22,7 @@ declare -A flags=(
   [envs]=""
   [envs-large]="--batch 4096,65536 --every-batch"
   [grpo-step]=""
+  [data-grpo]=""
 )
 for name in "${benches[@]}"; do
   if [ -z "${flags[$name]+x}" ]; then

@@ -233,7 +233,11 @@ def test_precomputed_reference_logprobs_match_the_reference_model():
 def test_registry_declares_each_algorithm():
     from jaxrl_lm import algorithms
 
-    assert set(algorithms.names()) == {"sft", "grpo", "dr_grpo", "opo", "rloo", "reinforce", "ppo"}
+    assert set(algorithms.names()) == {"sft", "grpo", "dr_grpo", "opo", "rloo", "reinforce", "ppo",
+                                       "dpo", "ipo", "hinge", "robust", "simpo", "rpo"}
+    preference = [n for n in algorithms.names() if algorithms.get(n).kind == "preference"]
+    assert sorted(preference) == ["dpo", "hinge", "ipo", "robust", "rpo", "simpo"]
+    assert [n for n in preference if not algorithms.get(n).needs_reference] == ["simpo"]
     assert [n for n in algorithms.names() if algorithms.get(n).needs_value] == ["ppo"]
     assert algorithms.get("sft").kind == "sft" and algorithms.get("sft").advantages is None
     assert algorithms.get("dr_grpo").advantages is not algorithms.get("grpo").advantages

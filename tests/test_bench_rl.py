@@ -1,4 +1,4 @@
-"""Smoke tests of `jaxrl-lm bench rollout` and `jaxrl-lm bench grpo-step` at tiny sizes.
+"""Smoke tests of `jaxrl-lm bench rollout`, `grpo-step` and `data-grpo` at tiny sizes.
 
 Not timed: they check the benches run end to end through the CLI, print one
 JSON object, and that both sides played / trained what they claim.
@@ -65,3 +65,16 @@ def test_grpo_step_bench_torch_device_checked():
         pytest.skip("torch sees a CUDA device here")
     with pytest.raises(ValueError, match="--torch-device=cuda"):
         cli.main(["bench", "grpo-step", "--quick", "--torch-device", "cuda"])
+
+
+def test_data_grpo_bench_quick(capsys):
+    r = _run(capsys, ["bench", "data-grpo", "--quick", "--json"])
+    c = r["config"]
+    assert (c["prompts"], c["group"], c["batch"], c["max_new_tokens"]) == (4, 2, 8, 16)
+    ours = r["jaxrl_lm"]
+    # the host reward is part of the iteration it is timed in
+    assert 0 < ours["host_reward_s"] < ours["seconds"]
+    assert math.isclose(ours["host_share"], ours["host_reward_s"] / ours["seconds"])
+    assert 0.0 <= ours["reward"] <= 1.0  # math_verify's 0/1, weight 1, nothing else
+    assert len(r["trl"]["times"]) == c["steps"] and r["trl"]["seconds"] > 0
+    assert math.isclose(r["ratio"], r["trl"]["seconds"] / ours["seconds"])

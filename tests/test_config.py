@@ -20,7 +20,7 @@ INVALID = [
     ("unknown field", {"optim": {"learning_rate": 0.1}}, "unknown key(s) optim.learning_rate"),
     ("group size does not divide batch", {"train": {"batch_size": 6}, "algo": {"group_size": 4}},
      "algo.group_size=4 must divide train.batch_size=6"),
-    ("negative learning rate", {"optim": {"lr": -0.001}}, "optim.lr=-0.001: must be > 0"),
+    ("negative learning rate", {"optim": {"lr": -0.001}}, "optim.lr=-0.001: must lie in (0, 10]"),
     ("max length shorter than prompt",
      {"algo": {"name": "grpo"}, "env": {"max_prompt_len": 60}, "train": {"max_len": 64}},
      "train.max_len=64 is shorter than env.max_prompt_len + rollout.max_new_tokens = 68"),
@@ -139,7 +139,7 @@ def test_cli_prints_error_without_traceback(tmp_path):
                         "--out", str(tmp_path / "run")], capture_output=True, text=True, env=env,
                        timeout=120)
     assert r.returncode == 2
-    assert r.stderr.strip() == "error: optim.lr=-1.0: must be > 0", r.stderr
+    assert r.stderr.strip() == "error: optim.lr=-1.0: must lie in (0, 10]", r.stderr
     assert "Traceback" not in r.stderr
 
 

@@ -271,3 +271,57 @@ def test_missing_shard_is_refused(tmp_path):
     (tmp_path / sorted(set(index["weight_map"].values()))[-1]).unlink()
     with pytest.raises(ValueError, match="lists .* which is missing"):
         load_hf(tmp_path)
+
+
+def _damage_tensors(path, fn):
+    from safetensors.numpy import load_file, save_file
+
+    tensors = load_file(str(path / "model.safetensors"))
+    fn(tensors)
+    save_file(tensors, str(path / "model.safetensors"))
+
+
+def _truncate(path):
+    data = (path / "model.safetensors").read_bytes()
+    (path / "model.safetensors").write_bytes(data[: len(data) // 3])
+
+
+@pytest.mark.parametrize("damage, match", [
+    (lambda p: (p / "config.json").write_text('{"model_type": '), r"config\.json' is not valid JSON"),
+    (lambda p: (p / "config.json").write_bytes(b'{"model_type": "caf\xe9"}'),
+     r"config\.json' is not UTF-8 text"),
+    (lambda p: (p / "config.json").write_text("[]"), "expected a JSON object, got list"),
+    (lambda p: _edit_config(p, num_attention_heads="4"),
+     "num_attention_heads='4' must be a positive integer"),
+    (_truncate, r"model\.safetensors' is not a readable safetensors file"),
+    (lambda p: (p / "model.safetensors.index.json").write_text("{"),
+     r"model\.safetensors\.index\.json' is not valid JSON"),
+    (lambda p: _damage_tensors(p, lambda t: t.update({
+        "v_head.summary.weight": np.zeros((1, 64), np.float32),
+        "v_head.summary.bias": np.zeros((2,), np.float32)})),
+     r"tensor 'v_head\.summary\.bias' has shape \(2,\); config\.json implies \(1,\)"),
+    (lambda p: _damage_tensors(p, lambda t: t.update({
+        "model.layers.1.mlp.down_proj.weight": t["model.layers.1.mlp.down_proj.weight"].T.copy()})),
+     r"tensor 'model\.layers\.1\.mlp\.down_proj\.weight' has shape \(96, 64\); "
+     r"config\.json implies \(64, 96\)"),
+])
+def test_damaged_folders_raise_hf_load_error(qwen_copy, damage, match):
+    """Every damaged file is an HFLoadError naming it (the CLI prints it as one
+    `error:` line); a tensor's shape is checked, and named, before any reshape.
+    check_hf_folder, which reads no weights, finds the same."""
+    from jaxrl_lm.models.hf import HFLoadError, check_hf_folder
+
+    damage(qwen_copy)
+    with pytest.raises(HFLoadError, match=match):
+        load_hf(qwen_copy)
+    with pytest.raises(HFLoadError, match=match):
+        check_hf_folder(qwen_copy)
+
+
+def test_check_hf_folder_gives_the_config_load_hf_builds(hf_folders):
+    from jaxrl_lm.models.hf import check_hf_folder
+
+    for family in ("qwen2", "gemma"):
+        path, _ = hf_folders[family]
+        assert check_hf_folder(path, value_head=True) == \
+            load_hf(path, value_head=True)[0].config

@@ -271,7 +271,52 @@ def test_value_loss_matches_reference():
         e2 = (vo + np.clip(v - vo, -clip, clip) - ret) ** 2 if clip else e1
         np.testing.assert_allclose(got, 0.5 * np.maximum(e1, e2)[m].mean(), rtol=RTOL)
         if clip:
-            np.testing.assert_allclose(met["vf_clip_frac"], (e2 > e1)[m].mean(), rtol=RTOL)
+            changed = np.abs(v - vo) > clip
+            assert 0 < changed[m].sum() < m.sum()
+            np.testing.assert_allclose(met["vf_clip_frac"], changed[m].mean(), rtol=RTOL)
+
+
+def test_value_clip_frac_is_zero_when_nothing_is_clipped():
+    """|v - v_old| < c everywhere: the clipped value is v itself, so clip_frac is
+    exactly 0 and the loss is the unclipped one. The baselines form
+    v_old + clip(v - v_old, -c, c) is off from v by an ulp on many tokens
+    (where v - v_old is not exact: values near 0, as small rewards give)."""
+    rng = np.random.default_rng(11)
+    v64 = rng.normal(0, 0.1, (8, 64))
+    v, vo = (jnp.asarray(x, jnp.float32) for x in (v64, v64 + rng.uniform(-0.1, 0.1, (8, 64))))
+    ret = jnp.asarray(rng.normal(0, 0.1, (8, 64)), jnp.float32)
+    m = jnp.asarray(rng.random((8, 64)) > 0.2)
+    old_form = vo + jnp.clip(v - vo, -0.2, 0.2)
+    assert float(jnp.mean(old_form != v)) > 0.1  # what the old metric counted
+    got, met = L.value_loss(v, vo, ret, m, clip=0.2)
+    assert float(met["vf_clip_frac"]) == 0.0
+    e = (np.asarray(v, np.float64) - np.asarray(ret, np.float64)) ** 2
+    np.testing.assert_allclose(got, 0.5 * e[np.asarray(m)].mean(), rtol=RTOL)
+
+
+def test_value_loss_clipping_hand_worked():
+    """c = 0.5, five valid tokens and a padded one:
+        v     v_old  R    clipped v   (v-R)^2  (clip-R)^2  max
+        1.0   0.0    2.0  0.5         1.0      2.25        2.25   clipped, counts
+        2.0   2.1    0.0  2.0         4.0      4.0         4.0
+        0.5   0.5    1.0  0.5         0.25     0.25        0.25
+        3.0   2.0    3.0  2.5         0.0      0.25        0.25   clipped
+        1.0   0.0    0.0  0.5         1.0      0.25        1.0    clipped, v's error wins
+    loss = 0.5 * 7.75 / 5 = 0.775, vf_clip_frac = 3/5."""
+    cols = np.array([[1.0, 0.0, 2.0], [2.0, 2.1, 0.0], [0.5, 0.5, 1.0], [3.0, 2.0, 3.0],
+                     [1.0, 0.0, 0.0], [100.0, 0.0, 0.0]])
+    v, vo, ret = (jnp.asarray(cols[None, :, i], jnp.float32) for i in range(3))
+    m = jnp.asarray([[1, 1, 1, 1, 1, 0]])
+    got, met = L.value_loss(v, vo, ret, m, clip=0.5)
+    # float64 reference from the formula
+    v64, vo64, r64 = (cols[:5, i] for i in range(3))
+    ref = 0.5 * np.maximum((v64 - r64) ** 2, (np.clip(v64, vo64 - 0.5, vo64 + 0.5) - r64) ** 2).mean()
+    assert ref == 0.775
+    np.testing.assert_allclose(got, ref, rtol=RTOL)
+    np.testing.assert_allclose(met["vf_clip_frac"], 0.6, rtol=RTOL)
+    # the gradient flows through v where its own error is the larger or nothing is clipped
+    g = jax.grad(lambda x: L.value_loss(x, vo, ret, m, clip=0.5)[0])(v)
+    np.testing.assert_allclose(g, [[0.0, 2.0 / 5, -0.5 / 5, 0.0, 1.0 / 5, 0.0]], atol=1e-7)
 
 
 def test_kl_estimators_match_reference():

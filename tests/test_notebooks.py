@@ -5,7 +5,9 @@ the file. The kernel is the interpreter running pytest (a throwaway
 `python3` kernelspec pointing at sys.executable), so the notebook sees the
 same installed jaxrl_lm and the 8-device CPU setup of conftest.py. Cells run
 with the notebook's folder as working directory; the stored file is not
-rewritten.
+rewritten. A notebook named in TINY runs with those settings put in as a
+cell right after its cell tagged "parameters" (papermill's convention): the
+stored file keeps its real settings and the outputs of a real run.
 """
 
 import json
@@ -24,6 +26,21 @@ from jupyter_client.manager import KernelManager  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 CELL_TIMEOUT_S = 300
+# the reasoning notebooks: a narrower model, a few rows and steps, small batches
+_TINY_REASONING = ("HIDDEN, LAYERS = 16, 1\nROWS = 60\nSFT_STEPS = 4\nRL_STEPS = 2\n"
+                   "NUM_GROUPS, GROUP_SIZE = 2, 4\nEVAL_SAMPLES = 2\n")
+TINY = {"opo_vs_grpo.ipynb": _TINY_REASONING + "VAR_BATCHES = 1\n",
+        "long_cot.ipynb": _TINY_REASONING}
+
+
+def _with_tiny_settings(nb, name: str):
+    if name not in TINY:
+        return nb
+    tagged = [i for i, c in enumerate(nb.cells) if "parameters" in c.metadata.get("tags", [])]
+    assert len(tagged) == 1, f"{name}: TINY needs exactly one cell tagged 'parameters'"
+    cell = nbformat.v4.new_code_cell("# tests/test_notebooks.py: tiny settings\n" + TINY[name])
+    nb.cells.insert(tagged[0] + 1, cell)
+    return nb
 
 
 def _current_python_kernel(tmp_path: Path) -> KernelManager:
@@ -39,7 +56,7 @@ def _current_python_kernel(tmp_path: Path) -> KernelManager:
 @pytest.mark.slow
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
 def test_notebook_runs(path: Path, tmp_path: Path):
-    nb = nbformat.read(path, as_version=4)
+    nb = _with_tiny_settings(nbformat.read(path, as_version=4), path.name)
     km = _current_python_kernel(tmp_path)
     client = nbclient.NotebookClient(
         nb, km=km, kernel_name="python3", timeout=CELL_TIMEOUT_S,

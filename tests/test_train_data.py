@@ -117,8 +117,13 @@ def test_cli_trains_on_a_jsonl_and_reports_held_out_pass_at_1(tmp_path, capsys):
     ([{"question": "x" * 40, "answer": "1"}] * 8, {}, "row 0: its prompt is 57 tokens, longer than "
                                                       "env.max_prompt_len=32; raise the limit or "
                                                       "drop such rows (data.on_overlong: drop)"),
-    (ROWS, {"warmup": {"steps": 3}}, "warmup.steps=3: must be 0 with data.path"),
-    (ROWS, {"algo": {"name": "sft"}}, "data.path trains an RL algorithm"),
+    (ROWS, {"warmup": {"steps": 3}}, "data.demo_column='demo': the warm-up imitates this "
+                                     "column, but the rows give it no such column"),
+    (ROWS, {"algo": {"name": "sft"}}, "data.demo_column='demo'"),
+    # "User: What is a+b?\nAssistant:" (29) + 9 x "#### 1" (54) + EOS = 84, one token a character
+    ([dict(r, demo="#### 1" * 9) for r in ROWS], {"warmup": {"steps": 3}},
+     "prompt + demo + EOS is 84 tokens, longer than a training row's 40"),
+    (ROWS, {"data": {"grader": "nowhere.fn"}}, "data.grader: reward function 'nowhere.fn'"),
     (ROWS, {"data": {"marker": "###"}}, "data.marker='###': must be one of"),
 ])
 def test_bad_data_is_an_error_before_compiling(tmp_path, capsys, rows, extra, message):

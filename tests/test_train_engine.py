@@ -1,5 +1,6 @@
 """Train step: 1 device vs a 2x2x2 mesh, partition specs from the rule table,
-exact micro-batch accumulation, the non-finite guard, reference params."""
+exact micro-batch accumulation, the non-finite guard (on the loss, gradients
+and the update), the skip streak that stops a run, reference params."""
 
 import jax
 import jax.numpy as jnp
@@ -11,7 +12,7 @@ from jax.sharding import PartitionSpec as P
 
 from jaxrl_lm.config import ConfigError, OptimSection
 from jaxrl_lm.train import mesh as mesh_lib
-from jaxrl_lm.train.engine import Engine
+from jaxrl_lm.train.engine import Engine, NonFiniteError, SkipStreak
 from jaxrl_lm.train.optim import make_optimizer
 
 V, D, H, T = 16, 8, 16, 6
@@ -232,6 +233,73 @@ def test_non_finite_batch_is_skipped_bit_identically():
     state, m = eng.step(state, eng.place_batch(toy_batch(2)))  # training goes on
     assert float(m["finite"]) == 1.0 and int(m["skipped"]) == 1
     assert not np.array_equal(jax.tree.leaves(before_p)[0], np.asarray(jax.tree.leaves(state.params)[0]))
+
+
+def assert_same_tree(a, b):
+    la, lb = jax.tree.leaves(host(a)), jax.tree.leaves(host(b))
+    assert len(la) == len(lb) and all(np.array_equal(x, y) for x, y in zip(la, lb))
+
+
+def optax_engine(opt, lr, shape=(2, 2, 2), k=2):
+    """An Engine on an optimizer built here, not from a (validated) config."""
+    mesh = mesh_lib.make_mesh(shape, devices=jax.devices()[: np.prod(shape)])
+    return Engine(toy_model(), ce_loss, opt, optax.constant_schedule(lr), mesh, micro_batches=k)
+
+
+@pytest.mark.parametrize("lr,eps", [(1e30, 1e-8), (0.05, float("nan"))])
+def test_non_finite_update_is_skipped_bit_identically(lr, eps):
+    """Finite loss and gradients, but an update that is not: lr 1e30 gives
+    |u| ~ 1e30, whose global norm overflows float32 (the old guard let it
+    write params of 1e30, and every later loss was NaN); a NaN eps makes every
+    update NaN. The step is skipped as a NaN gradient would be."""
+    eng = optax_engine(optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(lr, eps=eps)), lr)
+    state = eng.init_state()
+    before_p, before_o = host(state.params), host(state.opt_state)
+    for i in range(2):
+        state, m = eng.step(state, eng.place_batch(toy_batch(i)))
+        assert np.isfinite(float(m["loss"])) and np.isfinite(float(m["grad_norm"]))
+        assert not np.isfinite(float(m["update_norm"]))
+        assert float(m["finite"]) == 0.0 and int(m["skipped"]) == i + 1
+    assert int(state.step) == 2 and int(state.skipped) == 2
+    assert_same_tree(state.params, before_p)
+    assert_same_tree(state.opt_state, before_o)
+
+
+def test_finite_update_is_applied_and_its_norm_logged():
+    eng = optax_engine(optax.adamw(0.05), 0.05)
+    state = eng.init_state()
+    before = host(state.params)
+    state, m = eng.step(state, eng.place_batch(toy_batch(0)))
+    assert float(m["finite"]) == 1.0 and int(m["skipped"]) == 0 and int(state.skipped) == 0
+    diff = [np.asarray(a, np.float64) - np.asarray(b, np.float64)
+            for a, b in zip(jax.tree.leaves(host(state.params)), jax.tree.leaves(before))]
+    want = np.sqrt(sum((d ** 2).sum() for d in diff))
+    assert want > 0.05  # Adam's first step moves each weight with a gradient by ~lr
+    np.testing.assert_allclose(float(m["update_norm"]), want, rtol=1e-5)
+
+
+def test_skip_streak_counts_steps_in_a_row():
+    """Hand-worked: the cumulative `skipped` count and the last step's
+    `finite`, after 1 step per batch (SFT) or 2 (RL epochs)."""
+    def feed(streak, skipped, finite, steps=1):
+        streak.update({"skipped": np.int32(skipped), "finite": np.float32(finite)},
+                      at="step x", steps=steps)
+        return streak.count
+
+    s = SkipStreak(3, skipped=4)  # resumed with 4 old skips: they are not a streak
+    assert [feed(s, 5, 0), feed(s, 6, 0), feed(s, 6, 1), feed(s, 7, 0)] == [1, 2, 0, 1]
+    assert feed(s, 8, 0) == 2
+    with pytest.raises(NonFiniteError, match=r"step x: 3 optimizer steps in a row .*"
+                       r"max_skipped_steps=3.*optim\.lr and optim\.eps"):
+        feed(s, 9, 0)
+    s = SkipStreak(5)  # two steps per call: all skipped, or the last ones only
+    assert [feed(s, 0, 1, 2), feed(s, 2, 0, 2), feed(s, 4, 0, 2)] == [0, 2, 4]
+    assert [feed(s, 5, 0, 2), feed(s, 5, 1, 2), feed(s, 6, 0, 2)] == [1, 0, 1]
+    assert feed(s, 8, 0, 2) == 3
+    with pytest.raises(NonFiniteError, match="step x: 5 optimizer steps in a row"):
+        feed(s, 10, 0, 2)
+    with pytest.raises(ValueError, match="limit=0"):
+        SkipStreak(0)
 
 
 def test_reference_params_reach_the_loss():

@@ -1,8 +1,10 @@
 """RL training end to end at tiny sizes: the CLI pipeline (warm-up, RL,
-before/after evaluation, HF export), exact resume, and `jaxrl-lm eval`."""
+before/after evaluation, HF export), exact resume, `jaxrl-lm eval`, and the
+skipped-step limit counting every epoch's step."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -13,6 +15,8 @@ import pytest
 
 from jaxrl_lm.cli import main as cli_main
 from jaxrl_lm.config import load_config
+from jaxrl_lm.train.engine import NonFiniteError
+from jaxrl_lm.train.logging import read_metrics
 from jaxrl_lm.train.rl import RLRunner
 from jaxrl_lm.train.trainer import build_policy
 
@@ -307,3 +311,38 @@ def test_a_prompt_longer_than_the_limit_is_an_error_not_a_cut(tmp_path):
     state0, ref = runner.init()
     with pytest.raises(ValueError, match=need.replace(".* set", ".*RL iteration 0.* set")):
         runner.iteration(state0, ref, 0)
+
+
+@pytest.mark.slow
+def test_skipped_steps_in_a_row_count_each_epoch(tmp_path):
+    """NaN advantages (as a 0/0 in a reward normaliser would give) make every
+    step non-finite. With 2 epochs per iteration, 2 iterations skip 4 steps in a
+    row: a limit of 5 lets the run finish with the params it started from, a
+    limit of 3 stops it after iteration 2, its metrics and checkpoints kept."""
+    base = ["--train.batch_size", "8", "--algo.group_size", "4", "--optim.warmup_steps", "0",
+            "--train.progress", "false", "--rollout.max_new_tokens", "6", "--train.steps", "2",
+            "--train.ckpt_every", "1", "--train.micro_batches", "1", "--env.max_turns", "3",
+            "--train.max_skipped_steps", "5"]
+    cfg = load_config(PRESET, base)
+    assert cfg.algo.epochs == 2
+    model, tok = build_policy(cfg)
+    runner = RLRunner(cfg, model, tok)
+    collect = runner.collect
+
+    def nan_advantages(*args, **kw):
+        batch, stats = collect(*args, **kw)
+        return {**batch, "adv": batch["adv"] * np.nan}, stats
+
+    runner.collect = nan_advantages
+    start = jax.tree.map(np.asarray, runner.engine.init_state(cfg.train.seed).params)
+    res = runner.train(str(tmp_path / "a"))
+    assert int(res.state.step) == 4 and int(res.state.skipped) == 4
+    for x, y in zip(jax.tree.leaves(res.state.params), jax.tree.leaves(start)):
+        assert np.array_equal(np.asarray(x), y)
+    runner.cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, max_skipped_steps=3))
+    with pytest.raises(NonFiniteError, match=r"^RL iteration 2: 4 optimizer steps in a row .*"
+                       r"max_skipped_steps=3"):
+        runner.train(str(tmp_path / "b"))
+    rows = read_metrics(str(tmp_path / "b"))
+    assert [(r["step"], r["finite"], r["skipped"]) for r in rows] == [(1, 0.0, 2), (2, 0.0, 4)]
+    assert sorted(os.listdir(tmp_path / "b" / "checkpoints")) == ["1", "2"]

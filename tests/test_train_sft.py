@@ -1,5 +1,7 @@
 """Outer loop and run directory: metrics.jsonl (valid, flushed), TensorBoard
-events, plots, `jaxrl-lm plot`, resume in-process, SFT loss vs numpy."""
+events, plots, `jaxrl-lm plot`, resume in-process, SFT loss vs numpy, and
+skipped (non-finite) steps in a row stopping a run, in-process and through
+`jaxrl-lm train` (exit 3, no hf/)."""
 
 import io
 import json
@@ -13,6 +15,7 @@ import pytest
 from jaxrl_lm import config as C
 from jaxrl_lm.cli import main as cli_main
 from jaxrl_lm.train import mesh, sft
+from jaxrl_lm.train.engine import NonFiniteError
 from jaxrl_lm.train.logging import RunLogger, read_metrics
 from tests.test_train_engine import T, V, toy_model
 
@@ -123,3 +126,61 @@ def test_pack_masks_only_answers():
     out = sft.pack([([1, 2], [3, 4]), ([5], [6, 7, 8, 9])], max_len=4, pad_id=0)
     assert out["tokens"].tolist() == [[1, 2, 3, 4], [5, 6, 7, 8]]
     assert out["loss_mask"].tolist() == [[0, 0, 1, 1], [0, 1, 1, 1]]
+
+
+def poisoned(data_fn, bad_steps):
+    """data_fn with a NaN in one loss_mask entry at the steps in bad_steps."""
+    def wrapped(step, key):
+        batch = dict(data_fn(step, key))
+        if step in bad_steps:
+            batch["loss_mask"] = batch["loss_mask"].copy()
+            batch["loss_mask"][0, -1] = np.nan
+        return batch
+    return wrapped
+
+
+def test_skipped_steps_in_a_row_stop_the_run(tmp_path):
+    """Steps 3.. (1-based) are poisoned; with max_skipped_steps 3 the run stops
+    after step 5, its metrics and checkpoints kept."""
+    run = str(tmp_path / "run")
+    cfg = tiny_cfg(steps=10, ckpt_every=2, max_skipped_steps=3)
+    with pytest.raises(NonFiniteError) as err:
+        sft.train_sft(cfg, run, model=toy_model(), data_fn=poisoned(toy_data(8), range(2, 10)))
+    msg = str(err.value)
+    assert msg.startswith("step 5: 3 optimizer steps in a row were skipped")
+    assert "train.max_skipped_steps=3" in msg and "optim.lr" in msg and "rewards" in msg
+    rows = read_metrics(run)
+    assert [(r["step"], r["finite"], r["skipped"]) for r in rows] == [
+        (1, 1.0, 0), (2, 1.0, 0), (3, 0.0, 1), (4, 0.0, 2), (5, 0.0, 3)]
+    assert all(r["loss"] is None and r["nonfinite"]["loss"] == "nan" for r in rows[2:])
+    assert sorted(os.listdir(os.path.join(run, "checkpoints"))) == ["2", "4"]
+
+
+def test_skipped_steps_not_in_a_row_let_the_run_finish(tmp_path):
+    """Every other step poisoned: 5 skipped, never 2 in a row, limit 2."""
+    run = str(tmp_path / "run")
+    res = sft.train_sft(tiny_cfg(steps=10, max_skipped_steps=2), run, model=toy_model(),
+                        data_fn=poisoned(toy_data(8), range(1, 10, 2)))
+    assert int(res.state.step) == 10 and int(res.state.skipped) == 5
+    assert [r["finite"] for r in read_metrics(run)] == [1.0, 0.0] * 5
+
+
+@pytest.mark.slow
+def test_cli_train_exits_3_without_export_when_steps_keep_failing(tmp_path, capsys, monkeypatch):
+    """`jaxrl-lm train` (SFT on the sorting data, here poisoned from its
+    second step on, as a corrupt data source would be): one `error:` line, exit
+    status 3, the steps' metrics and checkpoints kept, no hf/ folder."""
+    real = sft.sorting_data
+    monkeypatch.setattr(sft, "sorting_data",
+                        lambda *a, **kw: poisoned(real(*a, **kw), range(1, 100)))
+    out = str(tmp_path / "run")
+    argv = ["train", "--out", out, "--algo.name", "sft", "--train.steps", "6",
+            "--train.batch_size", "8", "--train.max_len", "24", "--train.ckpt_every", "1",
+            "--train.max_skipped_steps", "2", "--train.progress", "false"]
+    assert cli_main(argv) == 3
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: step 3: 2 optimizer steps in a row"), err
+    assert "hf" in err[0] and "not written" in err[0]
+    assert not os.path.exists(os.path.join(out, "hf"))
+    assert [r["finite"] for r in read_metrics(out)] == [1.0, 0.0, 0.0]
+    assert sorted(os.listdir(os.path.join(out, "checkpoints"))) == ["1", "2", "3"]

@@ -15,12 +15,16 @@ surrogate + optional KL + value), configured by the `algo` section.
     reinforce   returns-to-go over turns - batch mean       RLFT (bandits)
     ppo         GAE over turns with a value head            PPO (RLFT tic-tac-toe)
     sft         (no rollout) completion-only cross-entropy
+    dpo, ipo, hinge, robust, simpo, rpo
+                (no rollout) pairwise losses on (prompt, chosen, rejected)
+                (preference.py; DPO, IPO, SLiC, rDPO, SimPO, RPO)
 
 A new algorithm is a new file here that calls `register`, plus its import below.
 """
 
 from jaxrl_lm.algorithms import common  # noqa: F401
 from jaxrl_lm.algorithms import sft, grpo, dr_grpo, opo, rloo, reinforce, ppo  # noqa: F401
+from jaxrl_lm.algorithms import preference  # noqa: F401
 from jaxrl_lm.algorithms.registry import Algorithm, get, names, register
 
 

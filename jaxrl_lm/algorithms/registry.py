@@ -6,9 +6,13 @@ tests the name itself:
 
     alg = algorithms.get(cfg.algo.name)
     alg.kind            # "rl" (rollout -> advantages -> clipped loss) | "sft"
+                        # | "preference" (pairs of chosen/rejected responses)
     alg.advantages      # (algo section, Trajectory, values | None) -> Advantages
+    alg.pair_loss       # (preference section, PairLogps) -> ((sum, pairs), metrics)
     alg.needs_value     # the policy carries a value head (ppo)
-    alg.check(algo)     # the algorithm's own config rules; raises ValueError
+    alg.needs_reference # preference: the loss reads a frozen reference's log-probs
+    alg.check(algo)     # the algorithm's own rules on the algo section; raises ValueError
+    alg.check_config(cfg)  # its rules across sections (the whole Config); raises ValueError
 """
 
 from __future__ import annotations
@@ -17,25 +21,36 @@ import dataclasses
 from typing import Any, Callable
 
 
-def no_check(algo: Any) -> None:
-    del algo
+KINDS = ("rl", "sft", "preference")
+
+
+def no_check(section: Any) -> None:
+    del section
 
 
 @dataclasses.dataclass(frozen=True)
 class Algorithm:
     name: str  # the value of algo.name
-    kind: str  # "rl" | "sft"
+    kind: str  # "rl" | "sft" | "preference"
     advantages: Callable | None = None  # (algo, traj, values) -> Advantages; rl only
     needs_value: bool = False  # build the policy with a value head
     check: Callable[[Any], None] = no_check  # algo section -> None; ValueError if invalid
     summary: str = ""  # one line for `--help` and errors: the advantage and the paper
+    # (preference section, PairLogps) -> ((loss sum, pairs), metrics); preference only
+    pair_loss: Callable | None = None
+    needs_reference: bool = False  # preference: reference log-probs are computed first
+    check_config: Callable[[Any], None] = no_check  # whole Config -> None; ValueError if invalid
 
     def __post_init__(self):
-        if self.kind not in ("rl", "sft"):
-            raise ValueError(f"Algorithm {self.name!r}: kind={self.kind!r} must be rl or sft")
+        if self.kind not in KINDS:
+            raise ValueError(f"Algorithm {self.name!r}: kind={self.kind!r} must be one of "
+                             f"{', '.join(KINDS)}")
         if (self.kind == "rl") != (self.advantages is not None):
             raise ValueError(f"Algorithm {self.name!r}: an rl algorithm has an advantages "
-                             f"function, an sft one none")
+                             f"function, the others none")
+        if (self.kind == "preference") != (self.pair_loss is not None):
+            raise ValueError(f"Algorithm {self.name!r}: a preference algorithm has a pair_loss "
+                             f"function, the others none")
 
 
 _REGISTRY: dict[str, Algorithm] = {}

@@ -44,7 +44,8 @@ def evaluate_task(model: nnx.Module, tokenizer: Any, env: Any, text: Any, *,
                   seed: int = 0) -> dict[str, float]:
     """`evaluate` on a built (env, text): an env and its TextInterface, or a
     prompt dataset's `PromptTask` (then every row once, `episodes` ignored:
-    pass@1 = the share answered right, `answered` = the share with an answer)."""
+    pass@1 = the share answered right, `answered` = the share with an answer;
+    `evaluation.dataset.evaluate_prompts` adds pass@k and the format rate)."""
     rows = jax.numpy.arange(len(env)) if hasattr(env, "init_task") else None
     episodes = len(env) if rows is not None else episodes
     play = make_rollout(env, text, num_groups=episodes, group_size=1,
@@ -81,8 +82,16 @@ def evaluate_config(model: nnx.Module, tokenizer: Any, cfg) -> dict[str, dict[st
                 stop_at_newline=cfg.rollout.stop_at_newline,
                 standin_reward=cfg.shaping.standin_reward, seed=cfg.train.seed + 1)
     if tasks.is_dataset(cfg):
-        env, text = tasks.make_task(cfg, tokenizer, held_out=True)
-        return {"held-out": evaluate_task(model, tokenizer, env, text, **opts)}
+        from jaxrl_lm.evaluation.dataset import evaluate_prompts
+
+        task, _ = tasks.make_task(cfg, tokenizer, held_out=True)
+        name, fn = tasks.grader(cfg)
+        r = cfg.rollout
+        return {"held-out": evaluate_prompts(
+            model, tokenizer, task, max_new_tokens=r.max_new_tokens, samples=cfg.eval.samples,
+            temperature=r.temperature, greedy=cfg.eval.greedy, grader=fn, grader_name=name,
+            stop_at_newline=r.stop_at_newline, seed=cfg.train.seed + 1, top_k=r.top_k,
+            top_p=r.top_p, min_p=r.min_p)}
     base = dict(cfg.env.options)
     targets = {str(label): {**base, **o} for label, o in cfg.eval.variants.items()}
     if not targets:
@@ -97,12 +106,17 @@ def format_table(before: dict, after: dict) -> str:
     """A plain-text before/after table, one row per (target, stage)."""
     cols = ("return", "win", "draw", "loss", "invalid_rate", "illegal_rate", "turns")
     if any("pass@1" in res for res in after.values()):  # a prompt dataset
-        cols = ("pass@1", "answered", "completion_len")
-    lines = [f"{'target':<14}{'stage':<8}" + "".join(f"{c:>13}" for c in cols)]
+        first = next(iter(after.values()))
+        cols = ("pass@1", *(k for k in first if k.startswith(("pass@", "sampled_pass@"))
+                             and k != "pass@1"),
+                "answered", "format", "completion_len")
+    w = {c: max(13, len(c) + 2) for c in cols}
+    lines = [f"{'target':<14}{'stage':<8}" + "".join(f"{c:>{w[c]}}" for c in cols)]
     for label in after:
         for stage, res in (("before", before.get(label)), ("after", after[label])):
             if res is None:
                 continue
-            lines.append(f"{label:<14}{stage:<8}" + "".join(f"{res[c]:>13.3f}" for c in cols))
+            lines.append(f"{label:<14}{stage:<8}" +
+                         "".join(f"{res[c]:>{w[c]}.3f}" for c in cols))
     extra = bandit_table(before, after)  # bandit envs only
     return "\n".join(lines) + (f"\n\n{extra}" if extra else "")

@@ -1,9 +1,12 @@
 """The critic's squared error, with PPO's optional value clipping.
 
-    l = (v - R)^2 / 2                                              clip=None
-    l = max((v - R)^2, (v_old + clip(v - v_old, -c, c) - R)^2) / 2  clip=c
+    l = (v - R)^2 / 2                                                clip=None
+    l = max((v - R)^2, (clip(v, v_old - c, v_old + c) - R)^2) / 2     clip=c
 
-(Schulman et al. 2017; the clipped form as in OpenAI baselines' ppo2.)
+(Schulman et al. 2017; the clipped form as in OpenAI baselines' ppo2, which
+writes the clipped value v_old + clip(v - v_old, -c, c): the same number in
+exact arithmetic, but in floats it differs from v by an ulp for many tokens
+that are not clipped at all. Clipping v itself leaves those exactly v.)
 """
 
 from __future__ import annotations
@@ -35,8 +38,8 @@ def value_loss(
       mask: [B, T] valid positions.
       clip: c > 0 or None (no clipping).
 
-    Metrics: vf_clip_frac (the clipped error is the larger one), value_mean,
-    return_mean.
+    Metrics: vf_clip_frac (the fraction of valid tokens whose value the clip
+    changed, v outside [v_old - c, v_old + c]), value_mean, return_mean.
     """
     if clip is not None and not clip > 0:
         raise ValueError(f"clip={clip!r}: must be > 0 or None")
@@ -51,9 +54,9 @@ def value_loss(
     err = jnp.square(v - ret)
     clip_frac = jnp.zeros((), v.dtype)
     if clip is not None:
-        v_clipped = v_old + jnp.clip(v - v_old, -clip, clip)
+        v_clipped = jnp.clip(v, v_old - clip, v_old + clip)
         err_clipped = jnp.square(v_clipped - ret)
-        clip_frac = masked_mean(sg(err_clipped > err).astype(v.dtype), m)
+        clip_frac = masked_mean(sg(v_clipped != v).astype(v.dtype), m)
         err = jnp.maximum(err, err_clipped)
     loss_sum, denom = aggregate(0.5 * err, m, agg, max_len=max_len, return_sum=True)
     metrics = {

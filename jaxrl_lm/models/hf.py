@@ -4,7 +4,11 @@ Supported `model_type`s: llama (incl. Llama 3.1+ "llama3" RoPE), qwen2, qwen3,
 mistral, gemma, gemma2, gemma3_text (see config.py for what each switches on).
 Everything the decoder cannot reproduce exactly (other RoPE types, MLP biases,
 partial rotary, bidirectional attention, other architectures) is refused with a
-ValueError naming the config field, rather than loaded approximately.
+ValueError naming the config field, rather than loaded approximately. Every
+reason a folder cannot be loaded (a missing or unreadable file, bad JSON, a
+truncated safetensors file, a tensor missing, extra or of the wrong shape) is
+an `HFLoadError` (a ValueError) naming the file or tensor; `check_hf_folder`
+finds all of them but a broken tokenizer without reading the weights.
 
 Weight names (HF, per layer i) -> decoder parameters (see decoder.py):
 
@@ -42,8 +46,8 @@ import numpy as np
 from flax import nnx
 
 from jaxrl_lm.models.config import ModelConfig
-from jaxrl_lm.models.hf_config import (SUPPORTED_MODEL_TYPES, config_from_hf,  # noqa: F401
-                                       config_to_hf, model_type_of)
+from jaxrl_lm.models.hf_config import (SUPPORTED_MODEL_TYPES, HFLoadError,  # noqa: F401
+                                       config_from_hf, config_to_hf, model_type_of)
 from jaxrl_lm.models.tokenizer import quiet_transformers
 
 # Buffers some exporters write next to the weights; they are recomputed, not loaded.
@@ -70,16 +74,33 @@ def write_config(cfg: ModelConfig, path, *, tokenizer: Any = None,
 def _folder(path) -> pathlib.Path:
     path = pathlib.Path(path)
     if not path.is_dir():
-        raise ValueError(f"path={str(path)!r} is not a directory (expected an HF model folder "
-                         "with config.json, *.safetensors and tokenizer files)")
+        raise HFLoadError(f"path={str(path)!r} is not a directory (expected an HF model folder "
+                          "with config.json, *.safetensors and tokenizer files)")
     if not (path / "config.json").is_file():
-        raise ValueError(f"path={str(path)!r} has no config.json")
+        raise HFLoadError(f"path={str(path)!r} has no config.json")
     return path
+
+
+def _read_json(file: pathlib.Path) -> Any:
+    """A JSON file's data; HFLoadError naming the file when it is unreadable, not
+    UTF-8 or not JSON."""
+    try:
+        return json.loads(file.read_bytes().decode("utf-8"))
+    except OSError as e:
+        raise HFLoadError(f"{str(file)!r}: cannot read it: {e.strerror}") from None
+    except UnicodeDecodeError as e:
+        raise HFLoadError(f"{str(file)!r} is not UTF-8 text (byte at offset {e.start})") from None
+    except json.JSONDecodeError as e:
+        raise HFLoadError(f"{str(file)!r} is not valid JSON: {e}") from None
 
 
 def read_hf_config(path) -> dict:
     """The raw config.json dict of an HF folder."""
-    return json.loads((_folder(path) / "config.json").read_text())
+    hf = _read_json(_folder(path) / "config.json")
+    if not isinstance(hf, dict):
+        raise HFLoadError(f"{str(pathlib.Path(path) / 'config.json')!r}: expected a JSON "
+                          f"object, got {type(hf).__name__}")
+    return hf
 
 
 def load_config(path, *, dtype: str = "float32", param_dtype: str | None = None,
@@ -94,33 +115,79 @@ def load_tokenizer(path):
     quiet_transformers()
     from transformers import AutoTokenizer
 
-    path = _folder(path)
+    path = _check_tokenizer_files(_folder(path))
+    try:
+        return AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+    except Exception as e:  # noqa: BLE001  (transformers / tokenizers raise many kinds)
+        msg = " ".join(str(e).split())[:300]
+        raise HFLoadError(f"path={str(path)!r}: its tokenizer files do not load "
+                          f"({type(e).__name__}: {msg})") from e
+
+
+def _check_tokenizer_files(path: pathlib.Path) -> pathlib.Path:
     if not any((path / f).is_file() for f in ("tokenizer.json", "tokenizer.model",
                                               "vocab.json", "tokenizer_config.json")):
-        raise ValueError(f"path={str(path)!r} has no tokenizer files (tokenizer.json, "
-                         "tokenizer_config.json, ...)")
-    return AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+        raise HFLoadError(f"path={str(path)!r} has no tokenizer files (tokenizer.json, "
+                          "tokenizer_config.json, ...)")
+    return path
+
+
+def _weight_files(path: pathlib.Path) -> list[pathlib.Path]:
+    """model.safetensors, or the shards model.safetensors.index.json lists."""
+    index = path / "model.safetensors.index.json"
+    if index.is_file():
+        weight_map = _read_json(index)
+        weight_map = weight_map.get("weight_map") if isinstance(weight_map, dict) else None
+        if not isinstance(weight_map, dict) or not all(
+                isinstance(v, str) for v in weight_map.values()):
+            raise HFLoadError(f"{str(index)!r}: expected a JSON object with a 'weight_map' "
+                              "of tensor name -> file name")
+        files = sorted(set(weight_map.values()))
+    else:
+        files = sorted(p.name for p in path.glob("*.safetensors"))
+    if not files:
+        raise HFLoadError(f"path={str(path)!r} has no *.safetensors weights (nor "
+                          "model.safetensors.index.json); .bin/.pth checkpoints are not read")
+    for name in files:
+        if not (path / name).is_file():
+            raise HFLoadError(f"{index.name} lists {name!r}, which is missing from "
+                              f"{str(path)!r}")
+    return [path / name for name in files]
+
+
+def _open_safetensors(file: pathlib.Path):
+    """safe_open, with a damaged file (truncated, bad header) an HFLoadError naming it."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        return safe_open(str(file), framework="numpy")
+    except (SafetensorError, OSError, ValueError) as e:
+        raise HFLoadError(f"{str(file)!r} is not a readable safetensors file ({e}); "
+                          "a truncated or partial download?") from None
+
+
+def read_safetensor_shapes(path) -> dict[str, tuple[int, ...]]:
+    """name -> shape of every tensor of a folder, from the file headers only."""
+    shapes = {}
+    for file in _weight_files(_folder(path)):
+        with _open_safetensors(file) as f:
+            shapes.update({k: tuple(f.get_slice(k).get_shape()) for k in f.keys()})
+    return shapes
 
 
 def read_safetensors(path) -> dict[str, np.ndarray]:
     """All tensors of a folder: model.safetensors, or the shards its index lists."""
-    from safetensors import safe_open
+    from safetensors import SafetensorError
 
-    path = _folder(path)
-    index = path / "model.safetensors.index.json"
-    if index.is_file():
-        files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-    else:
-        files = sorted(p.name for p in path.glob("*.safetensors"))
-    if not files:
-        raise ValueError(f"path={str(path)!r} has no *.safetensors weights (nor "
-                         "model.safetensors.index.json); .bin/.pth checkpoints are not read")
     tensors = {}
-    for name in files:
-        if not (path / name).is_file():
-            raise ValueError(f"{index.name} lists {name!r}, which is missing from {str(path)!r}")
-        with safe_open(str(path / name), framework="numpy") as f:
-            tensors.update({k: f.get_tensor(k) for k in f.keys()})
+    for file in _weight_files(_folder(path)):
+        with _open_safetensors(file) as f:
+            for k in f.keys():
+                try:
+                    tensors[k] = f.get_tensor(k)
+                except (SafetensorError, TypeError, ValueError) as e:
+                    raise HFLoadError(f"{str(file)!r}: tensor {k!r} cannot be read "
+                                      f"({e})") from None
     return tensors
 
 
@@ -181,50 +248,71 @@ def _to_hf(name: str, w: np.ndarray) -> np.ndarray:
     return w.T if name.endswith("_proj") else w
 
 
+def _expected_tensors(cfg: ModelConfig, expected: dict) -> tuple[dict, dict]:
+    """(HF name -> shape of every tensor the config needs, HF name -> shape of those
+    it may have: a tied model's lm_head copy, a value head), in loading order."""
+    need = {"model.embed_tokens.weight": expected["embed"].shape,
+            "model.norm.weight": expected["final_norm"].shape}
+    for ours, hf in _layer_names(cfg).items():
+        shape = _hf_shape(ours, expected["layers"][ours].shape[1:])
+        need.update({f"model.layers.{i}.{hf}": shape for i in range(cfg.num_layers)})
+    may = {}
+    if cfg.tie_embeddings:
+        may["lm_head.weight"] = expected["embed"].shape  # some exporters write the tied copy
+    else:
+        need["lm_head.weight"] = expected["lm_head"].shape[::-1]
+    if cfg.value_head:
+        may.update({_V_HEAD[0]: (1, cfg.hidden_size), _V_HEAD[1]: (1,)})
+    return {k: tuple(v) for k, v in need.items()}, {k: tuple(v) for k, v in may.items()}
+
+
+def check_tensor_shapes(shapes: dict[str, tuple[int, ...]], cfg: ModelConfig,
+                        expected: dict) -> None:
+    """HFLoadError naming the first tensor missing, of the wrong shape (found and
+    expected) or unused, before any tensor is reshaped. `shapes`: HF name -> shape;
+    `expected`: a pure dict of ShapeDtypeStructs, e.g. from an abstract Decoder."""
+    shapes = {k: tuple(v) for k, v in shapes.items() if not k.endswith(_IGNORED_SUFFIXES)}
+    need, may = _expected_tensors(cfg, expected)
+    missing = [k for k in need if k not in shapes]
+    if _V_HEAD[0] in shapes and cfg.value_head and _V_HEAD[1] not in shapes:
+        missing.append(_V_HEAD[1])
+    if missing:
+        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+        raise HFLoadError(f"safetensors: missing tensor {missing[0]!r} required by the "
+                          f"config{more}")
+    for key, want in {**need, **{k: v for k, v in may.items() if k in shapes}}.items():
+        if shapes[key] != want:
+            raise HFLoadError(f"safetensors: tensor {key!r} has shape {shapes[key]}; "
+                              f"config.json implies {want}")
+    extra = sorted(set(shapes) - set(need) - set(may))
+    if extra:
+        raise HFLoadError(f"safetensors: {len(extra)} tensors the {model_type_of(cfg)} config "
+                          f"does not use, e.g. {extra[:3]}; the checkpoint and config.json "
+                          "disagree or the architecture is not supported")
+
+
 def params_from_hf(tensors: dict[str, np.ndarray], cfg: ModelConfig,
                    expected: dict) -> dict:
     """HF tensors -> the decoder's pure parameter dict, shape-checked against `expected`
-    (a pure dict of ShapeDtypeStructs, e.g. from an abstract Decoder)."""
-    tensors = {k: v for k, v in tensors.items() if not k.endswith(_IGNORED_SUFFIXES)}
-
-    def take(key: str, shape: tuple[int, ...] | None = None) -> np.ndarray:
-        if key not in tensors:
-            raise ValueError(f"safetensors: missing tensor {key!r} required by the config")
-        w = tensors.pop(key)
-        if shape is not None and tuple(w.shape) != tuple(shape):
-            raise ValueError(f"safetensors: tensor {key!r} has shape {tuple(w.shape)}; "
-                             f"config.json implies {tuple(shape)}")
-        return w
-
-    out: dict[str, Any] = {"embed": take("model.embed_tokens.weight", expected["embed"].shape),
-                           "final_norm": take("model.norm.weight", expected["final_norm"].shape)}
+    (a pure dict of ShapeDtypeStructs, e.g. from an abstract Decoder) before any
+    reshape, so a wrong tensor is named (HFLoadError), not a failed reshape."""
+    check_tensor_shapes({k: v.shape for k, v in tensors.items()}, cfg, expected)
+    out: dict[str, Any] = {"embed": tensors["model.embed_tokens.weight"],
+                           "final_norm": tensors["model.norm.weight"]}
     out["layers"] = {
-        ours: np.stack([_to_ours(ours, take(f"model.layers.{i}.{hf}", _hf_shape(
-            ours, expected["layers"][ours].shape[1:])), cfg) for i in range(cfg.num_layers)])
+        ours: np.stack([_to_ours(ours, tensors[f"model.layers.{i}.{hf}"], cfg)
+                        for i in range(cfg.num_layers)])
         for ours, hf in _layer_names(cfg).items()}
-    if cfg.tie_embeddings:
-        tensors.pop("lm_head.weight", None)  # some exporters also write the tied copy
-    else:
-        out["lm_head"] = take("lm_head.weight", expected["lm_head"].shape[::-1]).T
+    if not cfg.tie_embeddings:
+        out["lm_head"] = tensors["lm_head.weight"].T
     if cfg.value_head:
         if _V_HEAD[0] in tensors:
-            out["value_head"] = {"kernel": take(_V_HEAD[0]).reshape(-1),
-                                 "bias": take(_V_HEAD[1]).reshape(())}
+            out["value_head"] = {"kernel": tensors[_V_HEAD[0]].reshape(-1),
+                                 "bias": tensors[_V_HEAD[1]].reshape(())}
         else:  # a fresh value head: zeros, so initial values are 0 and no key is needed
             dt = expected["value_head"]["kernel"].dtype
             out["value_head"] = {"kernel": np.zeros((cfg.hidden_size,), dt),
                                  "bias": np.zeros((), dt)}
-    if tensors:
-        extra = sorted(tensors)
-        raise ValueError(f"safetensors: {len(extra)} tensors the {model_type_of(cfg)} config "
-                         f"does not use, e.g. {extra[:3]}; the checkpoint and config.json "
-                         "disagree or the architecture is not supported")
-    flat_out, flat_exp = nnx.traversals.flatten_mapping(out), nnx.traversals.flatten_mapping(expected)
-    for key, want in flat_exp.items():
-        got = flat_out[key].shape
-        if tuple(got) != tuple(want.shape):
-            raise ValueError(f"safetensors: parameter {'.'.join(key)} has shape {got} after "
-                             f"conversion; the config implies {tuple(want.shape)}")
     return out
 
 
@@ -247,7 +335,9 @@ def params_to_hf(pure: dict, cfg: ModelConfig) -> dict[str, np.ndarray]:
 
 # -- public entry points ----------------------------------------------------------
 def build_model(cfg: ModelConfig, pure: dict):
-    """A Decoder holding `pure` (host arrays), without running the random initialiser."""
+    """A Decoder holding `pure` (host arrays, or device arrays, which are kept as
+    they are, sharding included, when of the right dtype), without running the
+    random initialiser."""
     from jaxrl_lm.models.decoder import Decoder
 
     graphdef, state = nnx.split(nnx.eval_shape(lambda: Decoder(cfg, rngs=nnx.Rngs(0))))
@@ -258,38 +348,93 @@ def build_model(cfg: ModelConfig, pure: dict):
     return nnx.merge(graphdef, state)
 
 
+def _abstract_params(cfg: ModelConfig) -> dict:
+    from jaxrl_lm.models.decoder import Decoder
+
+    return nnx.to_pure_dict(nnx.state(nnx.eval_shape(lambda: Decoder(cfg, rngs=nnx.Rngs(0)))))
+
+
+def check_hf_folder(path, *, dtype: str = "float32", param_dtype: str | None = None,
+                    value_head: bool | None = None) -> ModelConfig:
+    """The ModelConfig `load_hf` would build, after every check it makes that needs
+    no weights: config.json, the safetensors headers (file intact, each tensor's name
+    and shape) and that tokenizer files exist. Raises HFLoadError; reads no tensor
+    data, so the CLI runs it before anything is compiled or written."""
+    path = _folder(path)
+    hf = read_hf_config(path)
+    shapes = read_safetensor_shapes(path)
+    if value_head is None:
+        value_head = _V_HEAD[0] in shapes
+    cfg = config_from_hf(hf, dtype=dtype, param_dtype=param_dtype, value_head=value_head)
+    check_tensor_shapes(shapes, cfg, _abstract_params(cfg))
+    _check_tokenizer_files(path)
+    return cfg
+
+
 def load_hf(path, *, dtype: str = "float32", param_dtype: str | None = None,
-            value_head: bool | None = None):
+            value_head: bool | None = None, mesh: jax.sharding.Mesh | None = None):
     """(Decoder, tokenizer) from an HF folder: config.json, model.safetensors or a
     sharded model.safetensors.index.json, and tokenizer files (no network).
 
     dtype is the compute dtype, param_dtype the storage dtype (default: dtype).
     value_head: None adds one iff the folder has v_head.* tensors; True always
     (zeros when absent); False never (v_head.* tensors then raise as unexpected).
+    mesh: None reads every tensor to the host, then builds the model (on the
+    default device); a ("data", "fsdp", "tensor") mesh puts each parameter on it
+    as the train engine shards it (train/mesh.py's rules), each device reading
+    only its slices of the files (`sharded_load`); the values are the same.
+    A folder that cannot be loaded raises HFLoadError naming the file or tensor.
     """
-    from jaxrl_lm.models.decoder import Decoder
-
     path = _folder(path)
     hf = read_hf_config(path)
+    if mesh is not None:
+        return _load_sharded(path, hf, mesh, dtype=dtype, param_dtype=param_dtype,
+                             value_head=value_head), load_tokenizer(path)
     tensors = read_safetensors(path)
     if value_head is None:
         value_head = _V_HEAD[0] in tensors
     cfg = config_from_hf(hf, dtype=dtype, param_dtype=param_dtype, value_head=value_head)
-    abstract = nnx.to_pure_dict(nnx.state(nnx.eval_shape(
-        lambda: Decoder(cfg, rngs=nnx.Rngs(0)))))
-    pure = params_from_hf(tensors, cfg, abstract)
+    pure = params_from_hf(tensors, cfg, _abstract_params(cfg))
     return build_model(cfg, pure), load_tokenizer(path)
+
+
+def open_weights(path) -> dict[str, Any]:
+    """HF tensor name -> the open safetensors handle (numpy) of the file holding it;
+    headers only are read."""
+    handles = {}
+    for file in _weight_files(_folder(path)):
+        f = _open_safetensors(file)
+        handles.update({k: f for k in f.keys()})
+    return handles
+
+
+def _load_sharded(path: pathlib.Path, hf: dict, mesh, *, dtype: str, param_dtype: str | None,
+                  value_head: bool | None):
+    from jaxrl_lm.models import sharded_load
+
+    files = open_weights(path)
+    shapes = {k: tuple(f.get_slice(k).get_shape()) for k, f in files.items()}
+    if value_head is None:
+        value_head = _V_HEAD[0] in shapes
+    cfg = config_from_hf(hf, dtype=dtype, param_dtype=param_dtype, value_head=value_head)
+    expected = _abstract_params(cfg)
+    check_tensor_shapes(shapes, cfg, expected)
+    pure = sharded_load.load_params(files, cfg, expected, sharded_load.mesh_shardings(cfg, mesh))
+    return build_model(cfg, pure)
 
 
 def save_hf(model, tokenizer, path, *, max_position_embeddings: int = 2048) -> pathlib.Path:
     """Write `model` and `tokenizer` as an HF folder that transformers loads:
-    config.json, model.safetensors (float weights as stored) and tokenizer files."""
+    config.json, model.safetensors (float weights as stored; LoRA adapters merged
+    into their base weights, `lora.merged_params`) and tokenizer files."""
     from safetensors.numpy import save_file
+
+    from jaxrl_lm.models import lora
 
     cfg = model.config
     path = pathlib.Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    tensors = params_to_hf(nnx.to_pure_dict(nnx.state(model, nnx.Param)), cfg)
+    tensors = params_to_hf(lora.merged_params(model), cfg)
     save_file(tensors, str(path / "model.safetensors"), metadata={"format": "pt"})
     write_config(cfg, path, tokenizer=tokenizer, max_position_embeddings=max_position_embeddings)
     if tokenizer is not None:

@@ -5,6 +5,10 @@ for keys a config.json may omit, legacy and transformers-5 RoPE keys, the
 families' sliding-layer rules) and refuses what the decoder cannot compute
 exactly; `config_to_hf` writes a config.json that transformers builds the same
 network from, and refuses a ModelConfig that no family computes.
+
+Everything wrong with a folder being loaded (config.json here, the weights and
+tokenizer in hf.py) raises `HFLoadError`, which the CLI prints as one
+`error:` line.
 """
 
 from __future__ import annotations
@@ -23,9 +27,17 @@ GEMMAS = ("gemma", "gemma2", "gemma3_text")
 LAYER_TYPES = ("full_attention", "sliding_attention")
 # transformers' per-family defaults for keys a config.json may omit.
 _DEFAULT_THETA = {"gemma3_text": 1e6, "qwen3": 1e6}
+_REQUIRED_INTS = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
+                  "num_attention_heads")
 _LLAMA3_KEYS = {"factor": "rope_factor", "low_freq_factor": "rope_low_freq_factor",
                 "high_freq_factor": "rope_high_freq_factor",
                 "original_max_position_embeddings": "rope_original_max_positions"}
+
+
+class HFLoadError(ValueError):
+    """An HF folder that cannot be loaded exactly: a missing or unreadable file, bad
+    JSON, an unsupported config.json, a tensor missing, extra or of the wrong shape.
+    The message names the file or tensor, and what was expected."""
 
 
 # -- config.json <-> ModelConfig ------------------------------------------------
@@ -33,15 +45,15 @@ def _rope(rp: dict, theta: float, where: str) -> dict:
     """ModelConfig RoPE fields from one rope_parameters / rope_scaling dict."""
     rope_type = rp.get("rope_type", rp.get("type", "default"))
     if rope_type not in ROPE_TYPES:
-        raise ValueError(f"config.json: {where} rope_type={rope_type!r} is not supported; "
+        raise HFLoadError(f"config.json: {where} rope_type={rope_type!r} is not supported; "
                          f"supported: {', '.join(ROPE_TYPES)}")
     if rp.get("partial_rotary_factor", 1.0) != 1.0:
-        raise ValueError("config.json: partial_rotary_factor must be 1.0")
+        raise HFLoadError("config.json: partial_rotary_factor must be 1.0")
     out = {"rope_theta": float(rp.get("rope_theta", theta)), "rope_type": rope_type}
     if rope_type == "llama3":
         for key, name in _LLAMA3_KEYS.items():
             if key not in rp:
-                raise ValueError(f"config.json: {where} rope_type='llama3' needs {key!r}")
+                raise HFLoadError(f"config.json: {where} rope_type='llama3' needs {key!r}")
             out[name] = int(rp[key]) if name == "rope_original_max_positions" else float(rp[key])
     return out
 
@@ -50,7 +62,7 @@ def _rope_fields(hf: dict, model_type: str) -> dict:
     """RoPE fields from transformers-5 `rope_parameters` or the legacy keys
     (rope_theta, rope_scaling; Gemma 3: rope_local_base_freq)."""
     if hf.get("partial_rotary_factor", 1.0) != 1.0:
-        raise ValueError("config.json: partial_rotary_factor must be 1.0")
+        raise HFLoadError("config.json: partial_rotary_factor must be 1.0")
     theta = float(hf.get("rope_theta", _DEFAULT_THETA.get(model_type, 10000.0)))
     rp = hf.get("rope_parameters") or hf.get("rope_scaling") or {}
     if model_type != "gemma3_text":
@@ -61,7 +73,7 @@ def _rope_fields(hf: dict, model_type: str) -> dict:
     local = _rope(per_type.get("sliding_attention") or {},
                   float(hf.get("rope_local_base_freq", 10000.0)), "sliding_attention")
     if full["rope_type"] != "default" or local["rope_type"] != "default":
-        raise ValueError("config.json: gemma3_text supports only rope_type='default' "
+        raise HFLoadError("config.json: gemma3_text supports only rope_type='default' "
                          f"(got {full['rope_type']!r} / {local['rope_type']!r})")
     return dict(full, rope_local_theta=local["rope_theta"])
 
@@ -90,7 +102,7 @@ def _sliding(hf: dict, model_type: str, num_layers: int) -> dict:
         else:  # mistral: every layer (it ignores layer_types)
             types = ["sliding_attention"] * num_layers
     if len(types) != num_layers or not set(types) <= set(LAYER_TYPES):
-        raise ValueError(f"config.json: layer_types={types!r} must list {num_layers} of "
+        raise HFLoadError(f"config.json: layer_types={types!r} must list {num_layers} of "
                          f"{', '.join(LAYER_TYPES)}")
     layers = tuple(t == "sliding_attention" for t in types)
     return dict(sliding_window=int(window), sliding_layers=layers) if any(layers) else {}
@@ -103,7 +115,7 @@ def _activation(hf: dict, model_type: str) -> str:
         act = "gelu_pytorch_tanh"
     allowed = {"silu": "silu", "gelu_pytorch_tanh": "gelu_tanh", "gelu_new": "gelu_tanh"}
     if act not in allowed:
-        raise ValueError(f"config.json: hidden_act={act!r} is not supported; allowed: "
+        raise HFLoadError(f"config.json: hidden_act={act!r} is not supported; allowed: "
                          f"{', '.join(allowed)}")
     return allowed[act]
 
@@ -121,23 +133,37 @@ def _gemma_fields(hf: dict, model_type: str, head_dim: int) -> dict:
 
 def config_from_hf(hf: dict, *, dtype: str = "float32", param_dtype: str | None = None,
                    value_head: bool = False) -> ModelConfig:
-    """The ModelConfig equivalent to an HF config.json dict; refuses anything inexact."""
+    """The ModelConfig equivalent to an HF config.json dict; refuses anything inexact
+    (HFLoadError naming the config.json field)."""
+    if not isinstance(hf, dict):
+        raise HFLoadError(f"config.json: expected a JSON object, got {type(hf).__name__}")
+    try:
+        return _config_from_hf(hf, dtype=dtype, param_dtype=param_dtype, value_head=value_head)
+    except HFLoadError:
+        raise
+    except (TypeError, ValueError, KeyError) as e:  # a field of the wrong type or value
+        raise HFLoadError(f"config.json: {e}") from None
+
+
+def _config_from_hf(hf: dict, *, dtype: str, param_dtype: str | None,
+                    value_head: bool) -> ModelConfig:
     model_type = hf.get("model_type")
     if model_type not in SUPPORTED_MODEL_TYPES:
-        raise ValueError(f"config.json: model_type={model_type!r} is not supported; "
+        raise HFLoadError(f"config.json: model_type={model_type!r} is not supported; "
                          f"supported: {', '.join(SUPPORTED_MODEL_TYPES)}")
     for arch in hf.get("architectures") or ():
         if not arch.endswith("ForCausalLM"):
-            raise ValueError(f"config.json: architectures lists {arch!r}; only causal LMs "
+            raise HFLoadError(f"config.json: architectures lists {arch!r}; only causal LMs "
                              f"load (e.g. {ARCHITECTURES[model_type]})")
-    for key in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
-                "num_attention_heads"):
+    for key in _REQUIRED_INTS:
         if key not in hf:
-            raise ValueError(f"config.json: missing required field {key!r}")
+            raise HFLoadError(f"config.json: missing required field {key!r}")
+        if isinstance(hf[key], bool) or not isinstance(hf[key], int) or hf[key] < 1:
+            raise HFLoadError(f"config.json: {key}={hf[key]!r} must be a positive integer")
     if hf.get("mlp_bias", False):
-        raise ValueError("config.json: mlp_bias=True is not supported")
+        raise HFLoadError("config.json: mlp_bias=True is not supported")
     if hf.get("use_bidirectional_attention", False):
-        raise ValueError("config.json: use_bidirectional_attention=True is not supported")
+        raise HFLoadError("config.json: use_bidirectional_attention=True is not supported")
     bias = bool(hf.get("attention_bias", False)) and model_type != "mistral"
     heads = hf["num_attention_heads"]
     head_dim = hf.get("head_dim") or hf["hidden_size"] // heads

@@ -1,6 +1,14 @@
 """The jitted, sharded train step: exact micro-batch accumulation, optax, a
 non-finite guard, and an optional frozen reference policy.
 
+The guard: a step is applied only if the loss, every gradient, the update's
+global norm (summed in float32: inf past ~1.8e19, as an lr of 1e30 gives, where
+every new parameter would still be finite), every new parameter and every new
+optimizer moment are finite. Otherwise the state comes out bit-identical to
+the one that went in, except `step` and `skipped` (+1), and the metrics say
+`finite` 0.
+`SkipStreak` turns a run of such steps into a `NonFiniteError` for the loops.
+
 A loss plugs in as `loss_fn(model, batch) -> ((loss_sum, denom), metrics)`
 (or `loss_fn(model, batch, ref_model)` when reference params are given): the
 unreduced sum and its denominator (e.g. a token count), so that over k
@@ -22,6 +30,14 @@ the gradient is taken through that cast (bfloat16 gradients arrive in float32),
 so the optimizer adds every update to the master, however small: updated in
 bfloat16, an update below half a bfloat16 spacing of its weight (2**-9 of
 it) would round away. Without it, params and moments keep the module's dtypes.
+
+Trainable vs frozen: the state's params are the module's variables that
+`trainable` selects (by default `models.lora.trainable_filter`: the LoRA
+adapters, and a value head, of a model with adapters; every nnx.Param
+otherwise). Gradients, optimizer state, the guard, the master copy and
+checkpoints cover those only; the rest of the module (a LoRA model's frozen
+base) is placed once, sharded by the same logical-axis rules, and passed to
+every step as a constant.
 """
 
 from __future__ import annotations
@@ -35,6 +51,7 @@ import optax
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from jaxrl_lm.models import lora
 from jaxrl_lm.train import mesh as mesh_lib
 
 LossFn = Callable[..., tuple[tuple[jax.Array, jax.Array], dict[str, jax.Array]]]
@@ -42,15 +59,62 @@ LossFn = Callable[..., tuple[tuple[jax.Array, jax.Array], dict[str, jax.Array]]]
 
 class TrainState(NamedTuple):
     step: jax.Array  # i32[]: steps taken, skipped ones included
-    params: nnx.State  # trainable nnx.Param state
+    params: nnx.State  # the trainable variables (Engine.trainable), e.g. nnx.Param
     opt_state: Any  # optax state over `params`
     rng: jax.Array  # u32[2]: the run's root key (legacy raw key, checkpointable)
     skipped: jax.Array  # i32[]: steps skipped by the non-finite guard
 
 
+class NonFiniteError(RuntimeError):
+    """The training loop stopped: train.max_skipped_steps steps in a row were
+    skipped by the non-finite guard (the run cannot recover by itself)."""
+
+
+class SkipStreak:
+    """Counts the optimizer steps skipped in a row by the guard, from the step
+    metrics' cumulative `skipped` count and the last step's `finite` flag, and
+    raises NonFiniteError when the count reaches `limit`.
+
+    `update(metrics, at=..., steps=k)` follows k steps on one batch (RL's
+    epochs), given the last step's metrics. The skipped ones among them are
+    the last ones: a skipped step leaves the params, the optimizer state (its
+    count, hence its learning rate) and the batch as they were, so the steps
+    after it repeat it. One device sync (two scalars) per call.
+    """
+
+    def __init__(self, limit: int, skipped: int = 0):
+        if limit < 1:
+            raise ValueError(f"limit={limit}: must be >= 1")
+        self.limit = limit
+        self.count = 0  # steps skipped in a row so far
+        self._total = int(skipped)  # the state's cumulative `skipped` when last seen
+
+    def update(self, metrics: dict, *, at: str, steps: int = 1) -> None:
+        total, finite = jax.device_get((metrics["skipped"], metrics["finite"]))
+        new, self._total = int(total) - self._total, int(total)
+        if float(finite) == 1.0:
+            self.count = 0
+        else:
+            self.count = self.count + new if new == steps else new
+        if self.count >= self.limit:
+            raise NonFiniteError(
+                f"{at}: {self.count} optimizer steps in a row were skipped "
+                f"(train.max_skipped_steps={self.limit}) for a non-finite loss, gradient "
+                f"or update. Check optim.lr and optim.eps (too large, NaN), the data and "
+                f"rewards (NaN, inf), and loss/grad_norm/update_norm in metrics.jsonl; "
+                f"the checkpoints and metrics written so far are kept")
+
+
 def _all_finite(tree: Any) -> jax.Array:
     leaves = [jnp.isfinite(x).all() for x in jax.tree.leaves(tree)]
     return jnp.stack(leaves).all() if leaves else jnp.array(True)
+
+
+def _global_norm_f32(tree: Any) -> jax.Array:
+    """sqrt(sum of squares) in float32 whatever the leaves' dtype: inf once it
+    passes float32's range, which the guard counts as a non-finite update."""
+    sq = [jnp.sum(jnp.square(x.astype(jnp.float32))) for x in jax.tree.leaves(tree)]
+    return jnp.sqrt(sum(sq)) if sq else jnp.zeros((), jnp.float32)
 
 
 def combine_metrics(metrics_k: dict, weight_k: jax.Array) -> dict:
@@ -95,6 +159,7 @@ class Engine:
     mesh: jax.sharding.Mesh
     micro_batches: int = 1
     master_dtype: str | None = None  # "float32": a master copy; None: model.config's
+    trainable: Any = None  # nnx filter of the optimized variables; None: lora.trainable_filter
 
     def __post_init__(self):
         if self.micro_batches < 1:
@@ -103,7 +168,9 @@ class Engine:
             self.master_dtype = getattr(getattr(self.model, "config", None), "master_dtype", None)
         if self.master_dtype is not None and not jnp.issubdtype(self.master_dtype, jnp.floating):
             raise ValueError(f"master_dtype={self.master_dtype!r} must be a float dtype or None")
-        self.graphdef, params, self.rest = nnx.split(self.model, nnx.Param, ...)
+        if self.trainable is None:
+            self.trainable = lora.trainable_filter(self.model)
+        self.graphdef, params, self.rest = nnx.split(self.model, self.trainable, ...)
         # the dtypes the loss's module sees: the module's own (bfloat16 under a master copy)
         self.param_dtypes = jax.tree.map(lambda x: x.dtype, params)
         params = self.to_master(params)
@@ -111,7 +178,9 @@ class Engine:
         self.opt_sh = mesh_lib.opt_state_shardings(self.optimizer, params, self.param_sh, self.mesh)
         rep = mesh_lib.replicated(self.mesh)
         self.state_sh = TrainState(rep, self.param_sh, self.opt_sh, rep, rep)
-        self.rest = jax.device_put(self.rest, rep)
+        # frozen variables (a LoRA model's base): sharded like params, never updated
+        self.rest_sh = mesh_lib.param_shardings(self.rest, self.mesh)
+        self.rest = mesh_lib.place(self.rest, self.rest_sh)
         self._compiled: dict = {}
 
     def to_master(self, params: nnx.State) -> nnx.State:
@@ -133,7 +202,7 @@ class Engine:
         """Place params (the module's own unless given; in master_dtype if set) and
         a fresh optimizer state."""
         if params is None:
-            params = nnx.state(self.model, nnx.Param)
+            params = nnx.state(self.model, self.trainable)
         params = mesh_lib.place(self.to_master(params), self.param_sh)
         opt_state = jax.jit(self.optimizer.init, out_shardings=self.opt_sh)(params)
         rep = mesh_lib.replicated(self.mesh)
@@ -158,7 +227,7 @@ class Engine:
         ref_sh = self.param_sh if with_ref else None
         metrics_sh = rep
         return jax.jit(self._step_fn,
-                       in_shardings=(self.state_sh, batch_sh, rep, ref_sh),
+                       in_shardings=(self.state_sh, batch_sh, self.rest_sh, ref_sh),
                        out_shardings=(self.state_sh, metrics_sh),
                        donate_argnums=(0,))
 
@@ -219,16 +288,20 @@ class Engine:
         denom = jnp.maximum(d_sum, 1e-8)  # an empty batch gives loss 0, not NaN
         loss = l_sum / denom
         grads = jax.tree.map(lambda g: g / denom, g_sum)
-        finite = jnp.isfinite(loss) & _all_finite(grads)
         updates, new_opt = self.optimizer.update(grads, state.opt_state, state.params)
         new_params = optax.apply_updates(state.params, updates)
-        # The guard: a non-finite step keeps the old params and moments exactly.
+        update_norm = _global_norm_f32(updates)
+        # The guard (module doc): what the step read and what it would write.
+        finite = (jnp.isfinite(loss) & _all_finite(grads) & jnp.isfinite(update_norm)
+                  & _all_finite(new_params) & _all_finite(new_opt))
+        # A skipped step keeps the old params and moments exactly.
         keep = lambda new, old: jnp.where(finite, new, old)  # noqa: E731
         params = jax.tree.map(keep, new_params, state.params)
         opt_state = jax.tree.map(keep, new_opt, state.opt_state)
         skipped = state.skipped + (~finite).astype(jnp.int32)
         out = dict(metrics)
         out.update(loss=loss, denom=d_sum, grad_norm=optax.global_norm(grads),
+                   update_norm=update_norm,
                    lr=self.schedule(state.step - state.skipped),
                    finite=finite.astype(jnp.float32), skipped=skipped)
         new_state = TrainState(state.step + 1, params, opt_state, state.rng, skipped)

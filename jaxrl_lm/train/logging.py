@@ -7,6 +7,16 @@ progress bar, and PNG plots of the main curves.
     RUN_DIR/plots/*.png      main curves, drawn at the end or by `jaxrl-lm plot`
 
 Only process 0 of a multi-process run writes.
+
+metrics.jsonl is strict JSON (RFC 8259: no NaN / Infinity tokens). A metric
+whose value is not finite is written as null and named under "nonfinite" with
+its value as a string, so readers of the numbers need no special case and
+nothing is lost (float() of the string gives the value back):
+
+    {"step": 7, "loss": null, "update_norm": null, "finite": 0.0,
+     "nonfinite": {"loss": "nan", "update_norm": "inf"}}
+
+TensorBoard gets the values themselves; plots mark those steps in red.
 """
 
 from __future__ import annotations
@@ -26,15 +36,32 @@ MAIN_CURVES = ("loss", "reward", "env_return", "action_coverage", "invalid_rate"
 
 
 def _scalar(v: Any) -> float | int | None:
+    """A one-element value as a Python number (bools as 0/1); None otherwise."""
     a = np.asarray(v)
     if a.size != 1:
         return None
     x = a.reshape(()).item()
-    if isinstance(x, bool):
-        return int(x)
-    if isinstance(x, float) and not math.isfinite(x):
-        return None if math.isnan(x) else x
-    return x
+    return int(x) if isinstance(x, bool) else x
+
+
+def strict_row(row: dict[str, Any]) -> dict[str, Any]:
+    """The row with each non-finite float set to None and listed, as "nan" /
+    "inf" / "-inf", in row["nonfinite"] (merged with the names already there)."""
+    out, bad = {}, dict(row.get("nonfinite") or {})
+    for k, v in row.items():
+        if k == "nonfinite":
+            continue
+        if isinstance(v, float) and not math.isfinite(v):
+            out[k], bad[k] = None, str(v)
+        else:
+            out[k] = v
+    if bad:
+        out["nonfinite"] = bad
+    return out
+
+
+def _line(row: dict[str, Any]) -> str:
+    return json.dumps(strict_row(row), allow_nan=False) + "\n"
 
 
 def progress_info(row: dict) -> str:
@@ -90,7 +117,7 @@ class RunLogger:
         if start_step > 0 and os.path.exists(path):
             kept = [m for m in read_metrics(run_dir) if m.get("step", 0) <= start_step]
         with open(path, "w") as f:  # rewrite: drop steps that will be redone
-            f.writelines(json.dumps(m) + "\n" for m in kept)
+            f.writelines(_line(m) for m in kept)  # older files: NaN/Infinity made strict
         self._file = open(path, "a")
         from tensorboardX import SummaryWriter
 
@@ -108,19 +135,20 @@ class RunLogger:
     def log(self, step: int, metrics: dict[str, Any], *, tokens: int | None = None) -> dict:
         """Record one step; `tokens` processed since the last call gives tokens/s."""
         now = time.perf_counter()
-        row: dict[str, Any] = {"step": int(step)}
+        raw: dict[str, Any] = {"step": int(step)}
         for k, v in metrics.items():
             x = _scalar(v)
             if x is not None:
-                row[k] = x
+                raw[k] = x
         if tokens is not None:
-            row["tokens_per_s"] = tokens / max(now - self._last_time, 1e-9)
+            raw["tokens_per_s"] = tokens / max(now - self._last_time, 1e-9)
         self._last_time = now
+        row = strict_row(raw)
         if not self.enabled:
             return row
-        self._file.write(json.dumps(row) + "\n")
+        self._file.write(_line(row))
         self._file.flush()  # a killed run keeps every line it logged
-        for k, v in row.items():
+        for k, v in raw.items():  # TensorBoard shows NaN / inf as they are
             if k != "step":
                 self._tb.add_scalar(k, v, step)
         if self._progress is not None:
@@ -153,10 +181,17 @@ def plot_run(run_dir: str) -> list[str]:
     paths = []
     for k in keys:
         pts = [(r["step"], r[k]) for r in rows if isinstance(r.get(k), (int, float))]
-        if not pts:
+        bad = [r["step"] for r in rows if k in (r.get("nonfinite") or {})]
+        if not pts and not bad:
             continue
         fig, ax = plt.subplots(figsize=(5, 3.2))
-        ax.plot(*zip(*pts), lw=1.2)
+        if pts:
+            ax.plot(*zip(*pts), lw=1.2)
+        for i, at in enumerate(bad):  # steps where the value was NaN / inf
+            ax.axvline(at, color="tab:red", lw=0.8, alpha=0.5,
+                       label=f"non-finite ({len(bad)})" if i == 0 else None)
+        if bad:
+            ax.legend(fontsize=7)
         ax.set_xlabel("step")
         ax.set_ylabel(k)
         ax.set_title(f"{k} ({os.path.basename(os.path.abspath(run_dir))})", fontsize=9)

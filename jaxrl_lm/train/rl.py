@@ -5,7 +5,9 @@ episodes of `cfg.env` with the current params (groups of `algo.group_size`
 share a task), shapes the per-turn rewards (the `shaping` section, KL in the
 reward), computes the algorithm's advantages (`algorithms.get(algo.name)`),
 packs every turn into a training row and, for a KL in the loss, scores the
-rows once under the frozen reference; then `algo.epochs` optimizer steps of
+rows once under the frozen reference (a copy of the params RL starts from; for
+a LoRA model the base itself with its adapters off, `lora.without_adapters`,
+so no second copy of the weights exists); then `algo.epochs` optimizer steps of
 the shared clipped loss on those rows (`Engine.step`, exact micro-batch
 accumulation, non-finite guard). With `trust_region.max_update_move` set,
 one more forward pass measures how far those updates moved the sampled
@@ -36,13 +38,14 @@ from jaxrl_lm import algorithms, reward_functions
 from jaxrl_lm.algorithms import common
 from jaxrl_lm.config import Config
 from jaxrl_lm.evaluation.stats import episode_stats
+from jaxrl_lm.models import lora
 from jaxrl_lm.models.tokenizer import pad_id, stop_tokens
 from jaxrl_lm.rewards import shape_rewards
 from jaxrl_lm.rollout import check_prompt_fit, make_rollout
 from jaxrl_lm.data.prompts import batch_rows
 from jaxrl_lm.train import mesh as mesh_lib
 from jaxrl_lm.train import tasks
-from jaxrl_lm.train.engine import Engine, TrainState
+from jaxrl_lm.train.engine import Engine, SkipStreak, TrainState
 from jaxrl_lm.train.optim import make_optimizer
 from jaxrl_lm.train.run_dir import RunFiles, RunResult
 
@@ -122,7 +125,7 @@ class RLRunner:
                              max_new_tokens=cfg.rollout.max_new_tokens, env=self.env)
         temperature = cfg.rollout.temperature
         if a.beta > 0 and a.kl_in == "reward":
-            ref = nnx.merge(self.engine.graphdef, ref_params, rest)
+            ref = self._reference(model, ref_params, rest)
             kl_r = common.kl_reward(a, model, ref, traj, pad_id=self.pad_id,
                                     temperature=temperature)
             traj = traj._replace(reward=traj.reward + jnp.where(traj.active, kl_r, 0.0))
@@ -132,7 +135,7 @@ class RLRunner:
             sig = common.turn_credit(traj, sig, a.turn_weight)
         batch = common.make_batch(traj, sig, pad_id=self.pad_id)
         if a.beta > 0 and a.kl_in == "loss":
-            ref = nnx.merge(self.engine.graphdef, ref_params, rest)
+            ref = self._reference(model, ref_params, rest)
             batch["ref_logp"] = common.ref_logprobs(ref, batch, chunks=cfg.train.micro_batches,
                                                     temperature=temperature)
         stats = {**episode_stats(traj), **parts}
@@ -140,6 +143,13 @@ class RLRunner:
             stats.update(self.traj_stats(traj))
         stats["kept_turns"] = sig.keep.sum() / jnp.maximum(traj.active.sum(), 1)
         return batch, stats
+
+    def _reference(self, model, ref_params, rest):
+        """The frozen reference policy: `ref_params` over `rest`, or, for a LoRA
+        model (ref_params None), the policy's own module with its adapters off."""
+        if ref_params is None:
+            return lora.without_adapters(model)
+        return nnx.merge(self.engine.graphdef, ref_params, rest)
 
     def _update_move(self, params, rest, batch):
         """Mean |log pi(params) - old_logp| over the batch's loss tokens, in nats."""
@@ -186,10 +196,13 @@ class RLRunner:
                 {"update_move": first, "update_scale": scale, "update_move_kept": move})
 
     def init(self) -> tuple[TrainState, Any]:
-        """(train state, frozen reference params or None) to start RL from."""
+        """(train state, frozen reference params or None) to start RL from. None
+        without a KL (algo.beta 0), and for a LoRA model, whose reference is its
+        frozen base (`_reference`)."""
         state = self.engine.init_state(self.cfg.train.seed)
         ref_params = None
-        if self.cfg.algo.beta > 0:  # the frozen reference: the params RL starts from
+        if self.cfg.algo.beta > 0 and not lora.has_adapters(self.engine.model):
+            # the frozen reference: the params RL starts from
             ref_params = jax.tree.map(jnp.copy, state.params)
         return state, ref_params
 
@@ -261,12 +274,16 @@ class RLRunner:
             metrics = {**metrics, **guard}
         return state, batch, stats, metrics
 
-    def train(self, run_dir: str, *, resume: bool = False) -> RunResult:
-        """`train.steps` iterations into run_dir (logs, checkpoints, resume)."""
+    def train(self, run_dir: str, *, resume: bool = False,
+              allow_config_change: bool = False) -> RunResult:
+        """`train.steps` iterations into run_dir (logs, checkpoints, resume).
+        Raises NonFiniteError once `train.max_skipped_steps` optimizer steps in a
+        row were skipped by the non-finite guard."""
         state, ref_params = self.init()
         row = {}
         with RunFiles(self.cfg, run_dir) as files:
-            state = files.begin(state, resume=resume)
+            state = files.begin(state, resume=resume, allow_config_change=allow_config_change)
+            streak = SkipStreak(self.cfg.train.max_skipped_steps, int(state.skipped))
             for it in range(files.start, self.cfg.train.steps):
                 state, batch, stats, metrics = self.iteration(state, ref_params, it)
                 done = it + 1
@@ -275,4 +292,6 @@ class RLRunner:
                                                   **jax.device_get(metrics)},
                                            tokens=int(batch["loss_mask"].sum()))
                 files.after_step(done, state, lambda n: {"iteration": n})
+                # NonFiniteError at the limit
+                streak.update(metrics, at=f"RL iteration {done}", steps=self.cfg.algo.epochs)
         return RunResult(state, self.engine, row, files.start)

@@ -29,7 +29,7 @@ from flax import nnx
 from jaxrl_lm.config import Config
 from jaxrl_lm.models.tokenizer import encode
 from jaxrl_lm.train import mesh as mesh_lib
-from jaxrl_lm.train.engine import Engine, LossFn
+from jaxrl_lm.train.engine import Engine, LossFn, SkipStreak
 from jaxrl_lm.train.optim import make_optimizer
 from jaxrl_lm.train.run_dir import RunFiles, RunResult
 
@@ -108,7 +108,8 @@ def sorting_data(tokenizer: Any, *, batch_size: int, max_len: int, pad_id: int =
 
 def train_sft(cfg: Config, run_dir: str, *, model: nnx.Module, data_fn: DataFn,
               loss_fn: LossFn | None = None, resume: bool = False, ref_params: Any = None,
-              data_state_fn: Callable[[int], Any] | None = None) -> RunResult:
+              data_state_fn: Callable[[int], Any] | None = None,
+              allow_config_change: bool = False) -> RunResult:
     """Run `cfg.train.steps` steps of `loss_fn` on `data_fn` batches into `run_dir`.
 
     Args:
@@ -117,8 +118,13 @@ def train_sft(cfg: Config, run_dir: str, *, model: nnx.Module, data_fn: DataFn,
         default `sft_loss`.
       data_fn: `(step, key) -> batch`, pure, so resumed runs see the same data.
       resume: continue from the newest intact checkpoint in run_dir/checkpoints.
+      allow_config_change: resume it even if written under a different config.
       ref_params: frozen reference params (same tree as the model's) for KL terms.
       data_state_fn: step -> JSON-able data/curriculum state stored in checkpoints.
+
+    Raises:
+      NonFiniteError: `train.max_skipped_steps` steps in a row were skipped by
+        the non-finite guard (after that step's metrics and checkpoint).
     """
     t = cfg.train
     loss_fn = sft_loss if loss_fn is None else loss_fn
@@ -131,7 +137,8 @@ def train_sft(cfg: Config, run_dir: str, *, model: nnx.Module, data_fn: DataFn,
         ref_params = mesh_lib.place(ref_params, engine.param_sh)
     row, tokens = {}, 0
     with RunFiles(cfg, run_dir) as files:
-        state = files.begin(state, resume=resume)
+        state = files.begin(state, resume=resume, allow_config_change=allow_config_change)
+        streak = SkipStreak(t.max_skipped_steps, int(state.skipped))
         for step in range(files.start, t.steps):
             key = jax.random.fold_in(state.rng, step)
             batch = data_fn(step, key)
@@ -142,4 +149,5 @@ def train_sft(cfg: Config, run_dir: str, *, model: nnx.Module, data_fn: DataFn,
                 row = files.logger.log(done, jax.device_get(metrics), tokens=tokens or None)
                 tokens = 0
             files.after_step(done, state, data_state_fn)
+            streak.update(metrics, at=f"step {done}")  # NonFiniteError at the limit
     return RunResult(state, engine, row, files.start)

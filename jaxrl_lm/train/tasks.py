@@ -29,6 +29,20 @@ def max_turns(cfg: Config) -> int:
     return 1 if is_dataset(cfg) else cfg.env.max_turns
 
 
+def grader(cfg: Config):
+    """(name, host function or None): what decides a held-out completion is
+    right in evaluation (data.grader); None = the task's jitted verifier."""
+    from jaxrl_lm import reward_functions
+
+    name = cfg.data.grader
+    if name == "verifier":
+        return name, None
+    try:
+        return name, reward_functions.resolve(name)
+    except ValueError as e:
+        raise ValueError(f"data.grader: {e}") from None
+
+
 def make_task(cfg: Config, tokenizer: Any, *, held_out: bool = False, options: dict | None = None):
     """(env, text) for training or, with held_out, for evaluation; `options`
     replace env.options (an eval variant)."""
@@ -67,9 +81,13 @@ def _prompt_tasks(data, max_prompt_len: int, tokenizer: Any):
         if not part:
             return None
         try:
+            # the answer column (checked present) and every other column all rows share,
+            # passed on to the host reward functions and the warm-up's demonstrations
+            shared = set.intersection(*(set(r) for r in part))
+            others = sorted(shared - {data.prompt_column, data.answer_column})
             prompts = build_prompts(part, tokenizer, max_prompt_len=max_prompt_len,
                                     prompt_column=data.prompt_column,
-                                    columns=(data.answer_column,),
+                                    columns=(data.answer_column, *others),
                                     system_prompt=data.system_prompt, chat=data.chat,
                                     on_overlong=data.on_overlong)
             answers = reference_answers(verifier, tokenizer,

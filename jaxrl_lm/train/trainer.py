@@ -14,6 +14,8 @@ For `algo.name: sft`, steps 2-4 are one SFT run on `train.data` (train/sft.py).
 With `data.path` the RL stage plays a prompt dataset instead of an env
 (train/tasks.py: free-form completions graded by a verifier), evaluated on
 its held-out rows (pass@1), with no warm-up.
+For a preference algorithm (dpo, ipo, hinge, robust, simpo, rpo) it is one
+run on data.path's (prompt, chosen, rejected) pairs (train/preference.py).
 With `--resume`, a finished warm-up is restored rather than redone and each
 stage continues from its newest intact checkpoint. An invalid configuration
 prints `error: <message>` and exits with status 2 before anything compiles.
@@ -35,7 +37,8 @@ from jaxrl_lm.config import AlgoSection, Config, ConfigError, check_runtime, fie
 
 def build_policy(cfg: Config):
     """(model, tokenizer) from the model section; a value head when the
-    algorithm needs one."""
+    algorithm needs one; LoRA adapters (models/lora.py) when lora.rank > 0, a
+    rank the model's shapes do not allow being a ConfigError."""
     from jaxrl_lm import models
 
     value_head = algorithms.get(cfg.algo.name).needs_value
@@ -50,15 +53,32 @@ def build_policy(cfg: Config):
                                           param_dtype=cfg.model.param_dtype, value_head=value_head)
     # training-only switches, read when the model is traced (remat) or trained (master_dtype)
     model.config = model.config.replace(remat=cfg.model.remat, master_dtype=cfg.model.master_dtype)
+    if cfg.lora.rank > 0:  # from here on only the adapters (and a value head) are trained
+        from jaxrl_lm.models import lora
+
+        base = os.path.abspath(cfg.model.path) if cfg.model.source == "hf" else None
+        try:
+            lora.apply_lora(model, rank=cfg.lora.rank, alpha=cfg.lora.alpha,
+                            targets=cfg.lora.targets, seed=cfg.train.seed, base_path=base)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
     return model, tokenizer
 
 
 def build_data(cfg: Config, tokenizer):
-    """The SFT data source `train.data` names (a `sft.DataFn`)."""
+    """The SFT data source (a `sft.DataFn`): a prompt dataset's demonstrations
+    when data.path is set, else what `train.data` names."""
     from jaxrl_lm.models.tokenizer import pad_id
     from jaxrl_lm.train import env_data, sft
 
     t = cfg.train
+    if cfg.data.path is not None:  # the rows' worked completions (data.demo_column)
+        from jaxrl_lm.train import tasks
+        from jaxrl_lm.train.demo_data import demo_data
+
+        task, _ = tasks.make_task(cfg, tokenizer)
+        return demo_data(task, tokenizer, column=cfg.data.demo_column, batch_size=t.batch_size,
+                         max_len=t.max_len, seed=t.seed, shuffle=cfg.data.shuffle)
     if t.data == "sorting":
         return sft.sorting_data(tokenizer, batch_size=t.batch_size, max_len=t.max_len,
                                 pad_id=pad_id(tokenizer))
@@ -66,23 +86,34 @@ def build_data(cfg: Config, tokenizer):
 
 
 def export_hf(params, model, tokenizer, path: str) -> None:
-    """Write the trained policy as an HF folder (process 0; params gathered)."""
+    """Write the trained policy as an HF folder (process 0; params gathered).
+    With LoRA adapters the folder holds the merged weights, and a PEFT adapter
+    folder for the base model is written next to it (`<path>/../adapter`)."""
+    import pathlib
+
     import jax
     from flax import nnx
     from jax.experimental import multihost_utils
 
+    from jaxrl_lm.models import lora
     from jaxrl_lm.models.hf import save_hf
 
     if jax.process_count() > 1:
         params = multihost_utils.process_allgather(params, tiled=True)
     # a float32 master copy (model.master_dtype) is written in the model's param_dtype,
-    # as its config.json says
+    # as its config.json says; LoRA adapters stay float32, as the model holds them
     dt = jax.numpy.dtype(model.config.param_dtype)
-    floating = lambda x: jax.numpy.issubdtype(x.dtype, jax.numpy.floating)  # noqa: E731
-    params = jax.tree.map(lambda x: x.astype(dt) if floating(x) else x, params)
+
+    def cast(v):
+        floating = jax.numpy.issubdtype(v.value.dtype, jax.numpy.floating)
+        return v if isinstance(v, nnx.LoRAParam) or not floating else v.replace(v.value.astype(dt))
+
+    params = jax.tree.map(cast, params, is_leaf=lambda x: isinstance(x, nnx.Variable))
     if jax.process_index() == 0:
         nnx.update(model, jax.device_get(params))
         save_hf(model, tokenizer, path)
+        if lora.has_adapters(model):
+            lora.save_peft_adapter(model, pathlib.Path(path).resolve().parent / "adapter")
 
 
 def warmup_config(cfg: Config) -> Config:
@@ -97,7 +128,8 @@ def warmup_config(cfg: Config) -> Config:
     return dataclasses.replace(cfg, train=train, optim=optim, algo=AlgoSection(name="sft"))
 
 
-def run_warmup(cfg: Config, run_dir: str, model, tokenizer: Any, *, resume: bool) -> None:
+def run_warmup(cfg: Config, run_dir: str, model, tokenizer: Any, *, resume: bool,
+               allow_config_change: bool = False) -> None:
     """Supervised warm-up in run_dir/warmup; updates `model` in place."""
     import jax
     from flax import nnx
@@ -106,11 +138,13 @@ def run_warmup(cfg: Config, run_dir: str, model, tokenizer: Any, *, resume: bool
 
     wcfg = warmup_config(cfg)
     result = sft.train_sft(wcfg, os.path.join(run_dir, "warmup"), model=model,
-                           data_fn=build_data(wcfg, tokenizer), resume=resume)
+                           data_fn=build_data(wcfg, tokenizer), resume=resume,
+                           allow_config_change=allow_config_change)
     nnx.update(model, jax.device_get(result.state.params))
 
 
-def run_rl(cfg: Config, run_dir: str, model, tokenizer: Any, *, resume: bool = False) -> int:
+def run_rl(cfg: Config, run_dir: str, model, tokenizer: Any, *, resume: bool = False,
+           allow_config_change: bool = False) -> int:
     """Warm-up -> evaluate -> RL -> evaluate -> export (the module doc's steps)."""
     import jax
     from flax import nnx
@@ -122,21 +156,26 @@ def run_rl(cfg: Config, run_dir: str, model, tokenizer: Any, *, resume: bool = F
     main = jax.process_index() == 0
     if cfg.warmup.steps:
         if main:
-            print(f"[1/3] warm-up: {cfg.warmup.steps} SFT steps on scripted "
-                  f"{cfg.warmup.player} play", flush=True)
-        run_warmup(cfg, run_dir, model, tokenizer, resume=resume)
+            source = (f"the rows' {cfg.data.demo_column!r} demonstrations"
+                      if cfg.data.path is not None else f"scripted {cfg.warmup.player} play")
+            print(f"[1/3] warm-up: {cfg.warmup.steps} SFT steps on {source}", flush=True)
+        run_warmup(cfg, run_dir, model, tokenizer, resume=resume,
+                   allow_config_change=allow_config_change)
     before = evaluate_config(model, tokenizer, cfg)
     if main:
         print(f"[2/3] RL: {cfg.train.steps} iterations of {cfg.algo.name}, "
               f"{cfg.train.batch_size} episodes each", flush=True)
-    result = RLRunner(cfg, model, tokenizer).train(run_dir, resume=resume)
+    result = RLRunner(cfg, model, tokenizer).train(run_dir, resume=resume,
+                                                   allow_config_change=allow_config_change)
     nnx.update(model, jax.device_get(result.state.params))
     after = evaluate_config(model, tokenizer, cfg)
     export_hf(result.state.params, model, tokenizer, os.path.join(run_dir, "hf"))
     if main:
         table = format_table(before, after)
-        print(f"[3/3] evaluation ({cfg.eval.episodes} episodes, "
-              f"{'greedy' if cfg.eval.greedy else 'sampled'}):\n{table}", flush=True)
+        what = (f"{next(iter(after.values()))['episodes']} held-out rows"
+                 if cfg.data.path is not None else f"{cfg.eval.episodes} episodes")
+        print(f"[3/3] evaluation ({what}, {'greedy' if cfg.eval.greedy else 'sampled'}):"
+              f"\n{table}", flush=True)
         summary = {"before": before, "after": after, "last_metrics": result.last_metrics,
                    "resumed_from": result.resumed_from,
                    "wall_s": round(time.perf_counter() - t0, 1)}
@@ -147,13 +186,14 @@ def run_rl(cfg: Config, run_dir: str, model, tokenizer: Any, *, resume: bool = F
 
 
 def run_sft(cfg: Config, run_dir: str, model, tokenizer: Any, data_fn, *,
-            resume: bool = False) -> int:
+            resume: bool = False, allow_config_change: bool = False) -> int:
     """One SFT run on `train.data`, exported to run_dir/hf."""
     import jax
 
     from jaxrl_lm.train import sft
 
-    result = sft.train_sft(cfg, run_dir, model=model, data_fn=data_fn, resume=resume)
+    result = sft.train_sft(cfg, run_dir, model=model, data_fn=data_fn, resume=resume,
+                           allow_config_change=allow_config_change)
     export_hf(result.state.params, model, tokenizer, os.path.join(run_dir, "hf"))
     if jax.process_index() == 0:
         summary = dict(result.last_metrics, resumed_from=result.resumed_from)
@@ -171,6 +211,10 @@ def _parse_train(argv: list[str]):
     p.add_argument("--config", help="YAML preset (launch/configs/*.yaml); defaults if omitted")
     p.add_argument("--out", required=True, help="run directory")
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint")
+    p.add_argument("--allow-config-change", action="store_true",
+                   help="with --resume: continue a run under a config that differs from the "
+                        "one its checkpoint was written under (without it, that is an error "
+                        "naming the fields; docs/reliability.md)")
     p.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE",
                    help="import a module first (repeatable), e.g. one that registers your env "
                         "or algorithm; added to the config's `imports` list")
@@ -179,35 +223,81 @@ def _parse_train(argv: list[str]):
 
 def main_train(argv: list[str]) -> int:
     args, overrides = _parse_train(argv)
+    from jaxrl_lm.train.run_lock import RunLock, check_out
+
+    lock = RunLock(args.out, enabled=False)  # taken once the config has loaded
     try:
         cfg = load_config(args.config, overrides, imports=args.imports)
-        from jaxrl_lm.train import env_data, mesh
+        check_out(args.out, resume=args.resume)
+        from jaxrl_lm.train import env_data, mesh, run_dir
 
         mesh.maybe_initialize_distributed(cfg)
         import jax
 
+        lock = RunLock(args.out, enabled=jax.process_index() == 0).acquire()
+        if args.resume:  # a resume under a changed config stops here, before compiling
+            allow = args.allow_config_change
+            run_dir.check_resume(cfg, args.out, allow_config_change=allow)
+            if cfg.is_rl and cfg.warmup.steps:
+                run_dir.check_resume(warmup_config(cfg), os.path.join(args.out, "warmup"),
+                                     allow_config_change=allow)
         check_runtime(cfg, jax.device_count())
         model, tokenizer = build_policy(cfg)
-        data_fn = None if cfg.is_rl else build_data(cfg, tokenizer)
-        if cfg.data.path is not None:  # read, render and tokenize the prompts before compiling
+        data_fn = None
+        pairs = algorithms.get(cfg.algo.name).kind == "preference"
+        if pairs:  # read, render and tokenize the preference pairs before compiling
+            from jaxrl_lm.train import preference
+
+            try:
+                preference.prepare(cfg, tokenizer)
+            except ValueError as e:
+                raise ConfigError(str(e)) from None
+        elif cfg.data.path is not None:  # read, render and tokenize the prompts before compiling
             from jaxrl_lm import reward_functions
             from jaxrl_lm.train import tasks
 
             try:
+                data_fn = None if cfg.is_rl else build_data(cfg, tokenizer)
                 tasks.make_task(cfg, tokenizer)
                 tasks.make_task(cfg, tokenizer, held_out=True)
                 for entry in cfg.reward.functions:
                     reward_functions.resolve(entry["fn"])
+                tasks.grader(cfg)
+                if cfg.is_rl and cfg.warmup.steps:  # the demonstrations, tokenized and checked
+                    build_data(warmup_config(cfg), tokenizer)
             except ValueError as e:
                 raise ConfigError(str(e)) from None
+        elif not cfg.is_rl:
+            data_fn = build_data(cfg, tokenizer)
         if cfg.is_rl and cfg.warmup.steps and cfg.warmup.targets == "expected":
             env_data.check_expected_targets(cfg, tokenizer)
     except ConfigError as e:
+        lock.release()
         print(f"error: {e}", file=sys.stderr)
         return 2
-    if cfg.is_rl:
-        return run_rl(cfg, args.out, model, tokenizer, resume=args.resume)
-    return run_sft(cfg, args.out, model, tokenizer, data_fn, resume=args.resume)
+    except BaseException:
+        lock.release()
+        raise
+    from jaxrl_lm.train.engine import NonFiniteError
+
+    try:
+        if pairs:
+            return preference.run_preference(cfg, args.out, model, tokenizer, resume=args.resume,
+                                             allow_config_change=args.allow_config_change,
+                                             export=export_hf)
+        if cfg.is_rl:
+            return run_rl(cfg, args.out, model, tokenizer, resume=args.resume,
+                          allow_config_change=args.allow_config_change)
+        return run_sft(cfg, args.out, model, tokenizer, data_fn, resume=args.resume,
+                       allow_config_change=args.allow_config_change)
+    except NonFiniteError as e:  # raised before the export: no hf/ from a broken state
+        print(f"error: {e}; {os.path.join(args.out, 'hf')} was not written", file=sys.stderr)
+        return 3
+    except ConfigError as e:  # a checkpoint written under a different config (RunFiles.begin)
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    finally:
+        lock.release()
 
 
 def main_plot(argv: list[str]) -> int:
