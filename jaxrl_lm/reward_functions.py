@@ -26,7 +26,9 @@ from __future__ import annotations
 import ast
 import importlib
 import math
+import os
 import re
+import sys
 from collections import Counter
 from fractions import Fraction
 from typing import Any, Callable
@@ -110,6 +112,8 @@ def resolve(spec: str) -> RewardFn:
     if not module or not attr:
         raise ValueError(f"reward function {spec!r}: give a built-in ({', '.join(BUILTIN)}) "
                          f"or an import path module.function")
+    if os.getcwd() not in sys.path:  # my_rewards.py in the working directory imports
+        sys.path.append(os.getcwd())
     try:
         fn = getattr(importlib.import_module(module), attr)
     except ModuleNotFoundError as e:
