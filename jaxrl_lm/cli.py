@@ -1,4 +1,4 @@
-"""The `jaxrl-lm` command line: train, eval, bench, plot, data, plan.
+"""The `jaxrl-lm` command line: train, eval, bench, plot, data, plan, paprika.
 
 An expected failure (a bad config or flag, an HF folder that does not load)
 prints one line, `error: <message naming the field, flag or file>`, on stderr
@@ -20,6 +20,7 @@ BENCHES = {
     "rollout": "jaxrl_lm.bench.rollout",
     "grpo-step": "jaxrl_lm.bench.grpo_step",
     "data-grpo": "jaxrl_lm.bench.data_grpo",
+    "lora-memory": "jaxrl_lm.bench.lora_memory",
 }
 
 
@@ -75,11 +76,17 @@ def _plan(argv: list[str]) -> int:
     return main_plan(argv)
 
 
+def _paprika(argv: list[str]) -> int:
+    from jaxrl_lm.paprika.pipeline import main as main_paprika
+
+    return main_paprika(argv)
+
+
 COMMANDS = {"bench": _bench, "train": _train, "eval": _eval, "plot": _plot, "data": _data,
-            "plan": _plan}
+            "plan": _plan, "paprika": _paprika}
 
 HELP = """\
-usage: jaxrl-lm {bench,data,eval,plan,plot,train} ...
+usage: jaxrl-lm {bench,data,eval,paprika,plan,plot,train} ...
 
 RL fine-tuning of language models in JAX. `jaxrl-lm COMMAND --help` lists a
 command's flags.
@@ -100,6 +107,9 @@ commands:
             jaxrl-lm plan --config launch/configs/qwen2.5-0.5b.yaml --devices 8 --memory-gib 80
   data    write a built-in reasoning task (addition, countdown) as a JSONL dataset
             jaxrl-lm data addition --out data/addition.jsonl --rows 900
+  paprika PAPRIKA: sample n trajectories per task of several task groups (min-p),
+          pair each task's best with a worse one, SFT on the winners, then RPO
+            jaxrl-lm paprika --config launch/configs/paprika.yaml --out runs/paprika [--resume]
   bench   speed and memory benchmarks against a baseline measured in the same run
             jaxrl-lm bench envs|sampler|logprobs-memory|rollout|grpo-step|data-grpo [--json]
 """

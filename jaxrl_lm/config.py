@@ -32,7 +32,7 @@ from jaxrl_lm.config_sections import (  # noqa: F401  (re-exported)
     MAX_SEED, ConfigError, is_finite, non_finite, ModelSection, MeshSection, OptimSection,
     AlgoSection, RolloutSection,
     ShapingSection, TrustRegionSection, WarmupSection, TrainSection, EnvSection, EvalSection,
-    DataSection, RewardSection, LoraSection,
+    DataSection, RewardSection, LoraSection, resolve_mesh_shape,
 )
 from jaxrl_lm.config_preference import PreferenceSection
 from jaxrl_lm.train.optim import WITH_FIRST_MOMENT
@@ -421,23 +421,6 @@ def check_runtime(cfg: Config, device_count: int) -> None:
     from jaxrl_lm.memory_check import check_memory
 
     check_memory(cfg, model_config(cfg))
-
-
-def resolve_mesh_shape(shape: tuple[int, ...], device_count: int) -> tuple[int, ...]:
-    """Replace the one -1 by the devices left over; check the product."""
-    known = math.prod(s for s in shape if s != -1)
-    if -1 in shape:
-        if device_count % known:
-            raise ConfigError(
-                f"mesh {dict(zip(('data', 'fsdp', 'tensor'), shape))}: the fixed sizes "
-                f"(product {known}) do not divide the {device_count} devices")
-        shape = tuple(device_count // known if s == -1 else s for s in shape)
-    if math.prod(shape) != device_count:
-        raise ConfigError(
-            f"mesh {dict(zip(('data', 'fsdp', 'tensor'), shape))} has {math.prod(shape)} "
-            f"devices but jax.device_count() is {device_count}; make the product match "
-            f"or set one size to -1")
-    return shape
 
 
 def _comments(cls: type) -> dict[str, str]:

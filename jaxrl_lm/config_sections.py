@@ -366,11 +366,57 @@ class EnvSection:
     options: dict = dataclasses.field(default_factory=dict)  # passed to envs.make
     max_prompt_len: int = 32  # fixed length of rendered prompts, in tokens
     max_turns: int = 9  # turns per episode in a rollout
+    # RL on a mixture of envs: [{name, weight, options}], each group's share of
+    # train.batch_size in proportion to its weight (jaxrl_lm/train/mix.py). It
+    # replaces env.name for the RL rollout (env.options must then stay empty);
+    # env.name still names the warm-up's and the evaluation's env
+    mix: tuple[dict, ...] = ()
 
     def __post_init__(self):
         _at_least(self, "max_prompt_len", 1)
         _at_least(self, "max_turns", 1)
         _finite_tree(self, "options")  # envs compare options with <, which NaN passes
+        if self.mix:
+            self._check_mix()
+
+    def _check_mix(self) -> None:
+        """env.mix: dicts of a registered name, a finite weight > 0 and options
+        envs.make accepts; names unique; env.options empty."""
+        from jaxrl_lm import envs  # lazily: importing every env costs time
+
+        if self.options:
+            _fail(self, "options", "must be empty when env.mix is set (each mix entry "
+                                   "carries its own options)")
+        seen = set()
+        for i, entry in enumerate(self.mix):
+            where = f"env.mix.{i}"
+            if not isinstance(entry, dict):
+                raise ConfigError(f"{where}={entry!r}: expected {{name, weight, options}}")
+            unknown = sorted(set(entry) - {"name", "weight", "options"})
+            if unknown:
+                raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}; allowed: "
+                                  f"name, weight, options")
+            name, weight = entry.get("name"), entry.get("weight", 1.0)
+            options = entry.get("options") or {}
+            if name not in envs.registered():
+                raise ConfigError(f"{where}.name={name!r}: unknown env; choose one of "
+                                  f"{', '.join(envs.registered())}")
+            if name in seen:
+                raise ConfigError(f"{where}.name={name!r}: named twice; each group's metrics "
+                                  f"are prefixed by its name")
+            seen.add(name)
+            if not is_finite(weight) or weight <= 0:
+                raise ConfigError(f"{where}.weight={weight!r}: must be > 0 and finite")
+            if not isinstance(options, dict):
+                raise ConfigError(f"{where}.options={options!r}: expected a mapping")
+            bad = non_finite(options, f"{where}.options")
+            if bad:
+                raise ConfigError(f"{bad[0][0]}={bad[0][1]!r}: must be a finite number "
+                                  f"(not NaN or inf)")
+            try:
+                envs.make(name, **options)
+            except (TypeError, ValueError) as e:
+                raise ConfigError(f"{where}.options: {e}") from None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -455,3 +501,20 @@ _SECTION_OF = {ModelSection: "model", MeshSection: "mesh", OptimSection: "optim"
                TrustRegionSection: "trust_region", TrainSection: "train", EnvSection: "env",
                DataSection: "data", RewardSection: "reward",
                EvalSection: "eval", WarmupSection: "warmup", LoraSection: "lora"}
+
+
+def resolve_mesh_shape(shape: tuple[int, ...], device_count: int) -> tuple[int, ...]:
+    """Replace the one -1 by the devices left over; check the product."""
+    known = math.prod(s for s in shape if s != -1)
+    if -1 in shape:
+        if device_count % known:
+            raise ConfigError(
+                f"mesh {dict(zip(('data', 'fsdp', 'tensor'), shape))}: the fixed sizes "
+                f"(product {known}) do not divide the {device_count} devices")
+        shape = tuple(device_count // known if s == -1 else s for s in shape)
+    if math.prod(shape) != device_count:
+        raise ConfigError(
+            f"mesh {dict(zip(('data', 'fsdp', 'tensor'), shape))} has {math.prod(shape)} "
+            f"devices but jax.device_count() is {device_count}; make the product match "
+            f"or set one size to -1")
+    return shape

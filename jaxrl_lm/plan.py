@@ -180,7 +180,7 @@ def activation_bytes(mcfg: Any, rows: int, length: int, remat: str, tensor: int)
     return rows * (L * saved + kept + back + ends)
 
 
-def update_bytes(mcfg: Any, stage: memory_check.Stage, mesh: dict, params: int,
+def update_stage_bytes(mcfg: Any, stage: memory_check.Stage, mesh: dict, params: int,
                  micro_batches: int) -> dict[str, int]:
     """gradients, activations, logits of an update stage, per device; `params`:
     parameters per device."""
@@ -195,7 +195,7 @@ def update_bytes(mcfg: Any, stage: memory_check.Stage, mesh: dict, params: int,
             "logits": 3 * positions * _split(mcfg.vocab_size, mesh["tensor"]) * 4}
 
 
-def sampling_bytes(mcfg: Any, stage: memory_check.Stage, mesh: dict, params: int,
+def sampling_stage_bytes(mcfg: Any, stage: memory_check.Stage, mesh: dict, params: int,
                    prompt_len: int) -> dict[str, int]:
     """kv cache (with the prefill's), sampling (next-token logits; the weights cast
     from a master copy) of a sampling stage, per device."""
@@ -233,9 +233,10 @@ def make_plan(cfg: Any, *, devices: int, device_memory: tuple[int, str],
     for st in memory_check.stages(cfg, mcfg):
         if st.kind == "update":
             micro = 1 if st.name == "warm-up" else t.micro_batches
-            stages[st.name] = update_bytes(mcfg, st, mesh, params, micro)
+            stages[st.name] = update_stage_bytes(mcfg, st, mesh, params, micro)
         else:
-            stages[st.name] = sampling_bytes(mcfg, st, mesh, params, cfg.env.max_prompt_len)
+            stages[st.name] = sampling_stage_bytes(mcfg, st, mesh, params,
+                                                   cfg.env.max_prompt_len)
         if reference and st.name in (f"{cfg.algo.name} update", "rollout"):
             stages[st.name]["reference"] = reference
     return Plan(source, mcfg, sum(math.prod(s) for s, _ in layout.values()), mesh, resident,
@@ -317,8 +318,8 @@ def main(argv: list[str]) -> int:
     args, overrides = p.parse_known_args(argv)
     if args.devices is not None and args.devices < 1:
         raise ConfigError(f"--devices={args.devices}: must be >= 1")
-    if args.memory_gib is not None and not args.memory_gib > 0:
-        raise ConfigError(f"--memory-gib={args.memory_gib}: must be > 0")
+    if args.memory_gib is not None and not 0 < args.memory_gib < math.inf:
+        raise ConfigError(f"--memory-gib={args.memory_gib}: must be a finite number > 0")
     cfg = load_config(args.config, overrides, imports=args.imports)
     if args.devices is None:
         import jax

@@ -51,7 +51,7 @@ def _flat(model) -> dict:
 
 # -- the slice mapping ------------------------------------------------------------------
 def _kinds(cfg: ModelConfig):
-    D, F, V, Hd = cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size, cfg.head_dim
+    D, F, Hd = cfg.hidden_size, cfg.intermediate_size, cfg.head_dim
     H, K = cfg.num_heads, cfg.num_kv_heads
     return {"q_proj": (H * Hd, D), "k_proj": (K * Hd, D), "o_proj": (D, H * Hd),
             "q_bias": (H * Hd,), "v_bias": (K * Hd,), "gate_proj": (F, D),
@@ -177,15 +177,16 @@ from jaxrl_lm.train import mesh as mesh_lib
 path, mode, shape = sys.argv[1], sys.argv[2], tuple(json.loads(sys.argv[3]))
 # XLA:CPU adopts a 64-byte-aligned numpy buffer as the device's memory instead of
 # copying it, so a device slice could stay on the traced heap; copy it on the device
-# (untraced), as an accelerator's device_put does, so that tracemalloc sees the
-# host's staging buffers only.
+# (untraced) and drop the adopted one, as an accelerator's device_put copies, so that
+# tracemalloc sees the host's staging buffers only. (JAX lets go of a transferred
+# host buffer at the next transfer either way: the "previous slice" of sharded_load.)
 _put = jax.device_put
 
 
 def put_copy(x, *args, **kwargs):
     adopted = _put(x, *args, **kwargs)
     out = jax.numpy.copy(adopted).block_until_ready()
-    adopted.delete()  # releases the host buffer now, not when XLA gets round to it
+    adopted.delete()
     return out
 
 

@@ -215,7 +215,8 @@ def test_fits_and_does_not_fit(capsys):
     (["--devices", "8", "--mesh.fsdp", "3"], "error: mesh {'data': -1, 'fsdp': 3, 'tensor': 1}:"
                                              " the fixed sizes (product 3) do not divide"),
     (["--devices", "0"], "error: --devices=0: must be >= 1"),
-    (["--memory-gib", "-1"], "error: --memory-gib=-1.0: must be > 0"),
+    (["--memory-gib", "-1"], "error: --memory-gib=-1.0: must be a finite number > 0"),
+    (["--memory-gib", "inf"], "error: --memory-gib=inf: must be a finite number > 0"),
     (["--bogus", "1"], "error: override --bogus: expected the form --section.field"),
 ])
 def test_bad_configs_are_one_error_line(capsys, argv, match):

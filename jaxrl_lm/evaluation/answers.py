@@ -1,14 +1,16 @@
 """How a policy answers a single-turn task: right or wrong, how long, how
 repetitive, in which style. Read from the library rollout's Trajectory, so
-the same numbers describe the RL batches (as `RLRunner`'s `traj_stats`) and
-separate evaluations (`make_answer_eval`).
+the same numbers describe the RL batches (as `RLRunner`'s `traj_stats`, on an
+env or a prompt dataset) and separate evaluations of an env
+(`make_answer_eval`; a dataset's held-out rows: `evaluation.dataset`).
 
-    correct      the env rewarded the answer (env_reward > 0; with
-                 shaping.standin_reward false an unparsable answer earns 0)
+    correct      the task rewarded the answer (env_reward > 0: a dataset's
+                 verifier said right; with shaping.standin_reward false an
+                 unparsable answer earns 0)
     length       generated tokens, the stop token included
     repetition   the summed `rewards.repetition_penalty` of the completion
-    direct       the completion starts with `first_token` (e.g. "A" of a
-                 bare ACTION=<n>, against a scratchpad first)
+    direct       the completion starts with `first_token` (e.g. "#" of a
+                 bare "#### 42", or "A" of "ACTION=7", against a scratchpad first)
 """
 
 from __future__ import annotations

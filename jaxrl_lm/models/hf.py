@@ -9,6 +9,8 @@ reason a folder cannot be loaded (a missing or unreadable file, bad JSON, a
 truncated safetensors file, a tensor missing, extra or of the wrong shape) is
 an `HFLoadError` (a ValueError) naming the file or tensor; `check_hf_folder`
 finds all of them but a broken tokenizer without reading the weights.
+`load_hf(path, mesh=mesh)` puts every parameter straight onto a device mesh,
+each device reading only its slices of the files (sharded_load.py).
 
 Weight names (HF, per layer i) -> decoder parameters (see decoder.py):
 
@@ -48,11 +50,11 @@ from flax import nnx
 from jaxrl_lm.models.config import ModelConfig
 from jaxrl_lm.models.hf_config import (SUPPORTED_MODEL_TYPES, HFLoadError,  # noqa: F401
                                        config_from_hf, config_to_hf, model_type_of)
+from jaxrl_lm.models.hf_config import V_HEAD as _V_HEAD, layer_names as _layer_names
 from jaxrl_lm.models.tokenizer import quiet_transformers
 
 # Buffers some exporters write next to the weights; they are recomputed, not loaded.
 _IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
-_V_HEAD = ("v_head.summary.weight", "v_head.summary.bias")
 
 
 def _token_ids(tokenizer: Any) -> dict[str, int | None]:
@@ -192,27 +194,6 @@ def read_safetensors(path) -> dict[str, np.ndarray]:
 
 
 # -- weights --------------------------------------------------------------------
-def _layer_names(cfg: ModelConfig) -> dict[str, str]:
-    """Decoder stacked-parameter name -> HF per-layer suffix."""
-    names = {"attn_norm": "input_layernorm.weight", "mlp_norm": "post_attention_layernorm.weight",
-             "q_proj": "self_attn.q_proj.weight", "k_proj": "self_attn.k_proj.weight",
-             "v_proj": "self_attn.v_proj.weight", "o_proj": "self_attn.o_proj.weight",
-             "gate_proj": "mlp.gate_proj.weight", "up_proj": "mlp.up_proj.weight",
-             "down_proj": "mlp.down_proj.weight"}
-    if cfg.attention_bias:
-        names.update(q_bias="self_attn.q_proj.bias", k_bias="self_attn.k_proj.bias",
-                     v_bias="self_attn.v_proj.bias")
-    if cfg.attention_out_bias:
-        names["o_bias"] = "self_attn.o_proj.bias"
-    if cfg.qk_norm:
-        names.update(q_norm="self_attn.q_norm.weight", k_norm="self_attn.k_norm.weight")
-    if cfg.post_norms:  # Gemma 2/3 reuse post_attention_layernorm for the attention output
-        names.update(attn_post_norm="post_attention_layernorm.weight",
-                     mlp_norm="pre_feedforward_layernorm.weight",
-                     mlp_post_norm="post_feedforward_layernorm.weight")
-    return names
-
-
 def _hf_shape(name: str, ours: tuple[int, ...]) -> tuple[int, ...]:
     """The HF shape of one layer's tensor whose decoder shape (per layer) is `ours`."""
     if name in ("q_proj", "k_proj", "v_proj"):

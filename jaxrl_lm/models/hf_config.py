@@ -253,3 +253,29 @@ def config_to_hf(cfg: ModelConfig, *, max_position_embeddings: int = 2048,
     hf = _hf_dict(cfg, model_type_of(cfg), max_position_embeddings)
     hf.update({k: v for k, v in (token_ids or {}).items() if v is not None})
     return hf
+
+
+# -- tensor names, shared by hf.py and sharded_load.py -------------------------------
+# a value head saved by TRL's AutoModelForCausalLMWithValueHead
+V_HEAD = ("v_head.summary.weight", "v_head.summary.bias")
+
+
+def layer_names(cfg: ModelConfig) -> dict[str, str]:
+    """Decoder stacked-parameter name -> HF per-layer suffix."""
+    names = {"attn_norm": "input_layernorm.weight", "mlp_norm": "post_attention_layernorm.weight",
+             "q_proj": "self_attn.q_proj.weight", "k_proj": "self_attn.k_proj.weight",
+             "v_proj": "self_attn.v_proj.weight", "o_proj": "self_attn.o_proj.weight",
+             "gate_proj": "mlp.gate_proj.weight", "up_proj": "mlp.up_proj.weight",
+             "down_proj": "mlp.down_proj.weight"}
+    if cfg.attention_bias:
+        names.update(q_bias="self_attn.q_proj.bias", k_bias="self_attn.k_proj.bias",
+                     v_bias="self_attn.v_proj.bias")
+    if cfg.attention_out_bias:
+        names["o_bias"] = "self_attn.o_proj.bias"
+    if cfg.qk_norm:
+        names.update(q_norm="self_attn.q_norm.weight", k_norm="self_attn.k_norm.weight")
+    if cfg.post_norms:  # Gemma 2/3 reuse post_attention_layernorm for the attention output
+        names.update(attn_post_norm="post_attention_layernorm.weight",
+                     mlp_norm="pre_feedforward_layernorm.weight",
+                     mlp_post_norm="post_feedforward_layernorm.weight")
+    return names

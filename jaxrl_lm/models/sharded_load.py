@@ -114,7 +114,7 @@ def assemble(shape: tuple[int, ...], dtype, sharding: jax.sharding.Sharding,
 
 def _sources(cfg: ModelConfig) -> dict[tuple[str, ...], tuple[str, str]]:
     """Our param path -> (kind for `_spec`, HF name; per-layer names use `{i}`)."""
-    from jaxrl_lm.models.hf import _V_HEAD, _layer_names
+    from jaxrl_lm.models.hf_config import V_HEAD as _V_HEAD, layer_names as _layer_names
 
     out = {("embed",): ("embed", "model.embed_tokens.weight"),
            ("final_norm",): ("final_norm", "model.norm.weight")}

@@ -10,14 +10,17 @@ from __future__ import annotations
 
 import math
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jax
 import numpy as np
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from jaxrl_lm.config import Config, ConfigError, resolve_mesh_shape
+from jaxrl_lm.config_sections import ConfigError, resolve_mesh_shape
+
+if TYPE_CHECKING:
+    from jaxrl_lm.config import Config
 
 AXES = ("data", "fsdp", "tensor")
 

@@ -46,6 +46,7 @@ from jaxrl_lm.data.prompts import batch_rows
 from jaxrl_lm.train import mesh as mesh_lib
 from jaxrl_lm.train import tasks
 from jaxrl_lm.train.engine import Engine, SkipStreak, TrainState
+from jaxrl_lm.train.mix import EnvMix
 from jaxrl_lm.train.optim import make_optimizer
 from jaxrl_lm.train.run_dir import RunFiles, RunResult
 
@@ -90,6 +91,11 @@ class RLRunner:
             stop_tokens=stop_tokens(tokenizer, newline=r.stop_at_newline),
             invalid_penalty=cfg.shaping.invalid_penalty,
             standin_reward=cfg.shaping.standin_reward)
+        # --- env.mix (train/mix.py): one rollout per group, joined into one batch ---
+        self.mix = EnvMix.from_config(cfg, tokenizer) if cfg.env.mix else None
+        if self.mix is not None:
+            self.play = self.mix.play
+        # --- end env.mix ---
         rows = tasks.max_turns(cfg) * t.batch_size
         self.mesh = mesh_lib.make_mesh(cfg.mesh.shape)
         mesh_lib.check_mesh(self.mesh, rows // t.micro_batches)
@@ -139,6 +145,8 @@ class RLRunner:
             batch["ref_logp"] = common.ref_logprobs(ref, batch, chunks=cfg.train.micro_batches,
                                                     temperature=temperature)
         stats = {**episode_stats(traj), **parts}
+        if self.mix is not None:  # env.mix: each group's statistics, "<name>/..."
+            stats.update(self.mix.group_stats(traj))
         if self.traj_stats is not None:
             stats.update(self.traj_stats(traj))
         stats["kept_turns"] = sig.keep.sum() / jnp.maximum(traj.active.sum(), 1)
@@ -262,6 +270,8 @@ class RLRunner:
             stats = {**stats, **host_means}
         else:
             batch, stats = self.collect(state.params, eng.rest, ref_params, key, rows)
+        if self.mix is not None:  # env.mix: a cut prompt names its group
+            self.mix.check_fit(stats, self.cfg.env.max_prompt_len, where=f"in RL iteration {it}")
         check_prompt_fit(stats["prompt_cut"], stats["prompt_len_max"],
                          self.cfg.env.max_prompt_len, where=f"in RL iteration {it}")
         batch = eng.place_batch(batch)

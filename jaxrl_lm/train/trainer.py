@@ -49,8 +49,12 @@ def build_policy(cfg: Config):
     else:
         if not os.path.isdir(cfg.model.path):
             raise ConfigError(f"model.path={cfg.model.path!r}: not a directory")
+        from jaxrl_lm.train import mesh as mesh_lib
+
+        # each device reads only its slices of the safetensors files (models/sharded_load.py)
         model, tokenizer = models.load_hf(cfg.model.path, dtype=cfg.model.dtype,
-                                          param_dtype=cfg.model.param_dtype, value_head=value_head)
+                                          param_dtype=cfg.model.param_dtype, value_head=value_head,
+                                          mesh=mesh_lib.make_mesh(cfg.mesh.shape))
     # training-only switches, read when the model is traced (remat) or trained (master_dtype)
     model.config = model.config.replace(remat=cfg.model.remat, master_dtype=cfg.model.master_dtype)
     if cfg.lora.rank > 0:  # from here on only the adapters (and a value head) are trained

@@ -1,0 +1,67 @@
+"""PAPRIKA's preference pairs: per task, its best trajectory against a
+randomly drawn lower-scoring one; a task whose trajectories all score alike
+gives none.
+
+Pairs are written as JSONL in the preference trainer's multi-turn TRL form
+(`jaxrl_lm.data.preference`): `prompt` the first observation as a user
+message, `chosen` / `rejected` the rest of each conversation, assistant and
+user (env) turns alternating; plus the group, task and both scores. A JSON
+of the config that made them is written next to the file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import numpy as np
+
+
+def select_pairs(scores: np.ndarray, rng: np.random.Generator) -> tuple[int, int] | None:
+    """(best, rejected) indices into one task's `scores` f[n], or None when no
+    trajectory scores lower than the best. The best is the first of the top
+    score; the rejected one is uniform over those scoring strictly lower."""
+    scores = np.asarray(scores, np.float64)
+    best = int(np.argmax(scores))
+    lower = np.flatnonzero(scores < scores[best])
+    if lower.size == 0:
+        return None
+    return best, int(rng.choice(lower))
+
+
+def pair_row(chosen: dict, rejected: dict) -> dict[str, Any]:
+    """One TRL row from two episode records of the same task."""
+    first = chosen["messages"][0]
+    assert first == rejected["messages"][0], "the two episodes of a pair start alike"
+    return {"prompt": [first], "chosen": chosen["messages"][1:],
+            "rejected": rejected["messages"][1:], "group": chosen["group"],
+            "task": chosen["task"], "chosen_score": chosen["score"],
+            "rejected_score": rejected["score"]}
+
+
+def make_pairs(records: list[dict], *, seed: int) -> list[dict]:
+    """Every task's pair (when it has one), in the records' group/task order."""
+    rng = np.random.default_rng(seed)
+    by_task: dict[tuple, list[dict]] = {}
+    for r in records:
+        by_task.setdefault((r["group"], r["task"]), []).append(r)
+    rows = []
+    for eps in by_task.values():
+        picked = select_pairs(np.asarray([e["score"] for e in eps]), rng)
+        if picked is not None:
+            rows.append(pair_row(eps[picked[0]], eps[picked[1]]))
+    return rows
+
+
+def write_pairs(rows: list[dict], folder: str, config: dict) -> str:
+    """folder/pairs.jsonl and folder/config.json; returns the JSONL's path."""
+    os.makedirs(folder, exist_ok=True)
+    path = os.path.join(folder, "pairs.jsonl")
+    with open(path + ".tmp", "w") as f:
+        for row in rows:
+            f.write(json.dumps(row) + "\n")
+    os.replace(path + ".tmp", path)
+    with open(os.path.join(folder, "config.json"), "w") as f:
+        json.dump(config, f, indent=2)
+    return path
