@@ -479,8 +479,10 @@ class RewardSection:
     # data runs: host reward functions on the decoded text, TRL's form
     # fn(prompts, completions, **columns) -> floats: [{fn: module.name or math_verify, weight: 1.0}]
     functions: tuple[dict, ...] = ()
+    workers: int = 0  # processes computing the functions, each on a slice of the batch (0: none)
 
     def __post_init__(self):
+        _at_least(self, "workers", 0)
         _bounded(self, "answer_weight")
         _bounded(self, "format_weight")
         for i, entry in enumerate(self.functions):

@@ -151,3 +151,51 @@ def call(fn: RewardFn, name: str, prompts: list[str], completions: list[str],
             raise ValueError(f"reward function {name!r}: row {i} is {out[i]} (completion "
                              f"{completions[i][:60]!r})")
     return out
+
+
+def _call_chunk(spec: str, cwd: str, prompts: list[str], completions: list[str],
+                columns: dict[str, list]) -> np.ndarray:
+    """A worker's part of `RewardPool.call`: resolve `spec` there, then `call`."""
+    if cwd not in sys.path:
+        sys.path.append(cwd)
+    return call(resolve(spec), spec, prompts, completions, columns)
+
+
+class RewardPool:
+    """Host reward functions computed by `workers` processes, each on a
+    contiguous slice of the batch (`reward.workers`): for slow functions
+    (math-verify on long completions) on a host with cores to spare. The
+    processes are started once ("spawn": safe beside JAX's threads) and import
+    the functions by name; the values and the error messages (rows counted in
+    the whole batch) are those of `call`.
+    """
+
+    def __init__(self, workers: int):
+        import concurrent.futures
+        import multiprocessing
+
+        if workers < 1:
+            raise ValueError(f"workers={workers}: must be >= 1")
+        self.workers = workers
+        self.pool = concurrent.futures.ProcessPoolExecutor(
+            workers, mp_context=multiprocessing.get_context("spawn"))
+
+    def call(self, spec: str, prompts: list[str], completions: list[str],
+             columns: dict[str, list]) -> np.ndarray:
+        n = len(completions)
+        cuts = np.linspace(0, n, self.workers + 1).astype(int)
+        parts = [(a, b) for a, b in zip(cuts[:-1], cuts[1:]) if b > a]
+        futures = [self.pool.submit(_call_chunk, spec, os.getcwd(), prompts[a:b],
+                                    completions[a:b], {k: v[a:b] for k, v in columns.items()})
+                   for a, b in parts]
+        out = []
+        for (a, _), f in zip(parts, futures):
+            try:
+                out.append(f.result())
+            except ValueError as e:  # name the row in the whole batch
+                msg = re.sub(r"row (\d+)", lambda m: f"row {a + int(m.group(1))}", str(e), count=1)
+                raise ValueError(msg) from None
+        return np.concatenate(out) if out else np.zeros(0)
+
+    def close(self) -> None:
+        self.pool.shutdown(cancel_futures=True)

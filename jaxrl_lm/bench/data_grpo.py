@@ -13,7 +13,8 @@ token-mean loss's forward/backward and an AdamW step (grad-norm clip 1.0),
 no KL. Both sides start from the same random-weight tiny Qwen2 written by
 transformers and read back with `load_hf` (see `bench grpo-step`, whose
 helpers this reuses). The host share is the time of `RLRunner.host_rewards`
-(device-to-host copy, decoding, the function) over the whole iteration.
+(device-to-host copy, decoding, the function) over the whole iteration;
+`--reward-workers N` computes the function in N processes (`reward.workers`).
 
     jaxrl-lm bench data-grpo            # 64 prompts x G=4 = 256, 128 new tokens, 2 timed steps
     jaxrl-lm bench data-grpo --quick --json
@@ -52,6 +53,8 @@ def _parser() -> argparse.ArgumentParser:
     add("--lr", type=float, default=1e-5)
     add("--torch-threads", type=int, default=None)
     add("--torch-device", default="auto", choices=("auto", "cpu", "cuda"))
+    add("--reward-workers", type=int, default=0,
+        help="reward.workers: processes for the host reward (0: in the training process)")
     add("--no-trl", action="store_true", help="time ours only")
     add("--quick", action="store_true", help="tiny sizes (smoke test): 4 x 2, 16 tokens")
     add("--seed", type=int, default=0)
@@ -67,7 +70,9 @@ def _check(args) -> None:
         args.steps = 1 if args.quick else 2
     for name in ("prompts", "group", "new", "steps"):
         if getattr(args, name) < 1:
-            raise SystemExit(f"error: --{name} {getattr(args, name)}: must be >= 1")
+            raise ValueError(f"--{name} {getattr(args, name)}: must be >= 1")
+    if args.reward_workers < 0:
+        raise ValueError(f"--reward-workers {args.reward_workers}: must be >= 0")
 
 
 def _data(args, tmp: str, tokenizer) -> tuple[str, list[str], list[str], int]:
@@ -96,7 +101,8 @@ def _ours_config(args, path: str, prompt_len: int):
         "train": {"steps": args.steps + 1, "batch_size": args.prompts * args.group,
                   "max_len": prompt_len + args.new, "seed": args.seed, "progress": False},
         "data": {"path": path, "eval_fraction": 0.0, "shuffle": False},
-        "reward": {"answer_weight": 0.0, "functions": [{"fn": "math_verify"}]},
+        "reward": {"answer_weight": 0.0, "functions": [{"fn": "math_verify"}],
+                   "workers": args.reward_workers},
         "mesh": {"data": -1}})
 
 
@@ -185,6 +191,7 @@ def run(args) -> dict:
     result = dict(config=dict(prompts=args.prompts, group=args.group,
                               batch=args.prompts * args.group, max_new_tokens=args.new,
                               layers=args.layers, hidden=args.hidden, steps=args.steps,
+                              reward_workers=args.reward_workers,
                               task="addition (2-digit + 1-digit), reward math_verify"))
     with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -207,7 +214,8 @@ def _table(r: dict) -> str:
     c, o = r["config"], r["jaxrl_lm"]
     lines = [f"data-grpo bench: {c['task']}; {c['prompts']} prompts x G={c['group']} = "
              f"{c['batch']}, up to {c['max_new_tokens']} new tokens; Qwen2 {c['layers']}L "
-             f"d={c['hidden']}; median of {c['steps']} steps after a warm-up",
+             f"d={c['hidden']}; median of {c['steps']} steps after a warm-up; reward workers "
+             f"{c['reward_workers']}",
              f"{'':30}{'s/iteration':>12}",
              f"{'jaxrl_lm (RLRunner.iteration)':30}{o['seconds']:>12.3f}   host rewards "
              f"{o['host_reward_s']:.3f} s = {100 * o['host_share']:.1f}% of the iteration "

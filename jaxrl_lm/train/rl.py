@@ -242,8 +242,14 @@ class RLRunner:
         columns = {c: [v[r] for r in done_row] for c, v in task.prompts.columns.items()}
         total = np.zeros(len(completions))
         means = {}
+        workers = self.cfg.reward.workers
+        if workers and getattr(self, "_reward_pool", None) is None:
+            self._reward_pool = reward_functions.RewardPool(workers)
         for name, fn, weight in self.host_fns:
-            r = reward_functions.call(fn, name, prompts, completions, columns)
+            if workers:  # reward.workers processes, each on a slice of the batch
+                r = self._reward_pool.call(name, prompts, completions, columns)
+            else:
+                r = reward_functions.call(fn, name, prompts, completions, columns)
             total += weight * r
             means[f"reward/{name}"] = float(r.mean())
         return jnp.asarray(total, jnp.float32), means
