@@ -56,4 +56,4 @@ def test_top_level_help_lists_every_command(capsys):
     for name in COMMANDS:
         assert f"\n  {name} " in out, name  # one described line per command
     assert cli_main(["fit"]) == 2
-    assert "unknown command 'fit'; choose one of bench, data, eval, plan, plot, train" in capsys.readouterr().err
+    assert "unknown command 'fit'; choose one of bench, data, eval, paprika, plan, plot, train" in capsys.readouterr().err
