@@ -17,18 +17,22 @@ every seed. Per seed s, which sets the model init, the warm-up's and RL's row
 order and every sampling key:
 
   1. warm-up: `train_sft` on the demo column (the trainer's `build_data` of
-     `warmup_config(cfg)`), from `default_policy(s)` narrowed to hidden 64, 2 layers;
-  2. probe: batches of the warm-up policy, sampled by the RL rollout; every
-     baseline scored on the same episodes (and again after the grpo arm's RL);
-  3. arms, each from the same warm-up for RL_STEPS iterations of `RLRunner`:
+     `warmup_config(cfg)`), from `default_policy(s)` narrowed (--hidden, --layers);
+  2. probe: --probe-batches batches of the warm-up policy, sampled by the RL
+     rollout; every baseline scored on the same episodes (and again after the
+     grpo arm's RL);
+  3. arms, each from the same warm-up for --rl-steps iterations of `RLRunner`:
        grpo    GRPO, reward = the verifier's 0/1
        opo     OPO (algo.name opo), the same reward
        cosine  GRPO, shaping.cosine_length + shaping.repetition_ngram
        kimi    GRPO, 0/1 + KIMI_WEIGHT x kimi_length_reward (a host reward
                function, `kimi_length` below: the shaping section has no switch
                for it)
-     evaluated with `evaluate_prompts` on the held-out rows every EVAL_EVERY
-     iterations: greedy pass@1, and pass@1 / pass@k of EVAL_SAMPLES samples at T = 1.
+     evaluated with `evaluate_prompts` on the held-out rows every --eval-every
+     iterations: greedy pass@1, and pass@1 / pass@k of --eval-samples samples at T = 1.
+
+The defaults are the sweep of docs/results/reasoning.md (under 10 minutes on
+2 CPU cores).
 
 Writes OUT/results.json and prints the tables (markdown). JAX's persistent
 compilation cache (OUT/jax_cache) keeps `evaluate_prompts`, which compiles its
@@ -152,8 +156,8 @@ def run_arm(cfg, model, tokenizer, warm, held, warm_eval, args, seed: int):
 
     direct = tokenizer.encode("#", add_special_tokens=False)[0]  # a bare "#### n" answer
     nnx.update(model, warm)
-    runner = RLRunner(cfg, model, tokenizer,
-                      traj_stats=lambda t: answer_stats(t, first_token=direct, ngram=args.rep_ngram))
+    runner = RLRunner(cfg, model, tokenizer, traj_stats=lambda t: answer_stats(
+        t, first_token=direct, ngram=args.rep_ngram))
     state, ref = runner.init()
     curve, batches = [{"step": 0, **warm_eval}], []
     for it in range(cfg.train.steps):
@@ -171,6 +175,7 @@ def run_seed(args, data_path: str, seed: int) -> dict:
 
     from jaxrl_lm.models import default_policy
     from jaxrl_lm.train import tasks
+    from jaxrl_lm.train.logging import read_metrics
     from jaxrl_lm.train.sft import train_sft
     from jaxrl_lm.train.trainer import build_data, warmup_config
 
@@ -182,11 +187,12 @@ def run_seed(args, data_path: str, seed: int) -> dict:
     wcfg = warmup_config(cfg)
     # resume: a rerun into the same --out reuses a finished warm-up (a changed config
     # is an error naming the fields)
-    sft = train_sft(wcfg, os.path.join(args.out, f"seed{seed}", "warmup"), model=model,
-                    data_fn=build_data(wcfg, tokenizer), resume=True)
+    warm_dir = os.path.join(args.out, f"seed{seed}", "warmup")
+    sft = train_sft(wcfg, warm_dir, model=model, data_fn=build_data(wcfg, tokenizer),
+                    resume=True)
     warm = jax.device_get(sft.state.params)
     nnx.update(model, warm)
-    out["warmup"] = {"loss": float(sft.last_metrics["loss"]),
+    out["warmup"] = {"loss": float(read_metrics(warm_dir)[-1]["loss"]),
                      **evaluate(model, tokenizer, held, args, seed)}
     out["wall_s"]["warmup"] = round(time.perf_counter() - t0, 1)
     log(f"seed {seed} warm-up: {out['warmup']}  ({out['wall_s']['warmup']} s)")
@@ -221,54 +227,54 @@ def fmt(values, digits: int = 3) -> str:
     return f"{m:.{digits}f} ± {se:.{digits}f} ({per})"
 
 
-def tables(res: dict) -> str:
-    seeds = list(res["seeds"])
-    runs = [res["seeds"][s] for s in seeds]
-    arms = [a for a in ARMS if a in runs[0]["arms"]]
-    lines = [f"seeds {', '.join(seeds)}; values: mean ± standard error over seeds "
-             f"(per-seed values in brackets)", ""]
-    if runs[0]["probe"]:
-        lines += ["Gradient variance (sum over groups of V_g), ratios on the same batches", "",
-                  "| policy | OPO / GRPO | OPO / group mean (Dr. GRPO) | oracle / group mean "
-                  "| GRPO / group mean | Spearman(length, ||s||^2) | mixed groups |",
-                  "|---|---|---|---|---|---|---|"]
-        for where in ("warmup", "after_grpo"):
-            p = [r["probe"][where] for r in runs]
-            lines.append(f"| {where} | {fmt([x['opo/grpo'] for x in p])} "
-                         f"| {fmt([x['opo/dr_grpo'] for x in p])} "
-                         f"| {fmt([x['oracle/dr_grpo'] for x in p])} "
-                         f"| {fmt([x['grpo/dr_grpo'] for x in p], 2)} "
-                         f"| {fmt([x['spearman_len_sqnorm'] for x in p], 2)} "
-                         f"| {sum(x['mixed_groups'] for x in p)} of "
-                         f"{sum(x['groups'] for x in p)} |")
-        lines.append("")
+def _row(label: str, cells) -> str:
+    return f"| {label} | " + " | ".join(cells) + " |"
+
+
+def _probe_table(runs: list[dict]) -> list[str]:
+    lines = ["Gradient variance (sum over groups of V_g), ratios on the same batches", "",
+             "| policy | OPO / GRPO | OPO / group mean (Dr. GRPO) | oracle / group mean "
+             "| GRPO / group mean | Spearman(length, ‖s‖²) | mixed groups |",
+             "|---|---|---|---|---|---|---|"]
+    for where in ("warmup", "after_grpo"):
+        p = [r["probe"][where] for r in runs]
+        cells = [fmt([x[k] for x in p], d) for k, d in (
+            ("opo/grpo", 3), ("opo/dr_grpo", 3), ("oracle/dr_grpo", 3), ("grpo/dr_grpo", 2),
+            ("spearman_len_sqnorm", 2))]
+        cells.append(f"{sum(x['mixed_groups'] for x in p)} of {sum(x['groups'] for x in p)}")
+        lines.append(_row(where, cells))
+    return lines + [""]
+
+
+def _endpoint_tables(runs: list[dict], arms: list[str], samples: int) -> list[str]:
+    k_max = f"pass@{samples}"
     metrics = (("pass@1", "greedy pass@1"), ("sampled_pass@1", "sampled pass@1 (T=1)"),
-               (f"pass@{res['settings']['eval_samples']}", f"pass@{res['settings']['eval_samples']}"),
-               ("sampled_completion_len", "sampled length (tokens)"),
+               (k_max, k_max), ("sampled_completion_len", "sampled length (tokens)"),
                ("completion_len", "greedy length (tokens)"))
-    lines += ["Held-out endpoints (after the warm-up, and after RL)", "",
-              "| arm | " + " | ".join(m[1] for m in metrics) + " |",
-              "|---|" + "---|" * len(metrics)]
-    lines.append("| warm-up | " + " | ".join(fmt([r["warmup"][k] for r in runs],
-                                                 1 if "len" in k else 3)
-                                             for k, _ in metrics) + " |")
+    lines = ["Held-out endpoints (after the warm-up, and after RL)", "",
+             _row("arm", [m[1] for m in metrics]), "|---|" + "---|" * len(metrics)]
+    lines.append(_row("warm-up", [fmt([r["warmup"][k] for r in runs], 1 if "len" in k else 3)
+                                  for k, _ in metrics]))
     for a in arms:
-        lines.append(f"| {a} | " + " | ".join(
-            fmt([r["arms"][a]["curve"][-1][k] for r in runs], 1 if "len" in k else 3)
-            for k, _ in metrics) + " |")
+        lines.append(_row(a, [fmt([r["arms"][a]["curve"][-1][k] for r in runs],
+                                  1 if "len" in k else 3) for k, _ in metrics]))
     lines += ["", "Paired differences against grpo (same seed, same warm-up)", "",
-              "| arm | Δ greedy pass@1 | Δ sampled pass@1 | Δ sampled length |", "|---|---|---|---|"]
+              "| arm | Δ greedy pass@1 | Δ sampled pass@1 | Δ sampled length |",
+              "|---|---|---|---|"]
     for a in arms:
-        if a == "grpo":
+        if a == "grpo" or "grpo" not in arms:
             continue
         d = {k: [r["arms"][a]["curve"][-1][k] - r["arms"]["grpo"]["curve"][-1][k] for r in runs]
              for k in ("pass@1", "sampled_pass@1", "sampled_completion_len")}
-        lines.append(f"| {a} | {fmt(d['pass@1'])} | {fmt(d['sampled_pass@1'])} "
-                     f"| {fmt(d['sampled_completion_len'], 1)} |")
+        lines.append(_row(a, [fmt(d["pass@1"]), fmt(d["sampled_pass@1"]),
+                              fmt(d["sampled_completion_len"], 1)]))
+    return lines + [""]
+
+
+def _curve_table(runs: list[dict], arms: list[str]) -> list[str]:
     steps = [c["step"] for c in runs[0]["arms"][arms[0]]["curve"]]
-    lines += ["", "Held-out curves, mean over seeds: sampled pass@1 / greedy pass@1 / sampled "
-              "length", "", "| arm | " + " | ".join(f"step {s}" for s in steps) + " |",
-              "|---|" + "---|" * len(steps)]
+    lines = ["Held-out curves, mean over seeds: sampled pass@1 / greedy pass@1 / sampled length",
+             "", _row("arm", [f"step {s}" for s in steps]), "|---|" + "---|" * len(steps)]
     for a in arms:
         cells = []
         for i in range(len(steps)):
@@ -276,27 +282,46 @@ def tables(res: dict) -> str:
             cells.append(f"{np.mean([x['sampled_pass@1'] for x in c]):.3f} / "
                          f"{np.mean([x['pass@1'] for x in c]):.3f} / "
                          f"{np.mean([x['sampled_completion_len'] for x in c]):.1f}")
-        lines.append(f"| {a} | " + " | ".join(cells) + " |")
-    k = 5
-    lines += ["", f"Training batches (T=1, the episodes trained on): mean of the first and last "
-              f"{k} iterations", "",
-              "| arm | accuracy first → last | length first → last | longest batch mean "
-              "| direct answers first → last | repetition first → last |", "|---|---|---|---|---|---|"]
+        lines.append(_row(a, cells))
+    return lines + [""]
+
+
+def _batch_table(runs: list[dict], arms: list[str], k: int = 5) -> list[str]:
+    lines = [f"Training batches (T=1, the episodes trained on): mean of the first and last "
+             f"{k} iterations", "",
+             "| arm | accuracy first → last | length first → last | longest batch mean "
+             "| direct answers first → last | repetition first → last |",
+             "|---|---|---|---|---|---|"]
     for a in arms:
         def ends(key):
             first = [np.mean([b[key] for b in r["arms"][a]["batches"][:k]]) for r in runs]
             last = [np.mean([b[key] for b in r["arms"][a]["batches"][-k:]]) for r in runs]
-            return first, last
+            return mean_se(first)[0], last
+
         cells = []
         for key, d in (("accuracy", 3), ("length", 1)):
-            f, l_ = ends(key)
-            cells.append(f"{mean_se(f)[0]:.{d}f} → {fmt(l_, d)}")
-        longest = [max(b["length"] for b in r["arms"][a]["batches"]) for r in runs]
-        cells.append(fmt(longest, 1))
+            first, last = ends(key)
+            cells.append(f"{first:.{d}f} → {fmt(last, d)}")
+        cells.append(fmt([max(b["length"] for b in r["arms"][a]["batches"]) for r in runs], 1))
         for key in ("direct", "repetition"):
-            f, l_ = ends(key)
-            cells.append(f"{mean_se(f)[0]:.3f} → {mean_se(l_)[0]:.3f}")
-        lines.append(f"| {a} | " + " | ".join(cells) + " |")
+            first, last = ends(key)
+            cells.append(f"{first:.3f} → {mean_se(last)[0]:.3f}")
+        lines.append(_row(a, cells))
+    return lines
+
+
+def tables(res: dict) -> str:
+    """The markdown tables of a results.json (mean ± standard error over seeds)."""
+    seeds = list(res["seeds"])
+    runs = [res["seeds"][s] for s in seeds]
+    arms = [a for a in ARMS if a in runs[0]["arms"]]
+    lines = [f"seeds {', '.join(seeds)}; values: mean ± standard error over seeds "
+             f"(per-seed values in brackets)", ""]
+    if runs[0]["probe"]:
+        lines += _probe_table(runs)
+    lines += _endpoint_tables(runs, arms, res["settings"]["eval_samples"])
+    lines += _curve_table(runs, arms)
+    lines += _batch_table(runs, arms)
     return "\n".join(lines)
 
 
@@ -333,7 +358,7 @@ def parse(argv):
     p.add_argument("--groups", type=int, default=8, help=f"prompts per batch, {GROUP_SIZE} each")
     p.add_argument("--max-new-tokens", type=int, default=72)
     p.add_argument("--rep-ngram", type=int, default=4)
-    p.add_argument("--eval-every", type=int, default=10)
+    p.add_argument("--eval-every", type=int, default=5)
     p.add_argument("--eval-samples", type=int, default=4)
     p.add_argument("--probe-batches", type=int, default=4)
     return p.parse_args(argv)

@@ -218,6 +218,15 @@ def test_lora_on_a_tensor_parallel_mesh_matches_one_device():
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
 
 
+def test_a_value_head_is_trained_with_the_adapters():
+    """PPO's value head is fresh: it trains alongside the adapters; the base does not."""
+    model, _ = default_policy(0, value_head=True)
+    assert lora.trainable_filter(model) is nnx.Param  # no adapters: everything trains
+    lora.apply_lora(model, rank=2, alpha=2.0, targets=("v_proj",))
+    assert _names(nnx.state(model, lora.trainable_filter(model))) == [
+        "layers/v_proj_lora_a", "layers/v_proj_lora_b", "value_head/bias", "value_head/kernel"]
+
+
 def _dir_bytes(path) -> int:
     return sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(path) for f in fs)
 

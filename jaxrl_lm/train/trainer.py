@@ -13,7 +13,8 @@ For an RL algorithm (`run_rl`):
 For `algo.name: sft`, steps 2-4 are one SFT run on `train.data` (train/sft.py).
 With `data.path` the RL stage plays a prompt dataset instead of an env
 (train/tasks.py: free-form completions graded by a verifier), evaluated on
-its held-out rows (pass@1), with no warm-up.
+its held-out rows (pass@1 greedy, pass@k with eval.samples); a warm-up then
+imitates the rows' data.demo_column.
 For a preference algorithm (dpo, ipo, hinge, robust, simpo, rpo) it is one
 run on data.path's (prompt, chosen, rejected) pairs (train/preference.py).
 With `--resume`, a finished warm-up is restored rather than redone and each
