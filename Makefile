@@ -22,8 +22,9 @@ $(VENV)/.test: pyproject.toml | $(VENV)/bin/python
 train: $(VENV)/.core
 	$(VENV)/bin/jaxrl-lm train --config launch/configs/tictactoe.yaml --out runs/tictactoe --resume $(ARGS)
 
+# two workers: the suite is bound by XLA compiles, which are single-threaded
 test: $(VENV)/.test
-	$(PY) -m pytest -q $(PYTEST_ARGS)
+	$(PY) -m pytest -q -n 2 $(PYTEST_ARGS)
 
 test-fast: $(VENV)/.test
 	$(PY) -m pytest -q -m "not slow" -n auto $(PYTEST_ARGS)
