@@ -233,3 +233,34 @@ def test_math_verify_builtin_on_a_gsm8k_shaped_fixture():
                       ["48 + 24 = 72, so #### 72", "\\boxed{71}", "The total is $\\frac{144}{2}$",
                        "I don't know"], answer=answer)
     assert got == [1.0, 0.0, 1.0, 0.0]
+
+
+@pytest.mark.slow
+def test_gsm8k_fixture_through_the_full_path_with_math_verify(tmp_path):
+    """GSM8K-shaped rows (question / answer ending '#### n'): math_verify is the
+    training reward (the verifier's weight 0) and the evaluation's grader;
+    `jaxrl-lm eval --data held-out` then re-grades the exported policy the same
+    way, with pass@k, into a summary file."""
+    import yaml
+
+    data = write_rows(tmp_path / "gsm8k.jsonl", ROWS)
+    cfg = {**BASE, "reward": {"answer_weight": 0.0, "functions": [{"fn": "math_verify"}]},
+           "data": {**BASE["data"], "path": data, "grader": "math_verify"},
+           "eval": {"samples": 2}}
+    (tmp_path / "run.yaml").write_text(yaml.safe_dump(cfg))
+    out = str(tmp_path / "run")
+    assert cli_main(["train", "--config", str(tmp_path / "run.yaml"), "--out", out]) == 0
+    rows = [json.loads(x) for x in open(os.path.join(out, "metrics.jsonl"))]
+    for r in rows:  # the episode reward is math_verify's 0/1 alone
+        assert r["reward"] == pytest.approx(r["reward/math_verify"], abs=1e-6)
+        assert 0.0 <= r["reward/math_verify"] <= 1.0
+    after = json.load(open(os.path.join(out, "summary.json")))["after"]["held-out"]
+    assert {"pass@1", "pass@2", "sampled_pass@1", "format"} <= set(after)
+    summary = tmp_path / "eval.json"
+    assert cli_main(["eval", "--checkpoint", out, "--data", "held-out", "--samples", "2",
+                     "--summary", str(summary)]) == 0
+    again = json.load(open(summary))
+    assert again["settings"]["data"]["grader"] == "math_verify"
+    # the same policy, rows, grader and seed: the same greedy pass@1
+    assert again["after"]["pass@1"] == pytest.approx(after["pass@1"])
+    assert again["after"]["episodes"] == after["episodes"] == 4
