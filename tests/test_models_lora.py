@@ -57,7 +57,6 @@ def _randomize_adapters(model, seed: int, std: float = 0.1) -> None:
         lambda x: jnp.asarray(rng.normal(0.0, std, x.shape), x.dtype), adapters))
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("family", list(ADAPTERS))
 def test_export_matches_peft_and_the_merged_folder(hf_folders, tmp_path, family):
     """export_hf writes the merged weights (transformers loads them) and a PEFT

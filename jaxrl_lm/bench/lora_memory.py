@@ -52,6 +52,8 @@ def _parser() -> argparse.ArgumentParser:
     add("--group", type=int, default=4, help="G, completions per prompt")
     add("--new", type=int, default=64, help="max completion tokens")
     add("--beta", type=float, default=0.0, help="KL coefficient (> 0: a reference is scored)")
+    add("--remat", default="none", choices=("none", "full", "dots"),
+        help="model.remat for every variant")
     add("--hidden", type=int, default=896)
     add("--layers", type=int, default=24)
     add("--heads", type=int, default=14)
@@ -92,7 +94,8 @@ def _config(args, path: str, prompt_len: int, rank: int, param_dtype: str):
 
     lora = {"rank": rank, "alpha": args.alpha, "targets": args.targets.split(",")} if rank else {}
     return from_dict({
-        "model": {"source": "hf", "path": args.path, "param_dtype": param_dtype},
+        "model": {"source": "hf", "path": args.path, "param_dtype": param_dtype,
+                  "remat": args.remat},
         "lora": lora,
         "algo": {"name": "grpo", "group_size": args.group, "beta": args.beta, "epochs": 1},
         "rollout": {"max_new_tokens": args.new, "temperature": 1.0, "stop_at_newline": False},
@@ -175,7 +178,7 @@ def run(args) -> dict:
     _check(args)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     result = dict(config=dict(prompts=args.prompts, group=args.group, new=args.new,
-                              beta=args.beta, rank=args.rank, alpha=args.alpha,
+                              beta=args.beta, remat=args.remat, rank=args.rank, alpha=args.alpha,
                               targets=args.targets, layers=args.layers, hidden=args.hidden,
                               heads=args.heads, kv_heads=args.kv_heads,
                               intermediate=args.intermediate, vocab=args.vocab), runs={})
@@ -183,7 +186,8 @@ def run(args) -> dict:
         path = os.path.join(tmp, "hf")
         result["config"]["params"] = _write_folder(args, path)
         flags = [f"--{k.replace('_', '-')}={getattr(args, k)}" for k in (
-            "rank", "alpha", "targets", "prompts", "group", "new", "beta", "seed", "hidden",
+            "rank", "alpha", "targets", "prompts", "group", "new", "beta", "remat", "seed",
+            "hidden",
             "layers", "heads", "kv_heads", "intermediate", "vocab")]
         env = dict(os.environ, JAX_PLATFORMS=os.environ.get("JAX_PLATFORMS", "cpu"))
         for variant in args.variants.split(","):
@@ -205,7 +209,8 @@ def _table(r: dict) -> str:
     c = r["config"]
     lines = [f"lora-memory bench: one GRPO iteration, Qwen2 {c['layers']}L d={c['hidden']} "
              f"({c['params'] / 1e6:.0f}M params, vocab {c['vocab']}), {c['prompts']} prompts x "
-             f"G={c['group']}, {c['new']} new tokens, beta {c['beta']}; LoRA r={c['rank']} "
+             f"G={c['group']}, {c['new']} new tokens, beta {c['beta']}, remat {c['remat']}; "
+             f"LoRA r={c['rank']} "
              f"alpha={c['alpha']} on {c['targets']}",
              f"{'variant':11}{'params':>9}{'trained':>11}{'peak RSS':>10}{'loaded':>8}"
              f"{'built':>8}{'iter peak':>10}{'iter s':>8}{'vs full':>9}"]

@@ -13,9 +13,14 @@ computes exactly what its base computes until the first update.
 that holds the very same base `nnx.Param`s (no copy) plus `nnx.LoRAParam`
 factors, and whose `arrays()` (what the layer scan and the sampler read)
 returns the merged W' for each target: one merge per forward or per sampled
-sequence, fused by XLA, and the decode loop pays nothing per token. The
-factors are float32 whatever the base's dtype (like PEFT's adapters); the
-merge is computed in float32 and handed to the block in the compute dtype.
+sequence, and the decode loop pays nothing per token. The factors are float32
+whatever the base's dtype (like PEFT's adapters); the merge is summed in
+float32 and rounded to the dtype the decoder reads parameters as
+(`param_dtype`), as the decoder does with a float32 master copy. The cost of
+merging: a training step holds the merged copy of every target and its
+gradient (about 2x the targets' size), and the sampler one merged copy; computing
+x W + s (x A) B inside the block instead would need neither (docs: the LoRA
+memory table).
 
 Training: `trainable_filter(model)` is `nnx.LoRAParam` (plus a value head,
 which is fresh and must learn); the train engine splits on it, so gradients,
@@ -101,13 +106,12 @@ class LoraLayerStack(LayerStack):
     axis unsharded)."""
 
     def __init__(self, base: LayerStack, *, rank: int, alpha: float, targets: tuple[str, ...],
-                 compute_dtype, key: jax.Array):
+                 key: jax.Array):
         # no LayerStack.__init__: it would draw a second random base
         for name, var in vars(base).items():
             if isinstance(var, nnx.Param):
                 setattr(self, name, var)
         self.lora_rank, self.lora_alpha, self.lora_targets = rank, float(alpha), targets
-        self.compute_dtype = jnp.dtype(compute_dtype).name
         self.adapters_on = True
         for name, k in zip(targets, jax.random.split(key, len(targets))):
             w = getattr(self, name)
@@ -127,8 +131,8 @@ class LoraLayerStack(LayerStack):
         return self.lora_alpha / self.lora_rank
 
     def arrays(self, dtype=None) -> dict[str, jax.Array]:
-        """The base stack's arrays, each target merged with its adapter (in the
-        promotion of `dtype` and the compute dtype) unless adapters are off."""
+        """The base stack's arrays (as `dtype` if given), each target merged with
+        its adapter unless the adapters are off."""
         out = {k: v[...] if dtype is None else v[...].astype(dtype)
                for k, v in vars(self).items()
                if isinstance(v, nnx.Param) and not isinstance(v, nnx.LoRAParam)}
@@ -136,8 +140,7 @@ class LoraLayerStack(LayerStack):
             return out
         for name in self.lora_targets:
             a, b = getattr(self, f"{name}_lora_a")[...], getattr(self, f"{name}_lora_b")[...]
-            dt = jnp.promote_types(out[name].dtype, self.compute_dtype)
-            out[name] = _merge(out[name], a, b, self.scale, dt)
+            out[name] = _merge(out[name], a, b, self.scale, out[name].dtype)
         return out
 
 
@@ -166,7 +169,6 @@ def apply_lora(model: nnx.Module, *, rank: int, alpha: float, targets=TARGETS, s
             raise ValueError(f"lora.rank={rank}: must be <= min(in, out) = {min(n_in, n_out)} "
                              f"for {name} ({n_in} -> {n_out} features)")
     model.layers = LoraLayerStack(layers, rank=rank, alpha=alpha, targets=targets,
-                                  compute_dtype=model.config.compute_dtype,
                                   key=jax.random.fold_in(jax.random.PRNGKey(seed), 0x10A))
     model.lora_base_path = base_path  # the HF folder the adapters apply to (adapter_config)
     return model
