@@ -100,6 +100,8 @@ commands:
              `jaxrl-lm train --help` lists them all with their defaults)
   eval    play an env with a run's policy (greedy) and print win/draw/loss
             jaxrl-lm eval --checkpoint runs/ttt --env tictactoe --opponent minimax
+          or score a prompt dataset: pass@1 greedy, pass@k sampled
+            jaxrl-lm eval --checkpoint runs/math --data held-out --samples 8
   plot    redraw a run's curves from its metrics.jsonl
             jaxrl-lm plot runs/ttt
   plan    estimate each device's memory per stage for a config and mesh, from
@@ -111,7 +113,7 @@ commands:
           pair each task's best with a worse one, SFT on the winners, then RPO
             jaxrl-lm paprika --config launch/configs/paprika.yaml --out runs/paprika [--resume]
   bench   speed and memory benchmarks against a baseline measured in the same run
-            jaxrl-lm bench envs|sampler|logprobs-memory|rollout|grpo-step|data-grpo [--json]
+            jaxrl-lm bench envs|sampler|logprobs-memory|rollout|grpo-step|data-grpo|lora-memory [--json]
 """
 
 
