@@ -14,6 +14,7 @@ from jaxrl_lm import envs
 from jaxrl_lm.envs import _puzzle_util as pu
 from jaxrl_lm.envs import customer_service as cs
 from jaxrl_lm.envs.text import TextInterface
+from tests.test_guess_my_city import CharTokenizer, _np  # the QA games' shared helpers
 
 DATA = pathlib.Path(envs.__file__).parent / "data" / "customer_service.json"
 
@@ -29,21 +30,6 @@ def _scenarios():
         reply.update(item.split("=") for item in replies.split())
         out.append((complaint, fix, reply))
     return questions, data["fixes"], out
-
-
-def _np(tree):
-    return jax.tree.map(np.asarray, tree)
-
-
-class CharTokenizer:
-    def encode(self, text):
-        return [ord(c) for c in text]
-
-    def decode(self, ids):
-        return "".join(chr(i) for i in ids)
-
-    def __len__(self):
-        return 128
 
 
 def test_table_is_consistent_and_every_fix_is_identifiable():

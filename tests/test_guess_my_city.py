@@ -33,6 +33,8 @@ def _np(tree):
 
 
 class CharTokenizer:
+    """ids = code points (shared by the tests of the three question-answer games)."""
+
     def encode(self, text):
         return [ord(c) for c in text]
 

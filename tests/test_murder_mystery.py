@@ -14,6 +14,7 @@ from jaxrl_lm import envs
 from jaxrl_lm.envs import _puzzle_util as pu
 from jaxrl_lm.envs import murder_mystery as mm
 from jaxrl_lm.envs.text import TextInterface
+from tests.test_guess_my_city import CharTokenizer, _np  # the QA games' shared helpers
 
 DATA = pathlib.Path(envs.__file__).parent / "data" / "murder_mystery.json"
 
@@ -24,21 +25,6 @@ def _case_file():
     feats = {k: {n: dict(x.split("=") for x in f.split()) for n, f in data[k + "s"].items()}
              for k in ("suspect", "weapon", "room")}
     return {c: spec[0] for c, spec in data["clues"].items()}, feats
-
-
-def _np(tree):
-    return jax.tree.map(np.asarray, tree)
-
-
-class CharTokenizer:
-    def encode(self, text):
-        return [ord(c) for c in text]
-
-    def decode(self, ids):
-        return "".join(chr(i) for i in ids)
-
-    def __len__(self):
-        return 128
 
 
 def test_case_file_identifies_each_fact_only_by_combining_clues():
