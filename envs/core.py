@@ -311,4 +311,5 @@ def make(name: str, **options) -> Env:
         raise ValueError(
             f"unknown option(s) {unknown} for env {name!r}; allowed: {sorted(fields)}"
         )
-    return cls(**options)
+    # a YAML or JSON list (`ships: [3, 2]`) is the tuple the env's fields hold
+    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in options.items()})

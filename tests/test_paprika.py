@@ -45,16 +45,12 @@ def test_select_pairs_best_against_a_random_lower_one():
 
 
 def record(group, task, ep, score_, answers):
-    msgs = [{"role": "user", "content": f"task {task}"}]
-    for i, a in enumerate(answers):
-        if i:
-            msgs.append({"role": "user", "content": f"obs {i}"})
-        msgs.append({"role": "assistant", "content": a})
-    return {"group": group, "task": task, "episode": ep, "messages": msgs,
-            "score": score_}
+    steps = [{"prompt": f"task {task} obs {i}\n", "completion": f"{a}\n"}
+             for i, a in enumerate(answers)]
+    return {"group": group, "task": task, "episode": ep, "steps": steps, "score": score_}
 
 
-def test_make_pairs_skips_tied_tasks_and_loads_with_assistant_masks(tmp_path):
+def test_make_pairs_skips_tied_tasks_and_scores_each_turn_in_its_own_context(tmp_path):
     _, tok = default_policy(0)
     records = [record("g", 0, 0, -2.0, ["ACTION=1", "ACTION=2"]),
                record("g", 0, 1, -3.0, ["ACTION=0", "ACTION=3", "ACTION=4"]),
@@ -65,15 +61,46 @@ def test_make_pairs_skips_tied_tasks_and_loads_with_assistant_masks(tmp_path):
     path = write_pairs(rows, str(tmp_path / "pairs"), {"made_by": "test"})
     assert json.load(open(tmp_path / "pairs" / "config.json")) == {"made_by": "test"}
     loaded = read_rows(path)
-    assert loaded[0]["prompt"] == [{"role": "user", "content": "task 0"}]
-    assert [m["role"] for m in loaded[0]["chosen"]] == ["assistant", "user", "assistant"]
-    pairs = build_pairs(loaded, tok, max_len=256)
+    assert loaded[0]["prompt"] == "task 0 obs 0\n"
+    pairs = build_pairs(loaded, tok, max_len=64)
+    assert pairs.tokens.shape == (1, 2, 3, 64)  # 3 turn rows: the longer side's turns
     for side, answers in ((0, ["ACTION=1", "ACTION=2"]), (1, ["ACTION=0", "ACTION=3", "ACTION=4"])):
-        scored = tok.decode(pairs.tokens[0, side][pairs.mask[0, side] > 0].tolist())
-        # PLAIN_TEMPLATE: each assistant turn is " <content>\n" after "Assistant:"
-        assert scored == "".join(f" {a}\n" for a in answers)
-        whole = tok.decode(pairs.tokens[0, side, : pairs.lengths[0, side]].tolist())
-        assert "obs 1" in whole and "obs 1" not in scored
+        for t in range(3):
+            row, m = pairs.tokens[0, side, t], pairs.mask[0, side, t]
+            if t >= len(answers):  # the shorter side's missing turn: nothing scored
+                assert m.sum() == 0
+                continue
+            scored = tok.decode(row[m > 0].tolist())
+            context = tok.decode(row[: int(np.argmax(m > 0))].tolist())
+            assert scored == f"{answers[t]}\n"
+            assert context == f"task 0 obs {t}\n"  # that turn's prompt alone, no history
+
+
+def test_turn_pair_logps_are_the_sum_of_independent_turns():
+    """pair_logps on [B, 2, K, L] equals each turn scored as its own sequence by
+    a float64 numpy log-softmax of the model's logits, summed over turns."""
+    import jax.numpy as jnp
+
+    from jaxrl_lm.train.preference import pair_logps
+
+    model, tok = default_policy(0)
+    rows = make_pairs([record("g", 0, 0, -1.0, ["ACTION=1", "ACTION=2"]),
+                       record("g", 0, 1, -3.0, ["ACTION=7"])], seed=0)
+    pairs = build_pairs(rows, tok, max_len=32)
+    got, n_tok = pair_logps(model, jnp.asarray(pairs.tokens), jnp.asarray(pairs.mask))
+    want = np.zeros(2)
+    for side, answers in ((0, ["ACTION=1", "ACTION=2"]), (1, ["ACTION=7"])):
+        for t, a in enumerate(answers):
+            p = list(tok.encode(f"task 0 obs {t}\n", add_special_tokens=False))
+            c = list(tok.encode(f"{a}\n", add_special_tokens=False))
+            ids = np.asarray([p + c])
+            logits = np.asarray(model(jnp.asarray(ids), jnp.arange(ids.shape[1])[None]),
+                                np.float64)[0]
+            logp = logits - np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1,
+                                   keepdims=True)) - logits.max(-1, keepdims=True)
+            want[side] += sum(logp[len(p) + j - 1, c[j]] for j in range(len(c)))
+    np.testing.assert_allclose(np.asarray(got[0]), want, rtol=1e-5, atol=1e-4)
+    assert np.asarray(n_tok[0]).tolist() == [18.0, 9.0]  # "ACTION=k\n" is 9 characters
 
 
 def test_generate_gives_n_trajectories_per_task():
@@ -87,10 +114,18 @@ def test_generate_gives_n_trajectories_per_task():
     for r in recs:
         assert 1 <= r["turns"] <= 2 and r["score"] in (0.0, 1.0)  # best_arm: its reward
         assert [m["role"] for m in r["messages"]] == ["user", "assistant"] * r["turns"]
+        assert len(r["steps"]) == r["turns"]
+        for s in r["steps"]:  # the ids are what the policy saw and wrote; texts decode them
+            assert tok.decode(s["prompt_ids"]) == s["prompt"]
+            assert tok.decode(s["completion_ids"]) == s["completion"]
+            assert 1 <= len(s["completion_ids"]) <= 6
     # the episodes of a task share it: the same first observation (arms not shown
     # until pulled, so it is the same text for every task of this env)
     firsts = {r["messages"][0]["content"] for r in recs}
     assert len(firsts) == 1 and firsts.pop().startswith("Best arm: 2 arms")
+    # greedy: one deterministic answer per task state
+    again = generate(gen, model, tok, greedy=True, trajectories=2)
+    assert len(again) == 4 and again[0]["steps"][0] == again[1]["steps"][0]
 
 
 def test_generate_section_checks_the_groups():
@@ -100,34 +135,93 @@ def test_generate_section_checks_the_groups():
         GenerateSection(groups=({"name": "best_arm"},), trajectories=0)
 
 
-@pytest.mark.slow
-def test_pipeline_end_to_end_and_resume(tmp_path, capsys):
+def tiny_config(tmp_path, **changes) -> str:
     cfg = yaml.safe_load(open(PRESET))
     assert len(cfg["generate"]["groups"]) >= 4
+    cfg["warmup"]["steps"] = 4
+    cfg["generate"].update(tasks=2, trajectories=4)
+    cfg["eval"]["episodes"] = 4
     for stage in ("sft", "rpo"):
-        cfg[stage]["train"]["steps"] = 2
+        cfg[stage]["train"].update(steps=2, ckpt_every=2)
+    cfg.update(changes)
     path = tmp_path / "paprika.yaml"
     path.write_text(yaml.safe_dump(cfg))
-    pc, out = load(str(path)), str(tmp_path / "run")
+    return str(path)
+
+
+@pytest.mark.slow
+def test_pipeline_end_to_end_and_resume(tmp_path, capsys):
+    pc, out = load(tiny_config(tmp_path, rounds=2)), str(tmp_path / "run")
     info = run(pc, out)
-    assert info["generate"]["episodes"] == 4 * 2 * 4  # groups x tasks x trajectories
-    assert 1 <= info["pairs"]["pairs"] <= 8
-    assert os.path.exists(os.path.join(out, "sft", "hf", "model.safetensors"))
-    assert os.path.exists(os.path.join(out, "rpo", "hf", "model.safetensors"))
-    assert np.isfinite(info["rpo"]["train"]["loss"])
+    assert info["round1/generate"]["episodes"] == 4 * 2 * 4  # groups x tasks x trajectories
+    assert sum(info["round2/generate"]["tasks"].values()) == 8  # the same budget, split by UCB
+    assert 1 <= info["round1/pairs"]["pairs"] <= 8
+    for r in (1, 2):
+        for stage in ("sft", "rpo"):
+            assert os.path.exists(os.path.join(out, f"round{r}", stage, "hf",
+                                               "model.safetensors"))
+        assert np.isfinite(info[f"round{r}/rpo"]["train"]["loss"])
+    said = capsys.readouterr().out
+    assert "before" in said and "SFT + RPO" in said and "battleship" in said
+    summary = json.load(open(os.path.join(out, "summary.json")))
+    assert set(summary["eval"]) == {"before", "SFT", "SFT + RPO"}
+    assert summary["eval"]["SFT"]["battleship"]["episodes"] == 4
     # a finished run refuses to start over; with --resume every stage is skipped
     with pytest.raises(ConfigError, match="add --resume"):
         run(pc, out)
-    stamps = {s: os.path.getmtime(os.path.join(out, s, "stage.json")) for s in info}
-    os.remove(os.path.join(out, "rpo", "stage.json"))  # rpo: unfinished, checkpoints kept
-    capsys.readouterr()
+    stamp = os.path.getmtime(os.path.join(out, "round1", "sft", "stage.json"))
+    os.remove(os.path.join(out, "round2", "rpo", "stage.json"))  # unfinished, checkpoints kept
     again = run(pc, out, resume=True)
     said = capsys.readouterr().out
-    for s in ("generate", "pairs", "sft"):
+    for s in ("warmup", "before", "round1/generate", "round1/sft", "round2/sft"):
         assert f"{s}: finished, skipped" in said
-        assert os.path.getmtime(os.path.join(out, s, "stage.json")) == stamps[s]
-    assert again["rpo"]["resumed_from"] == 2  # its last checkpoint: nothing left to train
-    assert again["rpo"]["train"]["loss"] == pytest.approx(info["rpo"]["train"]["loss"])
+    assert os.path.getmtime(os.path.join(out, "round1", "sft", "stage.json")) == stamp
+    assert again["round2/rpo"]["resumed_from"] == 2  # its last checkpoint: nothing left
+    assert again["round2/rpo"]["train"]["loss"] == pytest.approx(info["round2/rpo"]["train"]["loss"])
+
+
+@pytest.mark.slow
+def test_train_cli_runs_a_paprika_config_and_dpo_trains_on_its_pairs(tmp_path, capsys):
+    """`jaxrl-lm train --config paprika.yaml` runs the pipeline; `--algo.name dpo`
+    then trains on the pairs file it wrote (turn pairs)."""
+    from jaxrl_lm.cli import main
+
+    cfg, out = tiny_config(tmp_path), str(tmp_path / "run")
+    assert main(["train", "--config", cfg, "--out", out]) == 0
+    assert main(["train", "--config", cfg, "--out", str(tmp_path / "x"), "--train.steps",
+                 "3"]) == 2  # not a paprika key: an error line, nothing run
+    assert "unknown key(s) train" in capsys.readouterr().err
+    assert not os.path.exists(tmp_path / "x")
+    pairs = os.path.join(out, "round1", "pairs", "pairs.jsonl")
+    run_dir = str(tmp_path / "dpo")
+    assert main(["train", "--out", run_dir, "--algo.name", "dpo", "--data.path", pairs,
+                 "--data.eval_fraction", "0", "--train.steps", "2", "--train.batch_size", "2",
+                 "--train.max_len", "272", "--train.progress", "false"]) == 0
+    summary = json.load(open(os.path.join(run_dir, "summary.json")))
+    assert summary["pairs"]["train"] == len(read_rows(pairs))
+
+
+@pytest.mark.slow
+def test_leave_one_out_trains_without_each_group_and_evaluates_all(tmp_path):
+    from jaxrl_lm.paprika.pipeline import leave_one_out
+
+    data = yaml.safe_load(open(tiny_config(tmp_path)))
+    data["generate"]["groups"] = data["generate"]["groups"][:3]
+    data["sft"]["train"]["steps"] = data["rpo"]["train"]["steps"] = 1
+    data["sft"]["train"]["ckpt_every"] = data["rpo"]["train"]["ckpt_every"] = 1
+    from jaxrl_lm.paprika.pipeline import from_data
+
+    pc, out = from_data(data), str(tmp_path / "loo")
+    table = leave_one_out(pc, out, say=lambda s: None)
+    names = [g["name"] for g in data["generate"]["groups"]]
+    assert list(table) == names
+    for name in names:
+        gen = json.load(open(os.path.join(out, f"without_{name}", "round1", "generate",
+                                          "stage.json")))
+        assert name not in gen["tasks"] and len(gen["tasks"]) == 2
+        assert set(table[name]) == {"before", "SFT", "SFT + RPO"}
+        assert table[name]["SFT + RPO"]["episodes"] == 4
+    assert json.load(open(os.path.join(out, "leave_one_out.json"))) == table
 
 
 def test_curriculum_cv_and_ucb_allocation():

@@ -30,6 +30,10 @@ before it; one that rewrites earlier turns is an error. The text between
 two scored stretches is tokenized on its own, as a rollout would append it.
 Without `chat` prompt and responses must be strings, joined as given.
 
+Rows whose responses are lists of {prompt, completion} turns (Markovian env
+trajectories, each turn scored in its own context) go to
+`jaxrl_lm.data.turn_pairs`: tokens i32[N, 2, K, L], one row per turn.
+
 A pair longer than `max_len` is never cut: `on_overlong="error"` stops with
 the row and its length, `"drop"` leaves the pair out and counts it.
 """
@@ -43,6 +47,7 @@ import numpy as np
 
 from jaxrl_lm.data.chat import conversation, render_chat
 from jaxrl_lm.data.prompts import OVERLONG
+from jaxrl_lm.data.turn_pairs import build_turn_pairs, is_turn_list
 from jaxrl_lm.models.tokenizer import encode, pad_id
 
 RESPONSE_ROLES = ("assistant", "user")  # in a response: the agent's turns, the env's turns
@@ -50,9 +55,11 @@ RESPONSE_ROLES = ("assistant", "user")  # in a response: the agent's turns, the 
 
 @dataclasses.dataclass(frozen=True)
 class PairSet:
-    tokens: np.ndarray  # i32[N, 2, L]: [:, 0] prompt + chosen, [:, 1] prompt + rejected
-    mask: np.ndarray  # f32[N, 2, L]: 1 on the scored (assistant) tokens, else 0
-    lengths: np.ndarray  # i32[N, 2]: tokens of each sequence (the rest is padding)
+    # i32[N, 2, L]: [:, 0] prompt + chosen, [:, 1] prompt + rejected; for Markovian
+    # trajectories (data.turn_pairs) i32[N, 2, K, L]: one row per turn
+    tokens: np.ndarray
+    mask: np.ndarray  # f32, tokens' shape: 1 on the scored (assistant) tokens, else 0
+    lengths: np.ndarray  # i32[N, 2]: tokens of each sequence (its longest turn row)
     prompt_len: np.ndarray  # i32[N]: tokens of the shared prompt
     source_rows: np.ndarray  # i32[N]: index of each kept pair in the rows given
     dropped: int  # pairs left out for being longer than max_len
@@ -70,7 +77,7 @@ class PairSet:
         if length < int(self.lengths.max()):
             raise ValueError(f"length={length}: the longest sequence has "
                              f"{int(self.lengths.max())} tokens")
-        grow = ((0, 0), (0, 0), (0, max(length - self.tokens.shape[-1], 0)))
+        grow = ((0, 0),) * (self.tokens.ndim - 1) + ((0, max(length - self.tokens.shape[-1], 0)),)
         return dataclasses.replace(
             self, tokens=np.pad(self.tokens, grow, constant_values=self.pad_id)[..., :length],
             mask=np.pad(self.mask, grow)[..., :length])
@@ -167,6 +174,9 @@ def build_pairs(rows: Sequence[dict[str, Any]], tokenizer: Any, *, max_len: int,
         raise ValueError(f"max_len={max_len}: must be >= 2")
     if not rows:
         raise ValueError("no rows to build preference pairs from")
+    if is_turn_list(rows[0].get(chosen_column)):  # Markovian trajectories, turn by turn
+        return build_turn_pairs(rows, tokenizer, max_len=max_len, chosen_column=chosen_column,
+                                rejected_column=rejected_column, on_overlong=on_overlong)
     columns = (prompt_column, chosen_column, rejected_column)
     for name in columns:
         missing = [i for i, r in enumerate(rows) if name not in r]

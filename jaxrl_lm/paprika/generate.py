@@ -11,13 +11,17 @@ coherent trajectories.
 Each episode becomes a record: its group, task and index, the conversation
 (the first observation as a user message, then the assistant's answers and
 the env's next observations alternating; the rollout's prompts are Markovian,
-so an observation is the whole re-rendered state), the turns it used, its
-success and its score (`score`).
+so an observation is the whole re-rendered state), `steps` (each turn's
+prompt and completion, text and token ids, as the policy saw and wrote
+them: what training scores), the turns it used, its success and its score
+(`score`). `generate(..., greedy=True, trajectories=1)` is the evaluation's
+rollout.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 from typing import Any
 
 import jax
@@ -86,19 +90,21 @@ def episodes_of(traj: Any, tokenizer: Any, *, group: str, trajectories: int,
     for e in range(b):
         active = traj.active[:, e]
         turns = int(active.sum())
-        msgs = []
+        msgs, steps = [], []
         for t in range(turns):
-            p = _text(tokenizer, traj.prompt[t, e, : traj.prompt_len[t, e]])
-            n = int(traj.completion_len[t, e])
-            comp = traj.completion[t, e, :n]
-            if n and int(comp[-1]) in stop_ids:  # the stop token ends the answer; not its text
-                comp = comp[:-1]
-            msgs.append({"role": "user", "content": p})
-            msgs.append({"role": "assistant", "content": _text(tokenizer, comp)})
+            p_ids = [int(i) for i in traj.prompt[t, e, : traj.prompt_len[t, e]]]
+            c_ids = [int(i) for i in traj.completion[t, e, : int(traj.completion_len[t, e])]]
+            # the stop token ends the answer: kept in the ids (training teaches stopping),
+            # not in the text
+            answer = c_ids[:-1] if c_ids and c_ids[-1] in stop_ids else c_ids
+            p, c = _text(tokenizer, p_ids), _text(tokenizer, answer)
+            msgs += [{"role": "user", "content": p}, {"role": "assistant", "content": c}]
+            steps.append({"prompt": p, "completion": _text(tokenizer, c_ids),
+                          "prompt_ids": p_ids, "completion_ids": c_ids})
         env_return = float((traj.env_reward[:, e] * active).sum())
         success = env_return > 0
         out.append({"group": group, "task": e // trajectories, "episode": e % trajectories,
-                    "messages": msgs, "turns": turns, "success": bool(success),
+                    "messages": msgs, "turns": turns, "steps": steps, "success": bool(success),
                     "env_return": env_return, "valid_rate": float(
                         (traj.valid[:, e] & active).sum() / max(turns, 1)),
                     "score": float(score(np.asarray(success), np.asarray(turns),
@@ -107,10 +113,18 @@ def episodes_of(traj: Any, tokenizer: Any, *, group: str, trajectories: int,
     return out
 
 
+_ROLLOUTS: dict[tuple, tuple[int, Any]] = {}
+
+
 def generate(gen: GenerateSection, model: Any, tokenizer: Any, *,
-             tasks: dict[str, int] | None = None, round_index: int = 0) -> list[dict]:
+             tasks: dict[str, int] | None = None, round_index: int = 0,
+             groups: tuple[dict, ...] | None = None, trajectories: int | None = None,
+             greedy: bool = False) -> list[dict]:
     """Every group's episodes: `tasks[name]` (default gen.tasks) tasks of
-    gen.trajectories episodes each, sampled with the model's current params."""
+    `trajectories` (default gen.trajectories) episodes each, sampled with the
+    model's current params (min-p at gen.temperature, or greedy). `groups`
+    overrides gen.groups; the tasks follow from (gen.seed, round_index, the
+    group's index in the list)."""
     from flax import nnx
 
     from jaxrl_lm import envs
@@ -121,35 +135,48 @@ def generate(gen: GenerateSection, model: Any, tokenizer: Any, *,
     graphdef, params = nnx.split(model)
     stops = stop_tokens(tokenizer)
     root = jax.random.fold_in(jax.random.key(gen.seed), round_index)
+    n_traj = trajectories or gen.trajectories
+    sampling = (dict(temperature=0.0) if greedy
+                else dict(temperature=gen.temperature, min_p=gen.min_p))
+    vocab = hash(tuple(sorted(tokenizer.get_vocab().items())))  # equal tokenizers share
     records = []
-    for i, g in enumerate(gen.groups):
+    for i, g in enumerate(groups or gen.groups):
         n_tasks = gen.tasks if tasks is None else tasks.get(g["name"], 0)
         if n_tasks == 0:
             continue
-        env = envs.make(g["name"], **(g.get("options") or {}))
-        text = TextInterface(env, tokenizer, max_prompt_len=gen.max_prompt_len,
-                             pad_id=pad_id(tokenizer))
-        turns = min(gen.max_turns, env.max_steps)
-        play = make_rollout(env, text, num_groups=n_tasks, group_size=gen.trajectories,
-                            max_turns=turns, max_new_tokens=gen.max_new_tokens,
-                            temperature=gen.temperature, min_p=gen.min_p, stop_tokens=stops)
+        # one compiled rollout per (group, sizes, sampling), kept for the next policy
+        cache_key = (g["name"], json.dumps(g.get("options") or {}, sort_keys=True), n_tasks,
+                     n_traj, gen.max_turns, gen.max_new_tokens, gen.max_prompt_len,
+                     tuple(sorted(sampling.items())), vocab)
+        if cache_key not in _ROLLOUTS:
+            env = envs.make(g["name"], **(g.get("options") or {}))
+            text = TextInterface(env, tokenizer, max_prompt_len=gen.max_prompt_len,
+                                 pad_id=pad_id(tokenizer))
+            turns = min(gen.max_turns, env.max_steps)
+            _ROLLOUTS[cache_key] = (turns, make_rollout(
+                env, text, num_groups=n_tasks, group_size=n_traj, max_turns=turns,
+                max_new_tokens=gen.max_new_tokens, stop_tokens=stops, **sampling))
+        turns, play = _ROLLOUTS[cache_key]
         traj = play(graphdef, params, jax.random.fold_in(root, i))
         cut, longest = prompt_cuts(traj)
         check_prompt_fit(cut, longest, gen.max_prompt_len, where=f"for group {g['name']!r}",
                          field="generate.max_prompt_len")
         host = jax.device_get(traj._replace(states=None))
-        records += episodes_of(host, tokenizer, group=g["name"], trajectories=gen.trajectories,
+        records += episodes_of(host, tokenizer, group=g["name"], trajectories=n_traj,
                                max_turns=turns, stop_ids=stops)
     return records
 
 
 def summarize(records: list[dict]) -> dict[str, dict[str, float]]:
-    """Per group: episodes, success rate, mean turns, valid-answer rate."""
+    """Per group: episodes, success rate and its standard error sqrt(p(1-p)/n),
+    mean turns, valid-answer rate, mean score (PAPRIKA's, `score`)."""
     out: dict[str, dict[str, float]] = {}
     for name in dict.fromkeys(r["group"] for r in records):
         rs = [r for r in records if r["group"] == name]
-        out[name] = {"episodes": len(rs),
-                     "success_rate": float(np.mean([r["success"] for r in rs])),
+        p = float(np.mean([r["success"] for r in rs]))
+        out[name] = {"episodes": len(rs), "success_rate": p,
+                     "success_se": float(np.sqrt(p * (1 - p) / len(rs))),
                      "turns": float(np.mean([r["turns"] for r in rs])),
-                     "valid_rate": float(np.mean([r["valid_rate"] for r in rs]))}
+                     "valid_rate": float(np.mean([r["valid_rate"] for r in rs])),
+                     "score": float(np.mean([r["score"] for r in rs]))}
     return out

@@ -2,11 +2,12 @@
 randomly drawn lower-scoring one; a task whose trajectories all score alike
 gives none.
 
-Pairs are written as JSONL in the preference trainer's multi-turn TRL form
-(`jaxrl_lm.data.preference`): `prompt` the first observation as a user
-message, `chosen` / `rejected` the rest of each conversation, assistant and
-user (env) turns alternating; plus the group, task and both scores. A JSON
-of the config that made them is written next to the file.
+Pairs are written as JSONL rows the preference trainer reads as Markovian
+turn pairs (`jaxrl_lm.data.turn_pairs`): `prompt` the first observation,
+`chosen` / `rejected` each episode's turns ({prompt, completion} with the
+rollout's token ids), so each answer is scored in the context the policy
+wrote it in; plus the group, task and both scores. A JSON of the config that
+made them is written next to the file.
 """
 
 from __future__ import annotations
@@ -31,11 +32,11 @@ def select_pairs(scores: np.ndarray, rng: np.random.Generator) -> tuple[int, int
 
 
 def pair_row(chosen: dict, rejected: dict) -> dict[str, Any]:
-    """One TRL row from two episode records of the same task."""
-    first = chosen["messages"][0]
-    assert first == rejected["messages"][0], "the two episodes of a pair start alike"
-    return {"prompt": [first], "chosen": chosen["messages"][1:],
-            "rejected": rejected["messages"][1:], "group": chosen["group"],
+    """One turn-pair row from two episode records of the same task."""
+    first = chosen["steps"][0]["prompt"]
+    assert first == rejected["steps"][0]["prompt"], "the two episodes of a pair start alike"
+    return {"prompt": first, "chosen": chosen["steps"], "rejected": rejected["steps"],
+            "group": chosen["group"],
             "task": chosen["task"], "chosen_score": chosen["score"],
             "rejected_score": rejected["score"]}
 

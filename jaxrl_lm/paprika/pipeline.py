@@ -1,20 +1,35 @@
-"""`jaxrl-lm paprika`: generate -> pairs -> SFT on the winners -> RPO.
+"""`jaxrl-lm paprika` (or `jaxrl-lm train` on a paprika config): PAPRIKA's rounds.
 
     jaxrl-lm paprika --config launch/configs/paprika.yaml --out DIR [--resume]
+    jaxrl-lm paprika --config ... --out DIR --leave-one-out      # one run per held-out group
+    jaxrl-lm paprika --config ... --out DIR --curriculum.kind uniform   # any value overridden
 
-The config has four parts: `model` (the model section every stage starts
-from), `generate` (`generate.GenerateSection`: the task groups and the
-sampling), and `sft` / `rpo`, each the overrides of a `jaxrl-lm train`
-config (train, optim, preference, data sections) for that stage. Stages run
-in DIR's subfolders and each writes `stage.json` when it is finished:
+A paprika config has these parts: `model` (the model section every stage
+starts from), `warmup` (`warmup.WarmupSection`: SFT on scripted random play
+teaching the formats, for a model that has none), `generate`
+(`generate.GenerateSection`: task groups, n trajectories per task, min-p),
+`rounds`, `curriculum` ({kind: ucb | uniform, c}), `eval` ({episodes, seed}:
+held-out tasks per group, greedy) and `sft` / `rpo`, each the overrides of a
+`jaxrl-lm train` config (train, optim, preference, data) for that stage.
+Stages run in DIR's subfolders, each writing `stage.json` when finished:
 
-    generate/  trajectories.jsonl (every episode, scored), summary.json
-    pairs/     pairs.jsonl (TRL multi-turn rows), config.json
-    sft/       SFT on the chosen trajectories' assistant tokens (the
-               preference data module's masks), a run directory with hf/
-    rpo/       RPO from the SFT policy on the pairs (DPO beta 0.1 + alpha 1.0 x
-               the chosen response's length-normalised NLL; the reference is
-               the SFT policy), a run directory with hf/ and summary.json
+    warmup/           scripted SFT (warmup.steps > 0), its policy in hf/
+    before/           the starting policy on the held-out tasks
+    round<r>/generate trajectories.jsonl (every episode, scored, with its turns' token
+                      ids); the round's split of tasks over groups; each task's score cv
+    round<r>/pairs    pairs.jsonl (turn pairs, data.turn_pairs), config.json
+    round<r>/sft      SFT from the round's starting policy on the chosen trajectories'
+                      turns, a run directory with hf/
+    round<r>/sft_eval the SFT policy on the held-out tasks ("SFT alone")
+    round<r>/rpo      RPO from the SFT policy on the pairs (DPO beta 0.1 + alpha 1.0 x
+                      the chosen side's length-normalised NLL; reference: the SFT policy)
+    round<r>/rpo_eval the RPO policy on the held-out tasks; the next round starts from it
+
+Each round's generation budget is `generate.tasks` x the number of groups,
+split by the curriculum (`curriculum.py`): `ucb` over the groups with each
+task's coefficient of variation of scores as the reward (PAPRIKA), or
+`uniform`. The job ends with a table per group: before, after SFT and after
+RPO (the last round), success with its standard error, and `summary.json`.
 
 With --resume a finished stage is skipped and an unfinished SFT or RPO run
 continues from its newest checkpoint; without it, a DIR holding a finished
@@ -23,7 +38,6 @@ stage is an error.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import os
@@ -31,11 +45,19 @@ import sys
 import time
 from typing import Any
 
+import numpy as np
+
+from jaxrl_lm.cli_args import ArgumentParser
 from jaxrl_lm.config import Config, ConfigError, from_dict, read_yaml
+from jaxrl_lm.paprika import curriculum as cur
 from jaxrl_lm.paprika.generate import GenerateSection, generate, summarize
 from jaxrl_lm.paprika.pairs import make_pairs, write_pairs
+from jaxrl_lm.paprika.warmup import WarmupSection, mix_data, warmup_config
 
-STAGES = ("generate", "pairs", "sft", "rpo")
+TOP_KEYS = ("model", "warmup", "generate", "rounds", "curriculum", "eval", "sft", "rpo")
+ROUND_STAGES = ("generate", "pairs", "sft", "sft_eval", "rpo", "rpo_eval")
+CURRICULA = ("ucb", "uniform")
+EVAL_STREAM = 2**30  # held-out tasks: a key stream no generation round draws from
 RPO_DEFAULTS = {"algo": {"name": "rpo"}, "preference": {"beta": 0.1, "alpha": 1.0},
                 "data": {"on_overlong": "drop", "eval_fraction": 0.0}}
 
@@ -43,10 +65,15 @@ RPO_DEFAULTS = {"algo": {"name": "rpo"}, "preference": {"beta": 0.1, "alpha": 1.
 @dataclasses.dataclass(frozen=True)
 class PaprikaConfig:
     model: dict  # the model section (as in a train config) every stage starts from
+    warmup: WarmupSection  # scripted SFT teaching the formats (0 steps: none)
     generate: GenerateSection  # task groups, n per task, min-p sampling
+    rounds: int  # generate -> pairs -> SFT -> RPO, this many times
+    curriculum: dict  # {kind: ucb | uniform, c: UCB's exploration weight}
+    eval: dict  # {episodes: held-out tasks per group (greedy), seed}
     sft: dict  # overrides of the SFT stage's train config (train, optim)
     rpo: dict  # overrides of the RPO stage's train config (train, optim, preference, data)
-    raw: dict  # the config as read, written to pairs/config.json
+    raw: dict  # the config as read, written to each round's pairs/config.json
+    eval_groups: tuple = ()  # groups evaluated (default: generate.groups; leave-one-out: all)
 
 
 def _merge(base: dict, extra: dict) -> dict:
@@ -56,31 +83,87 @@ def _merge(base: dict, extra: dict) -> dict:
     return out
 
 
-def load(path: str) -> PaprikaConfig:
-    """The pipeline config; every stage's config is built and checked here."""
-    data = read_yaml(path) or {}
-    unknown = sorted(set(data) - {"model", "generate", "sft", "rpo"})
+def _section(data: dict, name: str, allowed: tuple[str, ...]) -> dict:
+    value = data.get(name) or {}
+    if not isinstance(value, dict):
+        raise ConfigError(f"{name}: must be a mapping, got {type(value).__name__}")
+    bad = sorted(set(value) - set(allowed))
+    if bad:
+        raise ConfigError(f"unknown key(s) {', '.join(name + '.' + k for k in bad)}; allowed: "
+                          f"{', '.join(allowed)}")
+    return dict(value)
+
+
+def from_data(data: dict) -> PaprikaConfig:
+    """The pipeline config from a parsed YAML; every stage's config is built
+    and checked here, before anything compiles."""
+    unknown = sorted(set(data) - set(TOP_KEYS))
     if unknown:
         raise ConfigError(f"unknown key(s) {', '.join(unknown)}; allowed at the top of a "
-                          f"paprika config: model, generate, sft, rpo")
-    gen = dict(data.get("generate") or {})
-    bad = sorted(set(gen) - {f.name for f in dataclasses.fields(GenerateSection)})
-    if bad:
-        raise ConfigError(f"unknown key(s) {', '.join('generate.' + k for k in bad)}")
+                          f"paprika config: {', '.join(TOP_KEYS)}")
+    gen = _section(data, "generate", tuple(f.name for f in dataclasses.fields(GenerateSection)))
     gen["groups"] = tuple(gen.get("groups") or ())
-    pc = PaprikaConfig(model=dict(data.get("model") or {}), generate=GenerateSection(**gen),
-                       sft=dict(data.get("sft") or {}), rpo=dict(data.get("rpo") or {}), raw=data)
-    sft_config(pc)
+    warm = _section(data, "warmup", tuple(f.name for f in dataclasses.fields(WarmupSection)))
+    curriculum = {"kind": "ucb", "c": 1.0, **_section(data, "curriculum", ("kind", "c"))}
+    if curriculum["kind"] not in CURRICULA:
+        raise ConfigError(f"curriculum.kind={curriculum['kind']!r}: must be one of "
+                          f"{', '.join(CURRICULA)}")
+    c = curriculum["c"]
+    if isinstance(c, bool) or not isinstance(c, (int, float)) or not 0 <= c < float("inf"):
+        raise ConfigError(f"curriculum.c={c!r}: must be a finite number >= 0")
+    ev = {"episodes": 128, "seed": 1, **_section(data, "eval", ("episodes", "seed"))}
+    for key in ("episodes", "seed"):
+        v = ev[key]
+        if isinstance(v, bool) or not isinstance(v, int) or v < (1 if key == "episodes" else 0):
+            raise ConfigError(f"eval.{key}={v!r}: must be an int >= {int(key == 'episodes')}")
+    rounds = data.get("rounds", 1)
+    if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 1:
+        raise ConfigError(f"rounds={rounds!r}: must be an int >= 1")
+    generate_section = GenerateSection(**gen)
+    pc = PaprikaConfig(model=dict(data.get("model") or {}), warmup=WarmupSection(**warm),
+                       generate=generate_section, rounds=rounds, curriculum=curriculum,
+                       eval=ev, sft=dict(data.get("sft") or {}), rpo=dict(data.get("rpo") or {}),
+                       raw=data, eval_groups=generate_section.groups)
+    sft_config(pc, "start/hf")
     rpo_config(pc, "sft/hf", "pairs/pairs.jsonl")
+    if pc.warmup.steps:
+        warmup_config(pc.model, pc.warmup, pc.generate)
     return pc
 
 
-def sft_config(pc: PaprikaConfig) -> Config:
+def load(path: str, overrides: list[str] | tuple = ()) -> PaprikaConfig:
+    """The config at `path` with `--a.b value` overrides applied."""
+    from jaxrl_lm.config import parse_overrides
+
+    data = read_yaml(path) or {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config {path!r}: expected a mapping at the top level")
+    return from_data(_merge(data, parse_overrides(list(overrides))))
+
+
+def is_paprika_config(path: str) -> bool:
+    """A YAML with a top-level `generate` section (what `jaxrl-lm train` hands here)."""
+    try:
+        data = read_yaml(path)
+    except (ConfigError, OSError):
+        return False
+    return isinstance(data, dict) and "generate" in data
+
+
+def _model_from(pc: PaprikaConfig, hf: str | None) -> dict:
+    if hf is None:
+        return pc.model
+    return {**{k: v for k, v in pc.model.items() if k not in ("source", "path")},
+            "source": "hf", "path": hf}
+
+
+def sft_config(pc: PaprikaConfig, start_hf: str | None) -> Config:
     for key in ("model", "algo"):
         if key in pc.sft:
-            raise ConfigError(f"sft.{key}: set by the pipeline (the top-level model; algo sft)")
+            raise ConfigError(f"sft.{key}: set by the pipeline (the round's policy; algo sft)")
     try:
-        return from_dict(_merge(pc.sft, {"model": pc.model, "algo": {"name": "sft"}}))
+        return from_dict(_merge(pc.sft, {"model": _model_from(pc, start_hf),
+                                         "algo": {"name": "sft"}}))
     except ConfigError as e:
         raise ConfigError(f"sft: {e}") from None
 
@@ -89,125 +172,294 @@ def rpo_config(pc: PaprikaConfig, sft_hf: str, pairs_path: str) -> Config:
     if "model" in pc.rpo or "path" in (pc.rpo.get("data") or {}):
         raise ConfigError("rpo.model / rpo.data.path: set by the pipeline (the SFT policy, "
                           "the pairs)")
-    model = {**{k: v for k, v in pc.model.items() if k not in ("source", "path")},
-             "source": "hf", "path": sft_hf}
     try:
         return from_dict(_merge(_merge(RPO_DEFAULTS, pc.rpo),
-                                {"model": model, "data": {"path": pairs_path}}))
+                                {"model": _model_from(pc, sft_hf), "data": {"path": pairs_path}}))
     except ConfigError as e:
         raise ConfigError(f"rpo: {e}") from None
 
 
-def _done(out: str, stage: str) -> dict | None:
-    path = os.path.join(out, stage, "stage.json")
-    return json.load(open(path)) if os.path.exists(path) else None
-
-
-def _finish(out: str, stage: str, info: dict) -> dict:
-    with open(os.path.join(out, stage, "stage.json"), "w") as f:
-        json.dump(info, f, indent=2)
-    return info
-
-
 def chosen_data(pairs_path: str, tokenizer: Any, cfg: Config):
-    """SFT data: the chosen side of every pair, scored on its assistant tokens
-    (`build_pairs`' masks); pure in the step."""
-    import numpy as np
-
+    """SFT data: every turn of the chosen side of every pair, scored on its
+    completion tokens (`data.turn_pairs`); pure in the step."""
     from jaxrl_lm.data import read_rows
     from jaxrl_lm.data.preference import build_pairs
     from jaxrl_lm.data.prompts import batch_rows
 
     t = cfg.train
-    pairs = build_pairs(read_rows(pairs_path), tokenizer, max_len=t.max_len,
-                        on_overlong="drop")
-    tokens, mask = pairs.tokens[:, 0], pairs.mask[:, 0]
+    pairs = build_pairs(read_rows(pairs_path), tokenizer, max_len=t.max_len, on_overlong="drop")
+    n = pairs.tokens.shape[-1]
+    tokens, mask = pairs.tokens[:, 0].reshape(-1, n), pairs.mask[:, 0].reshape(-1, n)
+    keep = mask.sum(-1) > 0  # a side with fewer turns than the longest has empty rows
+    tokens, mask = tokens[keep], mask[keep]
 
     def data_fn(step: int, key) -> dict:
         del key
         idx = batch_rows(step, t.batch_size, len(tokens), seed=t.seed, shuffle=True)
         return {"tokens": np.asarray(tokens[idx]), "loss_mask": np.asarray(mask[idx])}
 
-    return data_fn, len(tokens), pairs.dropped
+    return data_fn, len(pairs), pairs.dropped
 
 
-def run(pc: PaprikaConfig, out: str, *, resume: bool = False, say=print) -> dict:
-    """Every stage not yet finished; returns {stage: its stage.json}."""
+def allocation(pc: PaprikaConfig, task_cvs: list[dict[str, list[float]]]) -> dict[str, int]:
+    """Tasks per group for the next round, from every earlier round's task cvs."""
+    names = [g["name"] for g in pc.generate.groups]
+    budget = pc.generate.tasks * len(names)
+    if pc.curriculum["kind"] == "uniform":
+        split = cur.uniform(len(names), budget)
+    else:
+        state = cur.ucb_init(len(names))
+        for cvs in task_cvs:
+            for name, values in cvs.items():
+                for v in values:
+                    state = cur.ucb_update(state, names.index(name), v)
+        split = cur.allocate(state, budget, c=pc.curriculum["c"])
+    return {n: int(k) for n, k in zip(names, split)}
+
+
+def task_cvs(records: list[dict]) -> dict[str, list[float]]:
+    """Each task's coefficient of variation of its trajectories' scores, per group."""
+    by_task: dict[tuple, list[float]] = {}
+    for r in records:
+        by_task.setdefault((r["group"], r["task"]), []).append(r["score"])
+    out: dict[str, list[float]] = {}
+    for (group, _), scores in by_task.items():
+        out.setdefault(group, []).append(cur.task_cv(np.asarray(scores)))
+    return out
+
+
+def evaluate(pc: PaprikaConfig, model: Any, tokenizer: Any) -> dict[str, dict]:
+    """Greedy success per group on eval.episodes held-out tasks each."""
+    gen = dataclasses.replace(pc.generate, seed=pc.eval["seed"])
+    return summarize(generate(gen, model, tokenizer, round_index=EVAL_STREAM, trajectories=1,
+                              groups=pc.eval_groups, greedy=True,
+                              tasks={g["name"]: pc.eval["episodes"] for g in pc.eval_groups}))
+
+
+def format_table(columns: dict[str, dict[str, dict]]) -> str:
+    """Success ± standard error per group (rows) and stage (columns), with the mean."""
+    names = list(next(iter(columns.values())))
+    head = f"{'group':<20}" + "".join(f"{c:>18}" for c in columns)
+    lines = [head]
+    for name in names + ["mean"]:
+        cells = []
+        for res in columns.values():
+            if name == "mean":
+                p = np.mean([res[n]["success_rate"] for n in names])
+                se = np.sqrt(np.sum([res[n]["success_se"] ** 2 for n in names])) / len(names)
+            else:
+                p, se = res[name]["success_rate"], res[name]["success_se"]
+            cells.append(f"{p:>10.3f} ± {se:.3f}")
+        lines.append(f"{name:<20}" + "".join(cells))
+    return "\n".join(lines)
+
+
+class _Stages:
+    """stage.json bookkeeping in one run directory."""
+
+    def __init__(self, out: str, resume: bool, say):
+        self.out, self.resume, self.say = out, resume, say
+
+    def done(self, stage: str) -> dict | None:
+        path = os.path.join(self.out, stage, "stage.json")
+        return json.load(open(path)) if self.resume and os.path.exists(path) else None
+
+    def folder(self, stage: str) -> str:
+        path = os.path.join(self.out, stage)
+        os.makedirs(path, exist_ok=True)
+        return path
+
+    def finish(self, stage: str, info: dict, t0: float) -> dict:
+        info["wall_s"] = round(time.perf_counter() - t0, 1)
+        with open(os.path.join(self.out, stage, "stage.json"), "w") as f:
+            json.dump(info, f, indent=2)
+        return info
+
+
+def _finished_any(out: str) -> list[str]:
+    found = []
+    for root, _, files in os.walk(out) if os.path.isdir(out) else ():
+        if "stage.json" in files:
+            found.append(os.path.relpath(root, out))
+    return sorted(found)
+
+
+def run(pc: PaprikaConfig, out: str, *, resume: bool = False, say=print,
+        start_hf: str | None = None) -> dict:
+    """Every stage not yet finished; returns {stage: its stage.json}. `start_hf`:
+    an HF folder to start from instead of the warm-up (leave-one-out's shared one)."""
     from jaxrl_lm.train import sft
     from jaxrl_lm.train.preference import run_preference
     from jaxrl_lm.train.trainer import build_policy, export_hf
 
-    finished = {s: _done(out, s) for s in STAGES}
-    if not resume and any(finished.values()):
-        raise ConfigError(f"--out {out}: holds finished stages "
-                          f"({', '.join(s for s in STAGES if finished[s])}); add --resume")
-    if not resume:
-        finished = dict.fromkeys(STAGES)
-    info: dict[str, Any] = {}
-    scfg = sft_config(pc)
-    model, tokenizer = build_policy(scfg)
-    for i, stage in enumerate(STAGES, 1):
-        if finished[stage] is not None:
-            say(f"[{i}/4] {stage}: finished, skipped")
-            info[stage] = finished[stage]
-            continue
+    finished = _finished_any(out)
+    if not resume and finished:
+        raise ConfigError(f"--out {out}: holds finished stages ({', '.join(finished)}); "
+                          f"add --resume")
+    st, info = _Stages(out, resume, say), {}
+
+    def stage(name: str, fn) -> dict:
+        prior = st.done(name)
+        if prior is not None:
+            say(f"{name}: finished, skipped")
+            info[name] = prior
+            return prior
+        say(name)
         t0 = time.perf_counter()
-        folder = os.path.join(out, stage)
-        os.makedirs(folder, exist_ok=True)
-        say(f"[{i}/4] {stage}")
-        if stage == "generate":
-            records = generate(pc.generate, model, tokenizer)
+        info[name] = st.finish(name, fn(st.folder(name)), t0)
+        return info[name]
+
+    start = start_hf
+    if start is None and pc.warmup.steps:
+        def warm(folder):
+            wcfg = warmup_config(pc.model, pc.warmup, pc.generate)
+            model, tok = build_policy(wcfg)
+            res = sft.train_sft(wcfg, folder, model=model, resume=resume,
+                                data_fn=mix_data(wcfg, pc.generate, tok))
+            export_hf(res.state.params, model, tok, os.path.join(folder, "hf"))
+            return {"steps": pc.warmup.steps, "last_metrics": res.last_metrics}
+
+        stage("warmup", warm)
+        start = os.path.join(out, "warmup", "hf")
+
+    def policy(hf: str | None):
+        return build_policy(sft_config(pc, hf))
+
+    stage("before", lambda folder: {"groups": evaluate(pc, *policy(start))})
+    cvs: list[dict] = []
+    for r in range(1, pc.rounds + 1):
+        rd = f"round{r}"
+
+        def gen_stage(folder, r=r):
+            split = allocation(pc, cvs)
+            model, tok = policy(start)
+            records = generate(pc.generate, model, tok, tasks=split, round_index=r - 1)
             with open(os.path.join(folder, "trajectories.jsonl"), "w") as f:
-                for r in records:
-                    f.write(json.dumps(r) + "\n")
-            summary = summarize(records)
-            with open(os.path.join(folder, "summary.json"), "w") as f:
-                json.dump(summary, f, indent=2)
-            res = {"episodes": len(records), "groups": summary}
-        elif stage == "pairs":
-            with open(os.path.join(out, "generate", "trajectories.jsonl")) as f:
+                for rec in records:
+                    f.write(json.dumps(rec) + "\n")
+            return {"episodes": len(records), "tasks": split, "task_cv": task_cvs(records),
+                    "groups": summarize(records)}
+
+        g = stage(f"{rd}/generate", gen_stage)
+        cvs.append(g["task_cv"])
+
+        def pairs_stage(folder, rd=rd):
+            with open(os.path.join(out, rd, "generate", "trajectories.jsonl")) as f:
                 records = [json.loads(line) for line in f]
             rows = make_pairs(records, seed=pc.generate.seed)
-            tasks = len({(r["group"], r["task"]) for r in records})
+            tasks = len({(x["group"], x["task"]) for x in records})
             if not rows:
-                raise ValueError(f"pairs: none of the {tasks} tasks gave a pair (every task's "
-                                 f"trajectories scored alike); sample more tasks or trajectories")
-            write_pairs(rows, folder, {"paprika": pc.raw, "source": "generate/trajectories.jsonl"})
-            per_group = {}
-            for r in rows:
-                per_group[r["group"]] = per_group.get(r["group"], 0) + 1
-            res = {"pairs": len(rows), "tasks": tasks, "per_group": per_group}
-        elif stage == "sft":
-            data_fn, n, dropped = chosen_data(os.path.join(out, "pairs", "pairs.jsonl"),
-                                              tokenizer, scfg)
-            result = sft.train_sft(scfg, folder, model=model, data_fn=data_fn, resume=resume)
-            export_hf(result.state.params, model, tokenizer, os.path.join(folder, "hf"))
-            res = {"winners": n, "dropped": dropped, "last_metrics": result.last_metrics}
-        else:
-            rcfg = rpo_config(pc, os.path.join(out, "sft", "hf"),
-                              os.path.join(out, "pairs", "pairs.jsonl"))
-            rmodel, rtok = build_policy(rcfg)
-            run_preference(rcfg, folder, rmodel, rtok, resume=resume, export=export_hf)
-            res = json.load(open(os.path.join(folder, "summary.json")))
-        res["wall_s"] = round(time.perf_counter() - t0, 1)
-        info[stage] = _finish(out, stage, res)
+                raise ConfigError(f"{rd}/pairs: none of the {tasks} tasks gave a pair (every "
+                                 f"task's trajectories scored alike); sample more tasks or "
+                                 f"trajectories, or warm the model up (warmup.steps)")
+            write_pairs(rows, folder, {"paprika": pc.raw, "round": int(rd[5:]),
+                                       "source": f"{rd}/generate/trajectories.jsonl"})
+            per_group: dict[str, int] = {}
+            for x in rows:
+                per_group[x["group"]] = per_group.get(x["group"], 0) + 1
+            return {"pairs": len(rows), "tasks": tasks, "per_group": per_group}
+
+        stage(f"{rd}/pairs", pairs_stage)
+        pairs_path = os.path.join(out, rd, "pairs", "pairs.jsonl")
+
+        def sft_stage(folder):
+            scfg = sft_config(pc, start)
+            model, tok = build_policy(scfg)
+            data_fn, n, dropped = chosen_data(pairs_path, tok, scfg)
+            res = sft.train_sft(scfg, folder, model=model, data_fn=data_fn, resume=resume)
+            export_hf(res.state.params, model, tok, os.path.join(folder, "hf"))
+            return {"winners": n, "dropped": dropped, "last_metrics": res.last_metrics}
+
+        stage(f"{rd}/sft", sft_stage)
+        sft_hf = os.path.join(out, rd, "sft", "hf")
+        stage(f"{rd}/sft_eval", lambda folder: {"groups": evaluate(pc, *policy(sft_hf))})
+
+        def rpo_stage(folder):
+            rcfg = rpo_config(pc, sft_hf, pairs_path)
+            model, tok = build_policy(rcfg)
+            run_preference(rcfg, folder, model, tok, resume=resume, export=export_hf)
+            return json.load(open(os.path.join(folder, "summary.json")))
+
+        stage(f"{rd}/rpo", rpo_stage)
+        start = os.path.join(out, rd, "rpo", "hf")
+        stage(f"{rd}/rpo_eval", lambda folder: {"groups": evaluate(pc, *policy(start))})
+
+    last = f"round{pc.rounds}"
+    columns = {"before": info["before"]["groups"], "SFT": info[f"{last}/sft_eval"]["groups"],
+               "SFT + RPO": info[f"{last}/rpo_eval"]["groups"]}
+    say(f"held-out tasks, greedy success ({pc.eval['episodes']} episodes per group; "
+        f"round {pc.rounds}):\n{format_table(columns)}")
+    shares = {}
+    for r in range(1, pc.rounds + 1):
+        shares[f"round{r}"] = info[f"round{r}/generate"]["tasks"]
+    summary = {"eval": columns, "tasks_per_round": shares,
+               "curriculum": pc.curriculum, "rounds": pc.rounds}
+    with open(os.path.join(out, "summary.json"), "w") as f:
+        json.dump(summary, f, indent=2)
+    info["summary"] = summary
     return info
 
 
+def leave_one_out(pc: PaprikaConfig, out: str, *, resume: bool = False, say=print) -> dict:
+    """For each group: the pipeline trained on every other group, evaluated on
+    all of them; one shared warm-up (on every group: the stand-in for
+    pretraining). Writes out/leave_one_out.json and returns it."""
+    from jaxrl_lm.train import sft
+    from jaxrl_lm.train.trainer import build_policy, export_hf
+
+    start = None
+    if pc.warmup.steps:
+        folder = os.path.join(out, "warmup")
+        if not (resume and os.path.exists(os.path.join(folder, "hf", "config.json"))):
+            os.makedirs(folder, exist_ok=True)
+            wcfg = warmup_config(pc.model, pc.warmup, pc.generate)
+            model, tok = build_policy(wcfg)
+            res = sft.train_sft(wcfg, folder, model=model, resume=resume,
+                                data_fn=mix_data(wcfg, pc.generate, tok))
+            export_hf(res.state.params, model, tok, os.path.join(folder, "hf"))
+        start = os.path.join(folder, "hf")
+    table = {}
+    groups = pc.generate.groups
+    for g in groups:
+        rest = tuple(x for x in groups if x["name"] != g["name"])
+        sub = dataclasses.replace(pc, generate=dataclasses.replace(pc.generate, groups=rest),
+                                  eval_groups=groups)
+        say(f"leave-one-out: without {g['name']}")
+        res = run(sub, os.path.join(out, f"without_{g['name']}"), resume=resume, say=say,
+                  start_hf=start)
+        ev = res["summary"]["eval"]
+        table[g["name"]] = {stage: ev[stage][g["name"]] for stage in ev}
+    with open(os.path.join(out, "leave_one_out.json"), "w") as f:
+        json.dump(table, f, indent=2)
+    say("leave-one-out: each group held out of training, its greedy success\n"
+        + format_table({stage: {n: table[n][stage] for n in table}
+                        for stage in next(iter(table.values()))}))
+    return table
+
+
 def main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="jaxrl-lm paprika", description=__doc__.split("\n\n")[0])
+    p = ArgumentParser(prog="jaxrl-lm paprika", description=__doc__.split("\n\n")[0])
     p.add_argument("--config", required=True, help="a paprika config (launch/configs/paprika.yaml)")
     p.add_argument("--out", required=True, help="the run directory (stages in subfolders)")
     p.add_argument("--resume", action="store_true", help="skip finished stages, continue the rest")
-    args = p.parse_args(argv)
+    p.add_argument("--leave-one-out", action="store_true",
+                   help="one run per group, trained on the others, evaluated on all")
+    args, overrides = p.parse_known_args(argv)
+    from jaxrl_lm.train.run_lock import RunLock
+
+    lock = RunLock(args.out, enabled=False)
     try:
-        pc = load(args.config)
+        pc = load(args.config, overrides)
         if os.path.exists(args.out) and not os.path.isdir(args.out):
             raise ConfigError(f"--out {args.out}: is a file, not a directory")
-        info = run(pc, args.out, resume=args.resume)
+        lock = RunLock(args.out).acquire()
+        if args.leave_one_out:
+            leave_one_out(pc, args.out, resume=args.resume)
+        else:
+            run(pc, args.out, resume=args.resume)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(json.dumps({s: {k: v for k, v in info[s].items() if k != "last_metrics"}
-                      for s in STAGES}))
+    finally:
+        lock.release()
     return 0

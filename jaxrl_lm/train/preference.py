@@ -47,11 +47,12 @@ from jaxrl_lm.train.sft import train_sft
 def pair_logps(model: Any, tokens_b2l: jax.Array, mask_b2l: jax.Array
                ) -> tuple[jax.Array, jax.Array]:
     """(summed log-probs f32[B, 2], scored tokens f32[B, 2]) of both responses
-    of each pair; one forward over the 2B sequences."""
-    b, _, n = tokens_b2l.shape
-    mask = mask_b2l.reshape(2 * b, n).astype(jnp.float32)
-    logp = sampling.token_logprobs(model, tokens_b2l.reshape(2 * b, n), mask)
-    return logp.sum(-1).reshape(b, 2), mask.sum(-1).reshape(b, 2)
+    of each pair; one forward over the 2B sequences. Turn pairs (tokens
+    [B, 2, K, L], `data.turn_pairs`) sum each side over its K turn rows."""
+    b, n = tokens_b2l.shape[0], tokens_b2l.shape[-1]
+    mask = mask_b2l.reshape(-1, n).astype(jnp.float32)
+    logp = sampling.token_logprobs(model, tokens_b2l.reshape(-1, n), mask)
+    return logp.sum(-1).reshape(b, 2, -1).sum(-1), mask.sum(-1).reshape(b, 2, -1).sum(-1)
 
 
 def pair_loss_metrics(alg: algorithms.Algorithm, pref: Any, logp_b2: jax.Array,
@@ -184,7 +185,7 @@ def evaluate_pairs(cfg: Config, logp_n2: np.ndarray, pairs: PairSet,
                    ref_n2: np.ndarray | None) -> dict[str, float]:
     """The training metrics over a whole set of pairs, given their log-probs."""
     alg = algorithms.get(cfg.algo.name)
-    n_tok = pairs.mask.sum(-1)
+    n_tok = pairs.mask.reshape(len(pairs), 2, -1).sum(-1)
     (loss_sum, count), metrics = pair_loss_metrics(
         alg, cfg.preference, jnp.asarray(logp_n2), jnp.asarray(n_tok),
         None if ref_n2 is None else jnp.asarray(ref_n2))
