@@ -3,15 +3,24 @@
 An expected failure (a bad config or flag, an HF folder that does not load)
 prints one line, `error: <message naming the field, flag or file>`, on stderr
 and exits with status 2, before anything is compiled or written; a traceback
-means a bug. A malformed command line (an unknown flag, a value argparse
-cannot convert) is argparse's usage line and `PROG: error: ...`, also status 2.
+means a bug. A malformed command line (an unknown flag, a missing required
+one, a value argparse cannot convert) is one such line too, naming the command,
+the flag and the value, with a pointer to the command's --help
+(`cli_args.ArgumentParser`, the class of every parser here).
+
+SIGTERM (SLURM preemption, `kill`) stops a command the way an exception
+would: a run finishes its pending checkpoint, closes its metrics and releases
+its run directory's lock, then `jaxrl-lm` exits with status 143 (128 + 15);
+`--resume` continues the run (`cli_args.sigterm_unwinds`).
 """
 
 from __future__ import annotations
 
-import argparse
 import importlib
 import sys
+
+from jaxrl_lm.cli_args import (SIGTERM_STATUS, ArgumentParser, Terminated, UsageError,
+                               UsageExit, print_error, sigterm_unwinds)
 
 BENCHES = {
     "envs": "jaxrl_lm.bench.envs",
@@ -21,13 +30,14 @@ BENCHES = {
     "grpo-step": "jaxrl_lm.bench.grpo_step",
     "data-grpo": "jaxrl_lm.bench.data_grpo",
     "lora-memory": "jaxrl_lm.bench.lora_memory",
+    "paprika-generate": "jaxrl_lm.bench.paprika_generate",
 }
 
 
 def _bench(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="jaxrl-lm bench", add_help=False,
-                                     description="Run a benchmark; `jaxrl-lm bench NAME --help` "
-                                                 "lists its flags.")
+    parser = ArgumentParser(prog="jaxrl-lm bench", add_help=False,
+                            description="Run a benchmark; `jaxrl-lm bench NAME --help` "
+                                        "lists its flags.")
     parser.add_argument("name", choices=sorted(BENCHES), help="which benchmark")
     if not argv or argv[0] in ("-h", "--help"):
         parser.print_help()
@@ -113,18 +123,11 @@ commands:
           pair each task's best with a worse one, SFT on the winners, then RPO
             jaxrl-lm paprika --config launch/configs/paprika.yaml --out runs/paprika [--resume]
   bench   speed and memory benchmarks against a baseline measured in the same run
-            jaxrl-lm bench envs|sampler|logprobs-memory|rollout|grpo-step|data-grpo|lora-memory [--json]
+            jaxrl-lm bench envs|sampler|logprobs-memory|rollout|grpo-step|data-grpo|lora-memory|paprika-generate [--json]
 """
 
 
-class UsageError(ValueError):
-    """A bad command-line value the CLI reports as `error: <message>`."""
-
-
-def error(message: str) -> int:
-    """Print `error: <message>` as one line on stderr; the exit status 2."""
-    print("error: " + " ".join(str(message).split()), file=sys.stderr)
-    return 2
+error = print_error  # `error: <message>` as one line on stderr; returns the exit status 2
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -136,7 +139,14 @@ def main(argv: list[str] | None = None) -> int:
         return error(f"jaxrl-lm: unknown command {argv[0]!r}; choose one of "
                      f"{', '.join(sorted(COMMANDS))} (jaxrl-lm --help lists them)")
     try:
-        return COMMANDS[argv[0]](argv[1:])
+        with sigterm_unwinds():
+            return COMMANDS[argv[0]](argv[1:])
+    except UsageExit as e:  # argparse's usage error, already printed as one line
+        return e.code
+    except Terminated:
+        print(f"jaxrl-lm {argv[0]}: stopped by SIGTERM (exit status {SIGTERM_STATUS}); what it "
+              f"wrote is kept and closed (a run continues with --resume)", file=sys.stderr)
+        return SIGTERM_STATUS
     except ValueError as e:  # an expected failure the command did not report itself
         if not _expected(e):
             raise

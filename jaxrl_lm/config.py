@@ -247,10 +247,11 @@ def to_dict(cfg: Config) -> dict:
         k: list(v) if isinstance(v, tuple) else v for k, v in kv})
 
 
-def parse_overrides(args: list[str]) -> dict:
+def parse_overrides(args: list[str], depth: int = 2) -> dict:
     """`["--algo.beta", "0.04", "--train.steps=5"]` -> {"algo": {"beta": 0.04}, ...}.
 
-    Values are parsed as YAML scalars (so `none`/`null`, `true`, `1e-3` work) and
+    Keys have 2 parts (`section.field`), or 2 to `depth` (the paprika
+    pipeline's `sft.train.steps`). Values are parsed as YAML scalars (so `none`/`null`, `true`, `1e-3` work) and
     then coerced to the field's declared type when the config is built.
     """
     out: dict = {}
@@ -266,8 +267,9 @@ def parse_overrides(args: list[str]) -> dict:
             raw, i = args[i + 1], i + 1
         i += 1
         parts = key.split(".")
-        if len(parts) != 2 or not all(parts):
-            raise ConfigError(f"override --{key}: expected the form --section.field")
+        if not 2 <= len(parts) <= depth or not all(parts):
+            form = "section.field" + ("[.field]" * (depth - 2))
+            raise ConfigError(f"override --{key}: expected the form --{form}")
         try:
             value = parse_yaml(raw, f"override --{key}")
         except yaml.YAMLError:
@@ -276,10 +278,13 @@ def parse_overrides(args: list[str]) -> dict:
             value = float(value)  # YAML 1.1 reads "1e-3" as a string
         elif isinstance(value, str) and value.lower() == "none":
             value = None
-        out.setdefault(parts[0], {})
-        if not isinstance(out[parts[0]], dict):
-            raise ConfigError(f"override --{key}: {parts[0]} is not a section")
-        out[parts[0]][parts[1]] = value
+        node = out
+        for j, part in enumerate(parts[:-1]):
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override --{key}: {'.'.join(parts[:j + 1])} is not a "
+                                  f"section")
+        node[parts[-1]] = value
     return out
 
 

@@ -33,12 +33,14 @@ import warnings
 
 import numpy as np
 
+from jaxrl_lm.cli_args import ArgumentParser
+
 HOST_SHARE_TARGET = 0.10
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="jaxrl-lm bench data-grpo",
-                                description=__doc__.split("\n")[0])
+    p = ArgumentParser(prog="jaxrl-lm bench data-grpo",
+                       description=__doc__.split("\n")[0])
     add = p.add_argument
     add("--prompts", type=int, default=64, help="distinct prompts per batch")
     add("--group", type=int, default=4, help="G, completions per prompt")

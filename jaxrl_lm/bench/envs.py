@@ -35,7 +35,6 @@ ids -> action) of envs/text.py with the character tokenizer, jit(vmap)'d.
 
 from __future__ import annotations
 
-import argparse
 import functools
 import json
 import time
@@ -45,6 +44,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxrl_lm import envs
+from jaxrl_lm.cli_args import ArgumentParser, int_list
 from jaxrl_lm.envs.bits import GOLDEN, fmix32
 from jaxrl_lm.envs.core import AutoReset
 from jaxrl_lm.envs.text import TextInterface
@@ -349,8 +349,9 @@ def _fmt_text(r: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="jaxrl-lm bench envs", description=__doc__.split("\n")[0])
-    p.add_argument("--batch", default="1,1024,4096", help="comma-separated batch sizes")
+    p = ArgumentParser(prog="jaxrl-lm bench envs", description=__doc__.split("\n")[0])
+    p.add_argument("--batch", default="1,1024,4096", type=int_list,
+                   help="comma-separated batch sizes")
     p.add_argument("--steps", type=int, default=100, help="scan length per call")
     p.add_argument("--reps", type=int, default=5, help="timed calls per row (best is kept)")
     p.add_argument("--text-batch", type=int, default=1024, help="states per render/parse call")

@@ -40,13 +40,15 @@ import warnings
 
 import numpy as np
 
+from jaxrl_lm.cli_args import ArgumentParser
+
 TARGET_RATIO = 3.0
 SIZES = ("prompts", "group", "new", "steps", "layers", "hidden", "heads", "kv_heads",
          "intermediate")
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="jaxrl-lm bench grpo-step", description=__doc__.split("\n")[0])
+    p = ArgumentParser(prog="jaxrl-lm bench grpo-step", description=__doc__.split("\n")[0])
     add = p.add_argument
     add("--prompts", type=int, default=8, help="distinct prompts per batch")
     add("--group", type=int, default=8, help="G, completions per prompt")

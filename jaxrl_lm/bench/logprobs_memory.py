@@ -45,6 +45,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from jaxrl_lm.cli_args import ArgumentParser
 from jaxrl_lm.models import Decoder, ModelConfig
 from jaxrl_lm.sampling import token_logprobs, token_logprobs_from_hidden
 
@@ -53,8 +54,8 @@ LIMIT_GIB = 1.0
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="jaxrl-lm bench logprobs-memory",
-                                description=__doc__.split("\n")[0])
+    p = ArgumentParser(prog="jaxrl-lm bench logprobs-memory",
+                       description=__doc__.split("\n")[0])
     add = p.add_argument
     add("--batch", type=int, default=8)
     add("--seq", type=int, default=4096, help="T of the compiled full-size programs")

@@ -35,11 +35,13 @@ import time
 
 import numpy as np
 
+from jaxrl_lm.cli_args import ArgumentParser
+
 TARGET_RATIO = 5.0
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="jaxrl-lm bench sampler", description=__doc__.split("\n")[0])
+    p = ArgumentParser(prog="jaxrl-lm bench sampler", description=__doc__.split("\n")[0])
     add = p.add_argument
     add("--batch", type=int, default=32, help="rows sampled together")
     add("--prompt", type=int, default=64, help="prompt tokens per row (all rows full)")

@@ -23,13 +23,14 @@ countdown  "Reach 22 with 3 5 7." -> an expression that uses each given
 
 from __future__ import annotations
 
-import argparse
 import itertools
 import json
 import os
 import sys
 
 import numpy as np
+
+from jaxrl_lm.cli_args import ArgumentParser
 
 TASKS = ("addition", "countdown")
 
@@ -144,9 +145,9 @@ def write_jsonl(rows: list[dict], path: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """`jaxrl-lm data TASK --out FILE [--rows N] [--seed S] [task options]`."""
-    p = argparse.ArgumentParser(prog="jaxrl-lm data",
-                                description="Write a built-in reasoning task as a JSONL "
-                                            "prompt dataset (prompt, answer, demo columns).")
+    p = ArgumentParser(prog="jaxrl-lm data",
+                       description="Write a built-in reasoning task as a JSONL "
+                                   "prompt dataset (prompt, answer, demo columns).")
     p.add_argument("task", choices=TASKS)
     p.add_argument("--out", required=True, help="the JSONL file to write")
     p.add_argument("--rows", type=int, default=1000)

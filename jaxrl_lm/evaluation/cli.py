@@ -6,12 +6,13 @@ one prints `error: <message naming it>` and exits with status 2."""
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
 
 import yaml
+
+from jaxrl_lm.cli_args import ArgumentParser
 
 
 def fail(message: str) -> int:
@@ -27,11 +28,11 @@ def main_eval(argv: list[str]) -> int:
         from jaxrl_lm.evaluation.dataset_cli import main_eval_data
 
         return main_eval_data(argv)
-    p = argparse.ArgumentParser(prog="jaxrl-lm eval",
-                                description="Play an env with a trained policy (greedy by "
-                                            "default). With --data held-out|FILE instead of "
-                                            "--env: pass@1 / pass@k on a prompt dataset "
-                                            "(`jaxrl-lm eval --data x --help`).")
+    p = ArgumentParser(prog="jaxrl-lm eval",
+                       description="Play an env with a trained policy (greedy by "
+                                   "default). With --data held-out|FILE instead of "
+                                   "--env: pass@1 / pass@k on a prompt dataset "
+                                   "(`jaxrl-lm eval --data x --help`).")
     p.add_argument("--checkpoint", required=True,
                    help="an HF folder, or a run directory (its hf/ folder is used)")
     p.add_argument("--env", required=True, help="a registered env name (envs.registered())")

@@ -22,9 +22,11 @@ import sys
 
 import yaml
 
+from jaxrl_lm.cli_args import ArgumentParser
+
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         prog="jaxrl-lm eval --data",
         description="Evaluate a policy on a prompt dataset: pass@1 greedy, pass@k sampled.")
     p.add_argument("--checkpoint", required=True,

@@ -18,13 +18,13 @@ character tokenizer; a llama folder keeps the tokenizer.json as written.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import pathlib
 
 import jax
 from flax import nnx
 
+from jaxrl_lm.cli_args import ArgumentParser
 from jaxrl_lm.models import hf
 from jaxrl_lm.models.config import ModelConfig
 from jaxrl_lm.models.decoder import Decoder
@@ -77,7 +77,7 @@ def write_default(path: pathlib.Path = DEFAULT_DIR) -> pathlib.Path:
 
 
 def _main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--write-default", action="store_true",
                         help=f"(re)write the shipped folder {DEFAULT_DIR}")
     parser.add_argument("--out", type=pathlib.Path, default=DEFAULT_DIR)

@@ -138,7 +138,7 @@ def load(path: str, overrides: list[str] | tuple = ()) -> PaprikaConfig:
     data = read_yaml(path) or {}
     if not isinstance(data, dict):
         raise ConfigError(f"config {path!r}: expected a mapping at the top level")
-    return from_data(_merge(data, parse_overrides(list(overrides))))
+    return from_data(_merge(data, parse_overrides(list(overrides), depth=3)))
 
 
 def is_paprika_config(path: str) -> bool:
@@ -442,6 +442,7 @@ def main(argv: list[str]) -> int:
     p.add_argument("--config", required=True, help="a paprika config (launch/configs/paprika.yaml)")
     p.add_argument("--out", required=True, help="the run directory (stages in subfolders)")
     p.add_argument("--resume", action="store_true", help="skip finished stages, continue the rest")
+    p.add_argument("--rounds", type=int, help="override the config's rounds")
     p.add_argument("--leave-one-out", action="store_true",
                    help="one run per group, trained on the others, evaluated on all")
     args, overrides = p.parse_known_args(argv)
@@ -450,6 +451,8 @@ def main(argv: list[str]) -> int:
     lock = RunLock(args.out, enabled=False)
     try:
         pc = load(args.config, overrides)
+        if args.rounds is not None:
+            pc = from_data({**pc.raw, "rounds": args.rounds})
         if os.path.exists(args.out) and not os.path.isdir(args.out):
             raise ConfigError(f"--out {args.out}: is a file, not a directory")
         lock = RunLock(args.out).acquire()

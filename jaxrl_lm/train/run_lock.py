@@ -20,6 +20,11 @@ A lock from another host that is not this SLURM job's cannot be judged from
 here: the error says how to remove it by hand. In a multi-process job only
 process 0 takes the lock (`enabled=False` on the others); all of them write
 into the folder it guards.
+
+SIGTERM (a SLURM preemption, `kill`) is not such a kill: under `jaxrl-lm` it
+raises `cli_args.Terminated`, so the job unwinds and releases its lock as
+after any exception; the lock is never left half written or half removed
+(`cli_args.sigterm_deferred`), nor taken by an `acquire` that did not return.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ import time
 import warnings
 from typing import Any
 
+from jaxrl_lm.cli_args import sigterm_deferred
 from jaxrl_lm.config import ConfigError
 
 LOCK_NAME = ".lock"
@@ -149,15 +155,16 @@ class RunLock:
 
     def _create(self) -> bool:
         info = owner_info()
-        try:
-            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-        except FileExistsError:
-            return False
-        with os.fdopen(fd, "w") as f:
-            json.dump(info, f)
-            f.flush()
-            os.fsync(f.fileno())
-        self.info = info
+        with sigterm_deferred():  # a SIGTERM here is raised once self.info is set
+            try:
+                fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            except FileExistsError:
+                return False
+            with os.fdopen(fd, "w") as f:
+                json.dump(info, f)
+                f.flush()
+                os.fsync(f.fileno())
+            self.info = info
         return True
 
     def _read(self) -> tuple[dict | None, str]:
@@ -197,6 +204,14 @@ class RunLock:
     def acquire(self) -> "RunLock":
         if not self.enabled:
             return self
+        try:
+            return self._acquire()
+        except BaseException:  # a SIGTERM (cli_args.Terminated) just after the lock was taken:
+            self.release()  # the caller never got it to release
+            self._remove_made()
+            raise
+
+    def _acquire(self) -> "RunLock":
         out = self.run_dir
         missing = []
         d = out
@@ -250,14 +265,15 @@ class RunLock:
         over stays, with a warning), then the folders it made if still empty."""
         if self.info is None:
             return
-        info, _ = self._read()
-        if info is not None and info != {} and info != json.loads(json.dumps(self.info)):
-            warnings.warn(f"{self.path} is now held by {describe(info)}; left in place",
-                          RuntimeWarning, stacklevel=2)
-        elif info:
-            os.remove(self.path)
-        self.info = None
-        self._remove_made()
+        with sigterm_deferred():
+            info, _ = self._read()
+            if info is not None and info != {} and info != json.loads(json.dumps(self.info)):
+                warnings.warn(f"{self.path} is now held by {describe(info)}; left in place",
+                              RuntimeWarning, stacklevel=2)
+            elif info:
+                os.remove(self.path)
+            self.info = None
+            self._remove_made()
 
     def __enter__(self) -> "RunLock":
         return self.acquire()

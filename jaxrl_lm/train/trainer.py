@@ -33,6 +33,7 @@ import time
 from typing import Any
 
 from jaxrl_lm import algorithms
+from jaxrl_lm.cli_args import ArgumentParser
 from jaxrl_lm.config import AlgoSection, Config, ConfigError, check_runtime, field_help, load_config
 
 
@@ -207,7 +208,7 @@ def run_sft(cfg: Config, run_dir: str, model, tokenizer: Any, data_fn, *,
 
 
 def _parse_train(argv: list[str]):
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         prog="jaxrl-lm train", formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Train a policy: warm-up, RL and before/after evaluation for an RL "
         "algorithm, one SFT run for algo.name sft.\nAny config field can be overridden "
@@ -228,6 +229,16 @@ def _parse_train(argv: list[str]):
 
 def main_train(argv: list[str]) -> int:
     args, overrides = _parse_train(argv)
+    from jaxrl_lm.paprika import pipeline
+
+    if args.config and pipeline.is_paprika_config(args.config):  # a paprika config runs its pipeline
+        if args.imports or args.allow_config_change:
+            print(f"error: --config {args.config} is a paprika config (it has a generate "
+                  f"section): --import and --allow-config-change do not apply to it",
+                  file=sys.stderr)
+            return 2
+        return pipeline.main(["--config", args.config, "--out", args.out, *overrides]
+                             + (["--resume"] if args.resume else []))
     from jaxrl_lm.train.run_lock import RunLock, check_out
 
     lock = RunLock(args.out, enabled=False)  # taken once the config has loaded
@@ -306,7 +317,7 @@ def main_train(argv: list[str]) -> int:
 
 
 def main_plot(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="jaxrl-lm plot", description="Redraw a run's plots.")
+    p = ArgumentParser(prog="jaxrl-lm plot", description="Redraw a run's plots.")
     p.add_argument("run_dir", help="a run directory holding metrics.jsonl")
     args = p.parse_args(argv)
     if not os.path.exists(os.path.join(args.run_dir, "metrics.jsonl")):
