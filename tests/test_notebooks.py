@@ -29,8 +29,14 @@ CELL_TIMEOUT_S = 300
 # the reasoning notebooks: a narrower model, a few rows and steps, small batches
 _TINY_REASONING = ("HIDDEN, LAYERS = 16, 1\nROWS = 60\nSFT_STEPS = 4\nRL_STEPS = 2\n"
                    "NUM_GROUPS, GROUP_SIZE = 2, 4\nEVAL_SAMPLES = 2\n")
+# paprika: a run directory of its own, the smallest stages that still give pairs
+_TINY_PAPRIKA = ('import tempfile\nOUT = tempfile.mkdtemp(prefix="paprika_")\nROUNDS = 2\n'
+                 'OVERRIDES = ["--warmup.steps", "4", "--generate.tasks", "2", '
+                 '"--generate.trajectories", "4", "--eval.episodes", "4", '
+                 '"--sft.train.steps", "2", "--sft.train.ckpt_every", "2", '
+                 '"--rpo.train.steps", "2", "--rpo.train.ckpt_every", "2"]\n')
 TINY = {"opo_vs_grpo.ipynb": _TINY_REASONING + "VAR_BATCHES = 1\n",
-        "long_cot.ipynb": _TINY_REASONING}
+        "long_cot.ipynb": _TINY_REASONING, "paprika.ipynb": _TINY_PAPRIKA}
 
 
 def _with_tiny_settings(nb, name: str):
