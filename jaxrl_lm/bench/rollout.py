@@ -41,6 +41,8 @@ import time
 
 import numpy as np
 
+from jaxrl_lm.cli_args import ArgumentParser
+
 TARGET_RATIO = 10.0
 INVALID_PENALTY = -5.0
 MAIN_CONFIG = pathlib.Path(__file__).resolve().parents[2] / "launch/configs/tictactoe.yaml"
@@ -48,7 +50,7 @@ SETTINGS = ("main", "full")
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="jaxrl-lm bench rollout", description=__doc__.split("\n")[0])
+    p = ArgumentParser(prog="jaxrl-lm bench rollout", description=__doc__.split("\n")[0])
     add = p.add_argument
     add("--settings", default="main,full", help=f"comma-separated, from {','.join(SETTINGS)}")
     add("--batches", default=None,
@@ -122,62 +124,106 @@ def setting(name: str, tokenizer, *, new: int | None, batches: list[int] | None)
 
 
 class HostLoop:
-    """The baseline: the env driven turn by turn from Python (see module docstring)."""
+    """The baseline: the env driven turn by turn from Python (see module docstring).
+
+    Also `bench paprika-generate`'s baseline: `min_p` for its sampler,
+    `group_size` episodes sharing an init key, `same_keys=True` for
+    `make_rollout`'s key schedule (the same init, sampler, stand-in and step
+    keys, so with equal prompts both play the same episodes) and
+    `transcript=True` for each episode's turns (prompt and answer, text and ids).
+    """
 
     def __init__(self, env, tokenizer, graphdef, params, *, max_prompt_len: int, max_new: int,
-                 max_turns: int, temperature: float, stops: tuple[int, ...]):
+                 max_turns: int, temperature: float, stops: tuple[int, ...],
+                 min_p: float | None = None):
         import jax
+
+        from jaxrl_lm.rollout import _random_legal
 
         self.env, self.tok, self.model = env, tokenizer, (graphdef, params)
         self.max_len, self.max_new, self.max_turns = max_prompt_len, max_new, max_turns
         self.options = dict(max_new_tokens=max_new, temperature=temperature, stop_tokens=stops,
-                            pad_id=tokenizer.pad_token_id)
+                            min_p=min_p, pad_id=tokenizer.pad_token_id)
         self.init = jax.jit(jax.vmap(env.init))
         self.step = jax.jit(jax.vmap(env.step))
+        self.random_legal = jax.jit(_random_legal)  # the rollout's stand-in (same_keys)
 
-    def play(self, batch: int, key) -> dict:
+    def play(self, batch: int, key, *, group_size: int = 1, same_keys: bool = False,
+             transcript: bool = False) -> dict:
         import jax
+        import jax.numpy as jnp
 
         from jaxrl_lm.envs.text import parse_text
         from jaxrl_lm import sampling
 
         env, tok = self.env, self.tok
         rng = np.random.default_rng(int(jax.random.randint(key, (), 0, 2**31 - 1)))
-        key, sub = jax.random.split(key)
-        state = self.init(jax.random.split(sub, batch))
+        if same_keys:  # make_rollout's schedule: init key, then one key per turn, split 3 ways
+            key_init, key_turns = jax.random.split(key)
+            turn_keys = jax.random.split(key_turns, self.max_turns)
+        else:
+            key, key_init = jax.random.split(key)
+        init_keys = jax.random.split(key_init, batch // group_size)
+        state = self.init(jnp.repeat(init_keys, group_size, axis=0) if group_size > 1
+                          else init_keys)
         prompts = np.full((batch, self.max_len), tok.pad_token_id, np.int32)
         lengths = np.ones((batch,), np.int32)
         returns, valid_turns, turns = np.zeros(batch), 0, 0
+        env_returns, episode_valid = np.zeros(batch, np.float32), np.zeros(batch, np.int64)
+        turns_of = [[] for _ in range(batch)] if transcript else None
         sample_s = 0.0
-        for _ in range(self.max_turns):
+        for t in range(self.max_turns):
             host = jax.device_get(state)
             live = np.flatnonzero(~host.done)
             if live.size == 0:
                 break
+            texts = {}
             for b in live:  # finished rows keep their last prompt: fixed shapes
-                ids = tok.encode(env.render_text(jax.tree.map(lambda a: a[b], host)),
-                                 add_special_tokens=False)[: self.max_len]
+                texts[b] = env.render_text(jax.tree.map(lambda a: a[b], host))
+                ids = tok.encode(texts[b], add_special_tokens=False)[: self.max_len]
                 prompts[b, : len(ids)], prompts[b, len(ids):] = ids, tok.pad_token_id
                 lengths[b] = len(ids)
-            key, k_sample, k_step = jax.random.split(key, 3)
+            if same_keys:
+                k_sample, k_random, k_step = jax.random.split(turn_keys[t], 3)
+            else:
+                key, k_sample, k_step = jax.random.split(key, 3)
             t0 = time.perf_counter()
             out = sampling.sample(self.model, prompts, lengths, k_sample, **self.options)
             out_tokens, out_len, out_done = jax.device_get((out.tokens, out.lengths, out.done))
             sample_s += time.perf_counter() - t0
             actions = np.zeros((batch,), np.int32)
+            standin = None
             for b in live:  # the stop token is not part of the answer (as in the rollout)
                 answer = out_tokens[b, : out_len[b] - int(out_done[b])].tolist()
-                action, valid = parse_text(env, tok.decode(answer))
+                answer_text = tok.decode(answer)
+                action, valid = parse_text(env, answer_text)
                 if not valid:
-                    action = rng.choice(np.flatnonzero(host.legal_action_mask[b]))
+                    if same_keys:
+                        if standin is None:
+                            standin = np.asarray(self.random_legal(host.legal_action_mask,
+                                                                   k_random))
+                        action = standin[b]
+                    else:
+                        action = rng.choice(np.flatnonzero(host.legal_action_mask[b]))
                     returns[b] += INVALID_PENALTY
                 actions[b] = action
                 valid_turns += int(valid)
+                episode_valid[b] += int(valid)
+                if transcript:
+                    turns_of[b].append(dict(
+                        prompt=texts[b], answer=answer_text,
+                        prompt_ids=prompts[b, : lengths[b]].tolist(),
+                        completion_ids=out_tokens[b, : out_len[b]].tolist()))
             state = self.step(state, actions, jax.random.split(k_step, batch))
-            returns[live] += np.asarray(state.reward)[live]
+            reward = np.asarray(state.reward)
+            returns[live] += reward[live]
+            env_returns[live] += reward[live]
             turns += live.size
-        return dict(mean_return=float(returns.mean()), valid_rate=valid_turns / max(turns, 1),
-                    turns=turns, sample_s=sample_s)
+        out = dict(mean_return=float(returns.mean()), valid_rate=valid_turns / max(turns, 1),
+                   turns=turns, sample_s=sample_s)
+        if transcript:
+            out.update(episodes=turns_of, env_returns=env_returns, valid_turns=episode_valid)
+        return out
 
 
 def bench_batch(s: dict, tokenizer, graphdef, params, batch: int, repeats: int, key) -> dict:
