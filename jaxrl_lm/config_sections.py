@@ -128,8 +128,8 @@ class ModelSection:
 class LoraSection:
     rank: int = 0  # LoRA adapter rank r; 0 = off (every parameter is trained)
     alpha: float = 16.0  # the adapters' update B A is scaled by alpha / rank
-    # only 0: the adapters are merged into the weights each forward (models/lora.py),
-    # which leaves no adapter input to drop out
+    # only 0: RL's importance ratios need the training forward to equal the sampler's,
+    # which a dropped-out adapter input would not (models/lora.py)
     dropout: float = 0.0
     # the projections that get adapters (any of q_proj k_proj v_proj o_proj gate_proj
     # up_proj down_proj); the rest of the model is frozen
@@ -142,8 +142,8 @@ class LoraSection:
         _bounded(self, "alpha", 0.0, lo_open=True)
         _bounded(self, "dropout", 0.0, 1.0, hi_open=True)
         if self.dropout != 0.0:
-            _fail(self, "dropout", "only 0 is supported: the adapters are merged into the "
-                                   "weights, so there is no adapter input to drop out")
+            _fail(self, "dropout", "only 0 is supported: RL's importance ratios need the "
+                                   "training forward to equal the sampler's")
         try:
             check_lora_targets(self.targets)
         except ValueError as e:

@@ -10,6 +10,12 @@ other processes are not counted):
     weights      P x bytes(param_dtype), + P x 4 for a float32 master copy
     gradients    P x bytes(param_dtype)
     optimizer    adamw 2 x P x bytes(param_dtype), lion P x bytes, adafactor 0
+
+With LoRA (lora.rank > 0) only the adapters are trained: A adapter parameters
+(`models.lora.adapter_count`: L x r x (in + out) per target), float32; the
+weights are P x bytes(param_dtype) + A x 4 (no master copy: the base is frozen
+and the adapters are float32 already), the gradients A x 4, the optimizer
+adamw 2 x A x 4, lion A x 4.
     logits       rows x length x vocab x 4 bytes (float32), per micro-batch, for
                  SFT (full logits); min(LOGPROB_CHUNK, rows x length) x vocab x 4
                  for the RL and pairwise losses, which score positions a chunk
@@ -66,10 +72,16 @@ def param_count(mcfg: Any) -> int:
     return embed + mcfg.num_layers * per_layer
 
 
-def state_bytes(mcfg: Any, optimizer: str) -> dict[str, int]:
-    """The buffers that live through the whole run: weights, gradients, optimizer."""
+def state_bytes(mcfg: Any, optimizer: str, lora: Any = None) -> dict[str, int]:
+    """The buffers that live through the whole run: weights, gradients, optimizer.
+    `lora`: a LoraSection; with rank > 0 only its adapters are trained."""
     p, pb = param_count(mcfg), _BYTES[mcfg.param_dtype]
     moments = {"adamw": 2, "lion": 1}.get(optimizer, 0)
+    if lora is not None and lora.rank > 0:
+        from jaxrl_lm.models.lora import adapter_count
+
+        a = adapter_count(mcfg, lora.rank, lora.targets)
+        return {"weights": p * pb + a * 4, "gradients": a * 4, "optimizer": moments * a * 4}
     master = p * 4 if getattr(mcfg, "master_dtype", None) else 0
     return {"weights": p * pb + master, "gradients": p * pb, "optimizer": moments * p * pb}
 
@@ -176,7 +188,7 @@ def _fields(cfg: Any, names: tuple[str, ...]) -> str:
 def check_memory(cfg: Any, mcfg: Any, available: tuple[int, str] | None = None) -> int:
     """ConfigError when the buffers `cfg` cannot run without (module docstring) exceed
     `available` ((bytes, description); default `machine_memory()`); else the estimate."""
-    fixed = state_bytes(mcfg, cfg.optim.name)
+    fixed = state_bytes(mcfg, cfg.optim.name, cfg.lora)
     biggest = max(stages(cfg, mcfg), key=lambda s: s.total)
     need = sum(fixed.values()) + biggest.total
     have, what = available if available is not None else machine_memory()

@@ -8,17 +8,21 @@ sharding (train/mesh.py: a dimension the mesh axis does not divide stays whole),
 each holds:
 
     weights       every parameter in model.param_dtype, split as the rule table
-                  splits it (exact: counted from the decoder's own parameter tree)
-    master copy   the same in float32 when model.master_dtype is set
-    optimizer     the optimizer's state (optax's own, on the params as the train
-                  state holds them: float32 under a master copy): adamw 2 moments,
-                  lion 1, adafactor its factored rows and columns (replicated, as
-                  the engine places them); moments shaped like a parameter are
-                  split like it
+                  splits it (exact: counted from the decoder's own parameter tree);
+                  with LoRA (lora.rank > 0) also the adapters, in float32
+    master copy   the trained params in float32 when model.master_dtype is set
+                  (LoRA: only a value head; the adapters are float32 already)
+    optimizer     the optimizer's state (optax's own, on the trained params as the
+                  train state holds them: float32 under a master copy): adamw 2
+                  moments, lion 1, adafactor its factored rows and columns
+                  (replicated, as the engine places them); moments shaped like a
+                  parameter are split like it
     reference     RL with algo.beta > 0: a frozen copy of the train state's params
-                  (update and rollout stages); a LoRA run would need none
-    gradients     update stages: the params' size in the state's dtype; twice that
-                  with train.micro_batches > 1 (the running sum and one micro-batch's)
+                  (update and rollout stages); none under LoRA (the reference is
+                  the frozen base itself)
+    gradients     update stages: the trained params' size in the state's dtype
+                  (LoRA: the adapters and a value head only); twice that with
+                  train.micro_batches > 1 (the running sum and one micro-batch's)
     activations   update stages, r = rows per device (rows / (data x fsdp), rounded
                   up), T = tokens per row, a = bytes of model.dtype, H', K', F' = the
                   heads, KV heads and MLP width on one device (divided by tensor when
@@ -48,7 +52,9 @@ each holds:
                   tokens, rounded up to 32); + the prefill's stacked prompt keys and
                   values and one layer's float32 scores: s (2 L P K' Hd a + 4 H' P^2)
     sampling      sampling stages: float32 logits of the next token, s x V x 4; under
-                  a master copy also the weights cast to model.param_dtype
+                  a master copy also the trained weights cast to model.param_dtype
+                  (LoRA: a value head's only; the adapters are applied factored,
+                  x W + (x A) B, with no merged weight)
 
 Not counted: XLA's scratch and fusion temporaries, the optimizer update's
 temporaries, the batch and trajectory arrays, the reference log-probs' forward
@@ -61,13 +67,13 @@ the host's memory shared by the planned devices.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import math
 from typing import Any
 
 from jaxrl_lm import memory_check
+from jaxrl_lm.cli_args import ArgumentParser
 from jaxrl_lm.config_sections import ConfigError
 from jaxrl_lm.memory_check import _BYTES, fmt_bytes
 
@@ -80,11 +86,13 @@ class Plan:
     config: str  # where the config came from
     model: Any  # ModelConfig (remat and master_dtype included)
     params: int  # parameters of the decoder (the value head included when trained)
+    trained: int  # parameters the optimizer updates (LoRA: the adapters, a value head)
     mesh: dict  # {"data": .., "fsdp": .., "tensor": ..}
     resident: dict[str, int]  # bytes per device held through every stage (RESIDENT)
     stages: dict[str, dict[str, int]]  # stage name -> its buffers, bytes per device
     device_bytes: int  # memory of one device
     device_what: str  # where device_bytes came from
+    lora: Any = None  # the LoraSection when lora.rank > 0
 
     def total(self, stage: str) -> int:
         return sum(self.resident.values()) + sum(self.stages[stage].values())
@@ -116,17 +124,30 @@ def model_config(cfg: Any):
     return mcfg.replace(remat=m.remat, master_dtype=m.master_dtype)
 
 
-def param_layout(mcfg: Any, mesh: dict) -> dict[tuple, tuple[tuple[int, ...], int]]:
+def param_layout(mcfg: Any, mesh: dict, lora_section: Any = None
+                 ) -> dict[tuple, tuple[tuple[int, ...], int]]:
     """Param path -> (shape, devices it is split over), from the decoder's parameter
-    tree and the rule table, for a mesh of these axis sizes (no devices needed)."""
+    tree and the rule table, for a mesh of these axis sizes (no devices needed);
+    with a LoRA section of rank > 0 the adapters' paths too."""
     from flax import nnx
     from jax.sharding import AbstractMesh
 
+    from jaxrl_lm.models import lora
     from jaxrl_lm.models.decoder import Decoder
     from jaxrl_lm.train import mesh as mesh_lib
 
+    def build():
+        model = Decoder(mcfg, rngs=nnx.Rngs(0))
+        if lora_section is not None and lora_section.rank > 0:
+            lora.apply_lora(model, rank=lora_section.rank, alpha=lora_section.alpha,
+                            targets=lora_section.targets)
+        return model
+
     abstract = AbstractMesh(tuple(mesh[a] for a in mesh_lib.AXES), mesh_lib.AXES)
-    state = nnx.state(nnx.eval_shape(lambda: Decoder(mcfg, rngs=nnx.Rngs(0))), nnx.Param)
+    try:
+        state = nnx.state(nnx.eval_shape(build), nnx.Param)
+    except ValueError as e:  # a rank the shapes do not allow
+        raise ConfigError(str(e)) from None
     out = {}
     for path, var in nnx.to_flat_state(state):
         shape = tuple(var.value.shape)
@@ -137,32 +158,60 @@ def param_layout(mcfg: Any, mesh: dict) -> dict[tuple, tuple[tuple[int, ...], in
     return out
 
 
+def is_adapter(path: tuple) -> bool:
+    return str(path[-1]).endswith(("_lora_a", "_lora_b"))
+
+
+def trained_paths(layout: dict, lora_on: bool) -> set[tuple]:
+    """The paths the train state optimizes: every one, or under LoRA the adapters
+    and a value head (models.lora.TRAINABLE)."""
+    if not lora_on:
+        return set(layout)
+    return {p for p in layout if is_adapter(p) or "value_head" in map(str, p)}
+
+
+def _per_device(layout: dict, paths) -> int:
+    return sum(math.prod(layout[p][0]) // layout[p][1] for p in paths)
+
+
 def _split(n: int, k: int) -> int:
     """n on one device when an axis of size k splits it (the rule table's rule)."""
     return n // k if n % k == 0 else n
 
 
 # -- the buffers ------------------------------------------------------------------------
-def resident_bytes(cfg: Any, mcfg: Any, layout: dict) -> dict[str, int]:
-    """weights, master copy, optimizer: bytes per device (module docstring)."""
+def dtype_of(mcfg: Any, path: tuple) -> str:
+    """The dtype a parameter is stored in: float32 for LoRA adapters, else
+    model.param_dtype."""
+    return "float32" if is_adapter(path) else mcfg.param_dtype
+
+
+def state_dtype(mcfg: Any, path: tuple) -> str:
+    """The dtype the train state holds a trained parameter in (its master's)."""
+    return mcfg.master_dtype or dtype_of(mcfg, path)
+
+
+def resident_bytes(cfg: Any, mcfg: Any, layout: dict, trained: set) -> dict[str, int]:
+    """weights, master copy, optimizer: bytes per device (module docstring);
+    `trained`: the paths the optimizer updates."""
     import jax
     import jax.numpy as jnp
     import optax
 
     from jaxrl_lm.train.optim import make_optimizer
 
-    n = sum(math.prod(shape) // div for shape, div in layout.values())
-    sds = {p: jax.ShapeDtypeStruct(shape, jnp.dtype(mcfg.master_dtype or mcfg.param_dtype))
-           for p, (shape, _) in layout.items()}
-    divs = {p: div for p, (_, div) in layout.items()}
+    weights = sum(_per_device(layout, [p]) * _BYTES[dtype_of(mcfg, p)] for p in layout)
+    master = sum(_per_device(layout, [p]) * 4 for p in trained
+                 if mcfg.master_dtype and dtype_of(mcfg, p) != mcfg.master_dtype)
+    sds = {p: jax.ShapeDtypeStruct(layout[p][0], jnp.dtype(state_dtype(mcfg, p)))
+           for p in trained}
+    divs = {p: layout[p][1] for p in trained}
     optimizer, _ = make_optimizer(cfg.optim, max(cfg.train.steps * cfg.algo.epochs, 1))
     nbytes = lambda a: math.prod(a.shape) * a.dtype.itemsize  # noqa: E731
     opt = optax.tree_map_params(
         optimizer, lambda a, div, p: nbytes(a) // (div if a.shape == p.shape else 1),
         jax.eval_shape(optimizer.init, sds), divs, sds, transform_non_params=nbytes)
-    return {"weights": n * _BYTES[mcfg.param_dtype],
-            "master copy": n * 4 if mcfg.master_dtype else 0,
-            "optimizer": sum(jax.tree.leaves(opt))}
+    return {"weights": weights, "master copy": master, "optimizer": sum(jax.tree.leaves(opt))}
 
 
 def activation_bytes(mcfg: Any, rows: int, length: int, remat: str, tensor: int) -> int:
@@ -180,25 +229,25 @@ def activation_bytes(mcfg: Any, rows: int, length: int, remat: str, tensor: int)
     return rows * (L * saved + kept + back + ends)
 
 
-def update_stage_bytes(mcfg: Any, stage: memory_check.Stage, mesh: dict, params: int,
-                 micro_batches: int) -> dict[str, int]:
-    """gradients, activations, logits of an update stage, per device; `params`:
-    parameters per device."""
+def update_stage_bytes(mcfg: Any, stage: memory_check.Stage, mesh: dict, grads: int,
+                       micro_batches: int) -> dict[str, int]:
+    """gradients, activations, logits of an update stage, per device; `grads`:
+    bytes per device of one gradient of the trained params."""
     rows = -(-stage.rows // (mesh["data"] * mesh["fsdp"]))
     positions = rows * (stage.length - 1)
     if stage.chunked:
         positions = min(memory_check.LOGPROB_CHUNK, positions)
-    grads = params * _BYTES[mcfg.master_dtype or mcfg.param_dtype]
     return {"gradients": grads * (2 if micro_batches > 1 else 1),
             "activations": activation_bytes(mcfg, rows, stage.length, mcfg.remat,
                                             mesh["tensor"]),
             "logits": 3 * positions * _split(mcfg.vocab_size, mesh["tensor"]) * 4}
 
 
-def sampling_stage_bytes(mcfg: Any, stage: memory_check.Stage, mesh: dict, params: int,
-                   prompt_len: int) -> dict[str, int]:
-    """kv cache (with the prefill's), sampling (next-token logits; the weights cast
-    from a master copy) of a sampling stage, per device."""
+def sampling_stage_bytes(mcfg: Any, stage: memory_check.Stage, mesh: dict, cast: int,
+                         prompt_len: int) -> dict[str, int]:
+    """kv cache (with the prefill's), sampling (next-token logits; `cast`: bytes
+    per device of the weights cast from a master copy) of a sampling stage, per
+    device."""
     from jaxrl_lm.models.attention import cache_slots
 
     s = -(-stage.rows // (mesh["data"] * mesh["fsdp"]))
@@ -206,7 +255,6 @@ def sampling_stage_bytes(mcfg: Any, stage: memory_check.Stage, mesh: dict, param
     H, K = _split(mcfg.num_heads, mesh["tensor"]), _split(mcfg.num_kv_heads, mesh["tensor"])
     kv = s * L * 2 * K * cache_slots(stage.length) * Hd * a
     prefill = s * (2 * L * prompt_len * K * Hd * a + 4 * H * prompt_len ** 2)
-    cast = params * _BYTES[mcfg.param_dtype] if mcfg.master_dtype else 0
     return {"kv cache": kv + prefill, "sampling": s * mcfg.vocab_size * 4 + cast}
 
 
@@ -223,24 +271,33 @@ def make_plan(cfg: Any, *, devices: int, device_memory: tuple[int, str],
                           f" must be divisible by mesh.data*mesh.fsdp={shape[0] * shape[1]} "
                           f"(batch rows are split over them)")
     mcfg = model_config(cfg)
-    layout = param_layout(mcfg, mesh)
-    params = sum(math.prod(shape) // div for shape, div in layout.values())
-    resident = resident_bytes(cfg, mcfg, layout)
-    # RL with a KL term: a frozen copy of the train state's params, alive while RL runs
-    reference = params * _BYTES[mcfg.master_dtype or mcfg.param_dtype] \
-        if cfg.is_rl and cfg.algo.beta > 0 else 0
+    lora_on = cfg.lora.rank > 0
+    layout = param_layout(mcfg, mesh, cfg.lora)
+    trained = trained_paths(layout, lora_on)
+    resident = resident_bytes(cfg, mcfg, layout, trained)
+    # one gradient (or copy) of the trained params, as the train state holds them
+    state = sum(_per_device(layout, [p]) * _BYTES[state_dtype(mcfg, p)] for p in trained)
+    # RL with a KL term: a frozen copy of the train state's params, alive while RL
+    # runs (LoRA: none, the reference is the frozen base)
+    reference = state if cfg.is_rl and cfg.algo.beta > 0 and not lora_on else 0
+    # what the sampler makes: the trained weights cast from a master copy (LoRA's
+    # float32 adapters are used as they are)
+    cast = sum(_per_device(layout, [p]) * _BYTES[mcfg.param_dtype] for p in trained
+               if mcfg.master_dtype and not is_adapter(p))
     stages = {}
     for st in memory_check.stages(cfg, mcfg):
         if st.kind == "update":
             micro = 1 if st.name == "warm-up" else t.micro_batches
-            stages[st.name] = update_stage_bytes(mcfg, st, mesh, params, micro)
+            stages[st.name] = update_stage_bytes(mcfg, st, mesh, state, micro)
         else:
-            stages[st.name] = sampling_stage_bytes(mcfg, st, mesh, params,
+            stages[st.name] = sampling_stage_bytes(mcfg, st, mesh, cast,
                                                    cfg.env.max_prompt_len)
         if reference and st.name in (f"{cfg.algo.name} update", "rollout"):
             stages[st.name]["reference"] = reference
-    return Plan(source, mcfg, sum(math.prod(s) for s, _ in layout.values()), mesh, resident,
-                stages, *device_memory)
+    base = [p for p in layout if not is_adapter(p)]
+    return Plan(source, mcfg, sum(math.prod(layout[p][0]) for p in base),
+                sum(math.prod(layout[p][0]) for p in trained), mesh, resident, stages,
+                *device_memory, lora=cfg.lora if lora_on else None)
 
 
 # -- output ---------------------------------------------------------------------------
@@ -251,6 +308,9 @@ def format_plan(plan: Plan) -> str:
              f"F={m.intermediate_size}, H={m.num_heads}, K={m.num_kv_heads}, Hd={m.head_dim}, "
              f"V={m.vocab_size}); params {m.param_dtype}, compute {m.dtype}, master "
              f"{m.master_dtype or 'none'}, remat {m.remat}",
+             *([f"lora: rank {plan.lora.rank}, alpha {plan.lora.alpha:g} on "
+                f"{', '.join(plan.lora.targets)}: {plan.trained:,} trained parameters, "
+                f"the base frozen"] if plan.lora else []),
              "mesh: " + " ".join(f"{k}={v}" for k, v in plan.mesh.items())
              + f" ({_devices(math.prod(plan.mesh.values()))}); device memory "
              f"{fmt_bytes(plan.device_bytes)} ({plan.device_what})", ""]
@@ -280,7 +340,8 @@ def _devices(n: int) -> str:
 
 
 def as_json(plan: Plan) -> dict:
-    return {"config": plan.config, "params": plan.params, "mesh": plan.mesh,
+    return {"config": plan.config, "params": plan.params, "trained": plan.trained,
+            "mesh": plan.mesh,
             "resident": plan.resident, "stages": plan.stages,
             "totals": {s: plan.total(s) for s in plan.stages}, "peak": list(plan.peak),
             "device_bytes": plan.device_bytes, "fits": plan.fits}
@@ -302,7 +363,7 @@ def device_memory(devices: int, gib: float | None) -> tuple[int, str]:
 def main(argv: list[str]) -> int:
     from jaxrl_lm.config import load_config
 
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         prog="jaxrl-lm plan",
         description="Estimate the memory each device needs for a config, per stage, from "
                     "model.path's config.json (no weights are read, nothing compiles). "

@@ -241,3 +241,105 @@ def test_preset_loads_and_plans_on_its_real_shape(tmp_path, name):
         p = _plan(config, ["--model.path", path], devices=devices, gib=60)
         assert p.mesh == {"data": 1, "fsdp": devices, "tensor": 1}
         assert p.fits, plan.format_plan(p)  # a full fine-tune fits one 80 GB GPU's 60 GiB
+
+
+# -- LoRA -----------------------------------------------------------------------------------
+# The embedded default (D 128, F 512, L 4, H 4, K 2, Hd 32) with rank-4 adapters on all
+# 7 projections: L x r x (in + out) per target, by hand:
+#   q 128 -> 4 x 32 = 128: 4 x (128 + 128) = 1,024    k, v 128 -> 2 x 32 = 64: 4 x 192 = 768 each
+#   o 128 -> 128: 1,024    gate, up 128 -> 512, down 512 -> 128: 4 x 640 = 2,560 each
+#   per layer 1,024 + 2 x 768 + 1,024 + 3 x 2,560 = 11,264; x 4 layers = 45,056
+ADAPTERS = 45_056
+LORA4 = ["--lora.rank", "4", "--lora.alpha", "8", "--model.param_dtype", "bfloat16"]
+
+
+def test_lora_trains_and_counts_only_the_adapters_by_hand(capsys):
+    from jaxrl_lm.models import lora
+
+    assert lora.adapter_count(plan.model_config(load_config(REASONING)), 4) == ADAPTERS
+    p = _plan(REASONING, LORA4)
+    assert (p.params, p.trained) == (1_000_576, ADAPTERS)  # the base counted once
+    # the bfloat16 base, float32 adapters; adamw's two float32 moments of the adapters
+    # and its two int32 step counts; no master copy (the adapters are float32)
+    assert p.resident == {"weights": 2 * 1_000_576 + 4 * ADAPTERS, "master copy": 0,
+                          "optimizer": 8 * ADAPTERS + 8}
+    assert p.stages["grpo update"]["gradients"] == 4 * ADAPTERS
+    assert p.stages["warm-up"]["gradients"] == 4 * ADAPTERS
+    # a master_dtype changes nothing (float32 adapters), and the KL reference is the base
+    kl = _plan(REASONING, [*LORA4, "--model.master_dtype", "float32", "--algo.beta", "0.04"])
+    assert kl.resident == p.resident and "reference" not in kl.stages["grpo update"]
+    assert kl.stages["rollout"]["sampling"] == p.stages["rollout"]["sampling"]  # no cast
+    full = _plan(REASONING, ["--model.param_dtype", "bfloat16"])
+    assert full.resident["optimizer"] == 2 * 2 * 1_000_576 + 8  # bf16 moments of every param
+    # the update stage's difference: bf16 moments and gradients of every param (3 x 2N
+    # bytes) less the adapters' float32 weights, moments and gradients (4 x 4A bytes)
+    assert full.total("grpo update") - p.total("grpo update") == \
+        6 * 1_000_576 - 16 * ADAPTERS
+    assert cli.main(["plan", "--config", REASONING, "--devices", "1", *LORA4]) == 0
+    assert ("lora: rank 4, alpha 8 on q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, "
+            "down_proj: 45,056 trained parameters, the base frozen") in capsys.readouterr().out
+
+
+def test_lora_adapters_are_split_like_their_weights_by_hand():
+    """fsdp 8 splits "embed" (128 -> 16): A of q, k, v, gate, up [L, D, r] and B of o,
+    down [L, r, D]; A of o [L, H, Hd, r], A of down [L, F, r] and B of q, k, v,
+    gate, up (heads / mlp, split by tensor only) stay whole. Per layer, r = 4:
+      split:  5 x 128 x 4 / 8 + 2 x 4 x 128 / 8 = 320 + 128 = 448
+      whole:  128 x 4 + 512 x 4 + 4 x (128 + 64 + 64 + 512 + 512) = 2,560 + 5,120 = 7,680"""
+    per_device = 4 * (448 + 7_680)
+    assert per_device == 32_512
+    p = _plan(REASONING, [*LORA4, "--mesh.data", "1", "--mesh.fsdp", "8"], devices=8)
+    assert p.stages["grpo update"]["gradients"] == 4 * per_device
+    assert p.resident["weights"] == 2 * PER_DEVICE + 4 * per_device
+
+
+def test_memory_check_counts_the_adapters_only():
+    from jaxrl_lm import memory_check
+
+    cfg = load_config(REASONING, LORA4)
+    mcfg = plan.model_config(cfg)
+    p = memory_check.param_count(mcfg)  # matrices only: 1,000,576 less 9 norms of 128
+    assert p == 999_424
+    assert memory_check.state_bytes(mcfg, "adamw", cfg.lora) == {
+        "weights": 2 * p + 4 * ADAPTERS, "gradients": 4 * ADAPTERS, "optimizer": 8 * ADAPTERS}
+    assert memory_check.state_bytes(mcfg, "lion", cfg.lora)["optimizer"] == 4 * ADAPTERS
+    off = load_config(REASONING, ["--model.param_dtype", "bfloat16"])
+    assert memory_check.state_bytes(mcfg, "adamw", off.lora) == {
+        "weights": 2 * p, "gradients": 2 * p, "optimizer": 4 * p}
+    # the check itself: the LoRA run needs less by the state it does not hold
+    full_need = memory_check.check_memory(off, mcfg, available=(2**40, "test"))
+    lora_need = memory_check.check_memory(cfg, mcfg, available=(2**40, "test"))
+    assert full_need - lora_need == (2 * p + 4 * p) - (4 * ADAPTERS + 8 * ADAPTERS + 4 * ADAPTERS)
+
+
+
+@pytest.mark.parametrize("name", PRESETS)
+def test_lora_preset_is_its_full_preset_with_adapters(tmp_path, name):
+    full_cfg = load_config(str(ROOT / f"launch/configs/{name}.yaml"))
+    config = str(ROOT / f"launch/configs/{name}-lora.yaml")
+    cfg = load_config(config)
+    assert (cfg.lora.rank, cfg.lora.alpha, cfg.lora.dropout) == (16, 32.0, 0.0)
+    assert cfg.lora.targets == ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
+                                "down_proj")
+    m = cfg.model
+    assert (m.dtype, m.param_dtype, m.master_dtype, m.remat) == ("bfloat16", "bfloat16", None,
+                                                                  "full")
+    # the same task, model and sampling; only LoRA, the master copy and the step size differ
+    same = ("env", "rollout", "data", "train", "algo", "mesh", "shaping", "eval", "warmup")
+    for section in same:
+        assert getattr(cfg, section) == getattr(full_cfg, section), section
+    assert m.path == full_cfg.model.path and (cfg.optim.lr, full_cfg.optim.lr) == (1e-5, 1e-6)
+    path = _folder(tmp_path, name, REAL[name])
+    for devices in (1, 8):
+        p = _plan(config, ["--model.path", path], devices=devices, gib=60)
+        full = _plan(str(ROOT / f"launch/configs/{name}.yaml"), ["--model.path", path],
+                     devices=devices, gib=60)
+        assert p.fits and p.params == full.params
+        assert p.peak[1] < full.peak[1]
+        if devices == 1:  # adamw: two float32 moments of the adapters, two int32 counts
+            assert p.resident["optimizer"] == 8 * p.trained + 8
+            assert p.stages["grpo update"]["gradients"] == 4 * p.trained
+    if name == "qwen2.5-0.5b":  # by hand: D 896, F 4864, 14 x 64 query, 2 x 64 KV, L 24
+        per_layer = (896 + 896) + 2 * (896 + 128) + (896 + 896) + 3 * (896 + 4864)
+        assert per_layer == 22_912
+        assert p.trained == 24 * 16 * per_layer == 8_798_208

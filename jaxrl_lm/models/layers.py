@@ -92,24 +92,34 @@ def rope(x_btnd: jax.Array, angles: tuple[jax.Array, jax.Array]) -> jax.Array:
     return out.astype(x_btnd.dtype)
 
 
+def linear(x_mi: jax.Array, p: dict, name: str) -> jax.Array:
+    """[M, in] -> [M, out]: x W with p[name] flattened to [in, out] (one 2-D matmul:
+    XLA:CPU's weight gradient of a matmul that contracts over two flattened dims
+    is 2-3x slower than over one), in x's dtype.
+
+    With LoRA factors in p (`<name>_lora_a` [*in, r] and `<name>_lora_b`
+    [r, *out], the latter already scaled by alpha / r; models/lora.py) it is
+    x W + (x A) B: no merged weight is formed, so a backward holds gradients of
+    A and B and of the [M, r] product only, never one of W's size."""
+    dt = x_mi.dtype
+    n_in = x_mi.shape[-1]
+    y = x_mi @ p[name].astype(dt).reshape(n_in, -1)
+    a = p.get(name + "_lora_a")
+    if a is not None:
+        rank = a.shape[-1]
+        b = p[name + "_lora_b"].reshape(rank, -1)
+        y = y + (x_mi @ a.astype(dt).reshape(n_in, rank)) @ b.astype(dt)
+    return y
+
+
 def gated_mlp(x: jax.Array, p: dict, activation: str) -> jax.Array:
-    """down(act(x W_gate) * (x W_up)): SwiGLU / GeGLU (Shazeer 2020)."""
-    dt = x.dtype
-    gate = x @ p["gate_proj"].astype(dt)
+    """down(act(x W_gate) * (x W_up)): SwiGLU / GeGLU (Shazeer 2020). x: [M, D]."""
+    gate = linear(x, p, "gate_proj")
     if activation == "silu":
         gate = jax.nn.silu(gate)
     else:
         gate = jax.nn.gelu(gate, approximate=True)
-    return (gate * (x @ p["up_proj"].astype(dt))) @ p["down_proj"].astype(dt)
-
-
-def _proj(h_btd: jax.Array, w_dnh: jax.Array) -> jax.Array:
-    """[B, T, D] x [D, N, Hd] -> [B, T, N, Hd] as one 2-D matmul: XLA:CPU's
-    weight gradient of a matmul that contracts over two flattened dims (B, T)
-    is 2-3x slower than over one."""
-    b, t, d = h_btd.shape
-    _, n, hd = w_dnh.shape
-    return (h_btd.reshape(b * t, d) @ w_dnh.reshape(d, n * hd)).reshape(b, t, n, hd)
+    return linear(gate * linear(x, p, "up_proj"), p, "down_proj")
 
 
 def block(cfg: ModelConfig, x_btd: jax.Array, p: dict, positions_bt: jax.Array,
@@ -127,12 +137,16 @@ def block(cfg: ModelConfig, x_btd: jax.Array, p: dict, positions_bt: jax.Array,
     traced scalar): this layer's sliding window; keys W or more positions back
     are masked too. `angles`: the RoPE angles of positions_bt (default: from
     cfg's global frequencies), when the caller shares them between blocks.
+    Projections are `linear`s: a target of LoRA whose factors `p` holds runs
+    factored, x W + (x A) B.
     """
     dt = x_btd.dtype
     b, t, d = x_btd.shape
     norm = functools.partial(rms_norm, eps=cfg.rms_norm_eps, offset=cfg.norm_offset)
     h = norm(x_btd, p["attn_norm"])
-    q, k, v = (_proj(h, p[name].astype(dt)) for name in ("q_proj", "k_proj", "v_proj"))
+    h2 = h.reshape(b * t, d)
+    q, k, v = (linear(h2, p, name).reshape(b, t, -1, cfg.head_dim)
+               for name in ("q_proj", "k_proj", "v_proj"))
     if cfg.attention_bias:
         q, k, v = (q + p["q_bias"].astype(dt), k + p["k_bias"].astype(dt),
                    v + p["v_bias"].astype(dt))
@@ -151,8 +165,7 @@ def block(cfg: ModelConfig, x_btd: jax.Array, p: dict, positions_bt: jax.Array,
         slots = jnp.arange(kv[1].shape[2], dtype=positions_bt.dtype)[None]
         mask = causal_mask(positions_bt, slots, window)
         o = cached_attention(q, kv[0].astype(dt), kv[1].astype(dt), mask, **scores)
-    w_o = p["o_proj"].astype(dt)
-    o = (o.reshape(b * t, -1) @ w_o.reshape(-1, d)).reshape(b, t, d)
+    o = linear(o.reshape(b * t, -1), p, "o_proj").reshape(b, t, d)
     if cfg.attention_out_bias:
         o = o + p["o_bias"].astype(dt)
     if cfg.post_norms:

@@ -1,9 +1,9 @@
 """LoRA adapters (Hu et al. 2021, arXiv:2106.09685) on the decoder's projections.
 
 A target projection W (stacked over layers, in the decoder's layout) gets two
-trainable factors, and the forward uses
+trainable factors, and the adapted projection computes
 
-    W' = W + (alpha / r) * A @ B      A: [L, *in, r]  (random)   B: [L, r, *out]  (zero)
+    y = x W + s (x A) B,   s = alpha / r      A: [L, *in, r]  (random)   B: [L, r, *out]  (zero)
 
 where `in`/`out` are W's input and output feature dims (q/k/v/gate/up: in = D;
 o_proj: in = H, Hd; down_proj: in = F). B starts at zero, so an adapted model
@@ -11,16 +11,24 @@ computes exactly what its base computes until the first update.
 
 `apply_lora(model, ...)` swaps the decoder's `LayerStack` for a `LoraLayerStack`
 that holds the very same base `nnx.Param`s (no copy) plus `nnx.LoRAParam`
-factors, and whose `arrays()` (what the layer scan and the sampler read)
-returns the merged W' for each target: one merge per forward or per sampled
-sequence, and the decode loop pays nothing per token. The factors are float32
-whatever the base's dtype (like PEFT's adapters); the merge is summed in
-float32 and rounded to the dtype the decoder reads parameters as
-(`param_dtype`), as the decoder does with a float32 master copy. The cost of
-merging: a training step holds the merged copy of every target and its
-gradient (about 2x the targets' size), and the sampler one merged copy; computing
-x W + s (x A) B inside the block instead would need neither (docs: the LoRA
-memory table).
+factors. Its `arrays()` (what the layer scan and the sampler read) returns the
+base arrays unchanged and each target's factors beside them, `<name>_lora_a`
+and `<name>_lora_b` (B already times s); `layers.linear` then applies a target
+factored, x W + (x A) B, in the decoder's compute dtype (the float32 factors
+are cast to it, as W is). No merged weight W + s A B is formed: a
+training step's backward holds the gradients of A, B and of the [tokens, r]
+products, never a weight-sized one, and the frozen W gets none. The decode
+loop is factored too: two rank-r matmuls per target and token, the same
+computation as the training forward's (a merged bfloat16 W + s A B would
+round small updates away, and the sampler and the learner would disagree).
+`merged_forward = True` on the stack restores the merged W' = W + s A B,
+summed in float32 and rounded to `param_dtype` (the reference of the tests).
+The factors are float32 whatever the base's dtype (like PEFT's adapters).
+Before this forward, the merge ran once per forward: a
+training step held a merged copy of every target and its gradient (about 2x
+the targets' size), and a GRPO iteration's peak RSS at the Qwen2.5-0.5B shape
+was 65% of a full fine-tune's (47% with remat full); factored, 48% (34%)
+(float32 base; docs/benchmarks.md, the lora-memory bench).
 
 Training: `trainable_filter(model)` is `nnx.LoRAParam` (plus a value head,
 which is fresh and must learn); the train engine splits on it, so gradients,
@@ -37,10 +45,10 @@ lora_A.weight [r, in] and lora_B.weight [out, r] per layer and scales by
 lora_alpha / r: lora_A = A[l].reshape(in, r).T, lora_B = B[l].reshape(r, out).T,
 with `in`/`out` flattened in HF's order (heads-major for q/k/v/o).
 
-No dropout: LoRA's dropout acts on the adapter branch's input x, which a
-merged weight does not have; and RL ratios need the training forward to equal
-the sampler's (a dropped-out forward would move the ratio off 1 at the first
-step).
+No dropout: RL ratios need the training forward to equal the sampler's (a
+dropped-out adapter input would move the ratio off 1 at the first step); the
+factored forward would have an input x to drop out, but the config accepts
+lora.dropout 0 only.
 """
 
 from __future__ import annotations
@@ -82,6 +90,20 @@ def check_targets(targets) -> tuple[str, ...]:
     return targets
 
 
+def target_features(mcfg, name: str) -> tuple[int, int]:
+    """(in, out) features of one layer's projection `name` of a ModelConfig."""
+    d, f, hd = mcfg.hidden_size, mcfg.intermediate_size, mcfg.head_dim
+    q, kv = mcfg.num_heads * hd, mcfg.num_kv_heads * hd
+    return {"q_proj": (d, q), "k_proj": (d, kv), "v_proj": (d, kv), "o_proj": (q, d),
+            "gate_proj": (d, f), "up_proj": (d, f), "down_proj": (f, d)}[name]
+
+
+def adapter_count(mcfg, rank: int, targets=TARGETS) -> int:
+    """Parameters of the adapters: L x r x (in + out) per target."""
+    return mcfg.num_layers * rank * sum(sum(target_features(mcfg, t))
+                                        for t in check_targets(targets))
+
+
 def _split_dims(name: str, shape: tuple[int, ...]) -> tuple[tuple, tuple]:
     """(input dims, output dims) of one layer's weight of stacked `shape`."""
     k = 1 + _IN_DIMS.get(name, 1)
@@ -113,6 +135,7 @@ class LoraLayerStack(LayerStack):
                 setattr(self, name, var)
         self.lora_rank, self.lora_alpha, self.lora_targets = rank, float(alpha), targets
         self.adapters_on = True
+        self.merged_forward = False  # True: arrays() merges W + s A B (the old forward)
         for name, k in zip(targets, jax.random.split(key, len(targets))):
             w = getattr(self, name)
             names = tuple(w.get_metadata().get("out_sharding") or (None,) * w.ndim)
@@ -131,8 +154,11 @@ class LoraLayerStack(LayerStack):
         return self.lora_alpha / self.lora_rank
 
     def arrays(self, dtype=None) -> dict[str, jax.Array]:
-        """The base stack's arrays (as `dtype` if given), each target merged with
-        its adapter unless the adapters are off."""
+        """The base stack's arrays (as `dtype` if given) and, unless the adapters
+        are off, each target's factors: `<name>_lora_a` [L, *in, r] and
+        `<name>_lora_b` [L, r, *out] scaled by alpha / r, both float32, which
+        `layers.linear` applies as x W + (x A) B. With `merged_forward` set
+        (a reference for tests and the bench) each target is W + s A B instead."""
         out = {k: v[...] if dtype is None else v[...].astype(dtype)
                for k, v in vars(self).items()
                if isinstance(v, nnx.Param) and not isinstance(v, nnx.LoRAParam)}
@@ -140,7 +166,11 @@ class LoraLayerStack(LayerStack):
             return out
         for name in self.lora_targets:
             a, b = getattr(self, f"{name}_lora_a")[...], getattr(self, f"{name}_lora_b")[...]
-            out[name] = _merge(out[name], a, b, self.scale, out[name].dtype)
+            if self.merged_forward:
+                out[name] = _merge(out[name], a, b, self.scale, out[name].dtype)
+            else:
+                out[f"{name}_lora_a"] = a
+                out[f"{name}_lora_b"] = b * jnp.asarray(self.scale, b.dtype)
         return out
 
 
