@@ -195,7 +195,7 @@ def test_train_cli_runs_a_paprika_config_and_dpo_trains_on_its_pairs(tmp_path, c
     pairs = os.path.join(out, "round1", "pairs", "pairs.jsonl")
     run_dir = str(tmp_path / "dpo")
     assert main(["train", "--out", run_dir, "--algo.name", "dpo", "--data.path", pairs,
-                 "--data.eval_fraction", "0", "--train.steps", "2", "--train.batch_size", "2",
+                 "--data.eval_fraction", "0", "--train.steps", "2", "--train.batch_size", "8",
                  "--train.max_len", "272", "--train.progress", "false"]) == 0
     summary = json.load(open(os.path.join(run_dir, "summary.json")))
     assert summary["pairs"]["train"] == len(read_rows(pairs))
