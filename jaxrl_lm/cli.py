@@ -56,7 +56,26 @@ def _bench(argv: list[str]) -> int:
         raise
 
 
+def _config_flag(argv: list[str]) -> str | None:
+    """The value of --config in a train command line, if given."""
+    for i, arg in enumerate(argv):
+        if arg == "--config" and i + 1 < len(argv):
+            return argv[i + 1]
+        if arg.startswith("--config="):
+            return arg.split("=", 1)[1]
+    return None
+
+
 def _train(argv: list[str]) -> int:
+    from jaxrl_lm.paprika import pipeline
+
+    config = _config_flag(argv)
+    if config and pipeline.is_paprika_config(config):  # a `generate` section: PAPRIKA's stages
+        for flag in ("--import", "--allow-config-change"):
+            if any(a == flag or a.startswith(flag + "=") for a in argv):
+                raise UsageError(f"train: {flag} does not apply to a paprika config "
+                                 f"(--config {config} has a generate section)")
+        return pipeline.main(argv)
     from jaxrl_lm.train.trainer import main_train
 
     return main_train(argv)

@@ -41,10 +41,16 @@ def test_placement_in_bounds_and_disjoint(opts):
 
 def test_bad_options():
     for bad, field in [(dict(size=4), "size"), (dict(ships=(3, 1)), "ships"),
-                       (dict(ships=[3, 2]), "ships"), (dict(ships=(2,) * 6), "ships"),
+                       (dict(ships=[3, 1]), "ships"), (dict(ships=(2,) * 6), "ships"),
                        (dict(shots=5), "shots"), (dict(hit_reward=1.0), "hit_reward")]:
         with pytest.raises(ValueError, match=field):
             envs.make("battleship", **bad)
+
+
+def test_a_yaml_list_is_the_tuple_it_stands_for():
+    # config files give `ships: [3, 2]`; envs.make hands the env the tuple it holds
+    assert envs.make("battleship", ships=[3, 2]) == envs.make("battleship", ships=(3, 2))
+    assert envs.make("battleship", ships=[3, 2]).ships == (3, 2)
 
 
 def play(env, policy, n, seed):

@@ -175,8 +175,10 @@ def build_pairs(rows: Sequence[dict[str, Any]], tokenizer: Any, *, max_len: int,
     if not rows:
         raise ValueError("no rows to build preference pairs from")
     if is_turn_list(rows[0].get(chosen_column)):  # Markovian trajectories, turn by turn
-        return build_turn_pairs(rows, tokenizer, max_len=max_len, chosen_column=chosen_column,
-                                rejected_column=rejected_column, on_overlong=on_overlong)
+        return PairSet(**build_turn_pairs(rows, tokenizer, max_len=max_len,
+                                          chosen_column=chosen_column,
+                                          rejected_column=rejected_column,
+                                          on_overlong=on_overlong))
     columns = (prompt_column, chosen_column, rejected_column)
     for name in columns:
         missing = [i for i, r in enumerate(rows) if name not in r]

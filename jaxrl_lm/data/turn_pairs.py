@@ -21,7 +21,7 @@ token that is scored or conditioned on):
                 {"prompt": "4: higher. Guess, 1-8.", "completion": "6\\n"}],
      "rejected": [...]}
 
-    pairs = build_turn_pairs(rows, tokenizer, max_len=64)
+    pairs = build_pairs(rows, tokenizer, max_len=64)   # data.preference: a PairSet
     pairs.tokens    # i32[N, 2, K, L]: K turn rows per side (K = the most turns), pad after
     pairs.mask      # f32[N, 2, K, L]: 1 on each turn's completion tokens; 0 on empty rows
 
@@ -72,9 +72,8 @@ def _turn_ids(tokenizer: Any, turn: Any, where: str) -> tuple[list[int], list[in
 def build_turn_pairs(rows: Sequence[dict[str, Any]], tokenizer: Any, *, max_len: int,
                      chosen_column: str = "chosen", rejected_column: str = "rejected",
                      on_overlong: str = "error"):
-    """Tokenize every row's turns and pad to [N, 2, K, max_len] (a PairSet)."""
-    from jaxrl_lm.data.preference import PairSet
-
+    """Tokenize every row's turns and pad to [N, 2, K, max_len]: the fields of
+    a `data.preference.PairSet`, as a dict."""
     kept, sides_of, first_prompt = [], [], []
     for i, row in enumerate(rows):
         sides = []
@@ -109,7 +108,7 @@ def build_turn_pairs(rows: Sequence[dict[str, Any]], tokenizer: Any, *, max_len:
                 tokens[r, s, t, : len(p) + len(c)] = p + c
                 mask[r, s, t, len(p): len(p) + len(c)] = 1.0
                 lengths[r, s] = max(lengths[r, s], len(p) + len(c))
-    return PairSet(tokens=tokens, mask=mask, lengths=lengths,
-                   prompt_len=np.asarray(first_prompt, np.int32),
-                   source_rows=np.asarray(kept, np.int32), dropped=len(rows) - len(kept),
-                   pad_id=pad)
+    return dict(tokens=tokens, mask=mask, lengths=lengths,
+                prompt_len=np.asarray(first_prompt, np.int32),
+                source_rows=np.asarray(kept, np.int32), dropped=len(rows) - len(kept),
+                pad_id=pad)

@@ -229,16 +229,6 @@ def _parse_train(argv: list[str]):
 
 def main_train(argv: list[str]) -> int:
     args, overrides = _parse_train(argv)
-    from jaxrl_lm.paprika import pipeline
-
-    if args.config and pipeline.is_paprika_config(args.config):  # a paprika config runs its pipeline
-        if args.imports or args.allow_config_change:
-            print(f"error: --config {args.config} is a paprika config (it has a generate "
-                  f"section): --import and --allow-config-change do not apply to it",
-                  file=sys.stderr)
-            return 2
-        return pipeline.main(["--config", args.config, "--out", args.out, *overrides]
-                             + (["--resume"] if args.resume else []))
     from jaxrl_lm.train.run_lock import RunLock, check_out
 
     lock = RunLock(args.out, enabled=False)  # taken once the config has loaded
