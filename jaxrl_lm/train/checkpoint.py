@@ -36,6 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
+from jaxrl_lm.cli_args import sigterm_deferred
 from jaxrl_lm.config import Config, ConfigError, to_dict
 
 # Config fields that cannot change the train state, ignored when a resumed
@@ -151,8 +152,12 @@ class Checkpointer:
         leaves = jax.tree.leaves(state)
         meta = {"step": int(step), "data_state": data_state, "config": config,
                 "arrays": array_specs(leaves), "checksums": checksums(leaves)}
-        self.manager.save(int(step), force=force, args=ocp.args.Composite(
-            state=ocp.args.StandardSave(leaves), meta=ocp.args.JsonSave(meta)))
+        # a SIGTERM during the synchronous part of the save would leave a half-made
+        # `<step>.orbax-checkpoint-tmp`; it is raised once the save is handed off, and
+        # the async part is then finished by the run's cleanup (RunFiles closes us)
+        with sigterm_deferred():
+            self.manager.save(int(step), force=force, args=ocp.args.Composite(
+                state=ocp.args.StandardSave(leaves), meta=ocp.args.JsonSave(meta)))
 
     def wait(self) -> None:
         self.manager.wait_until_finished()
