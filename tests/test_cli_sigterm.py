@@ -179,6 +179,11 @@ def test_sigterm_during_an_async_save_then_resume(tmp_path):
 
 
 @pytest.mark.slow  # two runs, each compiling the tiny model (~1 min on 2 loaded cores)
+# Known bug (issue 27, open): in 1 of 11 reruns on the AMD EPYC (2026-12-07) the process
+# did not exit within 120 s of the SIGTERM, wherever the signal landed that time. Not
+# strict, so a pass is still reported (XPASS); the hooked test above stays strict.
+@pytest.mark.xfail(strict=False, reason="a SIGTERM landing at some unknown point can hang "
+                   "the process (seen once in 11 runs; issue 27)")
 def test_sigterm_at_an_arbitrary_step_then_resume(tmp_path):
     """No hook: the signal lands wherever the run is (a step, a save, logging)."""
     run = str(tmp_path / "run")
