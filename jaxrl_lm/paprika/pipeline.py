@@ -276,6 +276,19 @@ class _Stages:
         return info
 
 
+def train_warmup(pc: PaprikaConfig, folder: str, *, resume: bool) -> dict:
+    """The scripted warm-up over every group into `folder`, its policy in folder/hf."""
+    from jaxrl_lm.train import sft
+    from jaxrl_lm.train.trainer import build_policy, export_hf
+
+    wcfg = warmup_config(pc.model, pc.warmup, pc.generate)
+    model, tok = build_policy(wcfg)
+    res = sft.train_sft(wcfg, folder, model=model, resume=resume,
+                        data_fn=mix_data(wcfg, pc.generate, tok))
+    export_hf(res.state.params, model, tok, os.path.join(folder, "hf"))
+    return {"steps": pc.warmup.steps, "last_metrics": res.last_metrics}
+
+
 def _finished_any(out: str) -> list[str]:
     found = []
     for root, _, files in os.walk(out) if os.path.isdir(out) else ():
@@ -311,15 +324,7 @@ def run(pc: PaprikaConfig, out: str, *, resume: bool = False, say=print,
 
     start = start_hf
     if start is None and pc.warmup.steps:
-        def warm(folder):
-            wcfg = warmup_config(pc.model, pc.warmup, pc.generate)
-            model, tok = build_policy(wcfg)
-            res = sft.train_sft(wcfg, folder, model=model, resume=resume,
-                                data_fn=mix_data(wcfg, pc.generate, tok))
-            export_hf(res.state.params, model, tok, os.path.join(folder, "hf"))
-            return {"steps": pc.warmup.steps, "last_metrics": res.last_metrics}
-
-        stage("warmup", warm)
+        stage("warmup", lambda folder: train_warmup(pc, folder, resume=resume))
         start = os.path.join(out, "warmup", "hf")
 
     def policy(hf: str | None):
@@ -404,19 +409,12 @@ def leave_one_out(pc: PaprikaConfig, out: str, *, resume: bool = False, say=prin
     """For each group: the pipeline trained on every other group, evaluated on
     all of them; one shared warm-up (on every group: the stand-in for
     pretraining). Writes out/leave_one_out.json and returns it."""
-    from jaxrl_lm.train import sft
-    from jaxrl_lm.train.trainer import build_policy, export_hf
-
     start = None
     if pc.warmup.steps:
         folder = os.path.join(out, "warmup")
         if not (resume and os.path.exists(os.path.join(folder, "hf", "config.json"))):
             os.makedirs(folder, exist_ok=True)
-            wcfg = warmup_config(pc.model, pc.warmup, pc.generate)
-            model, tok = build_policy(wcfg)
-            res = sft.train_sft(wcfg, folder, model=model, resume=resume,
-                                data_fn=mix_data(wcfg, pc.generate, tok))
-            export_hf(res.state.params, model, tok, os.path.join(folder, "hf"))
+            train_warmup(pc, folder, resume=resume)
         start = os.path.join(folder, "hf")
     table = {}
     groups = pc.generate.groups
