@@ -17,9 +17,10 @@ its run directory's lock, then `jaxrl-lm` exits with status 143 (128 + 15);
 from __future__ import annotations
 
 import importlib
+import signal
 import sys
 
-from jaxrl_lm.cli_args import (SIGTERM_STATUS, ArgumentParser, Terminated, UsageError,
+from jaxrl_lm.cli_args import (SIGINT_STATUS, ArgumentParser, Terminated, UsageError,
                                UsageExit, print_error, sigterm_unwinds)
 
 BENCHES = {
@@ -162,10 +163,15 @@ def main(argv: list[str] | None = None) -> int:
             return COMMANDS[argv[0]](argv[1:])
     except UsageExit as e:  # argparse's usage error, already printed as one line
         return e.code
-    except Terminated:
-        print(f"jaxrl-lm {argv[0]}: stopped by SIGTERM (exit status {SIGTERM_STATUS}); what it "
+    except Terminated as e:
+        name = "SIGTERM" if e.signum == signal.SIGTERM else "Ctrl-C"
+        print(f"jaxrl-lm {argv[0]}: stopped by {name} (exit status {e.status}); what it "
               f"wrote is kept and closed (a run continues with --resume)", file=sys.stderr)
-        return SIGTERM_STATUS
+        return e.status
+    except KeyboardInterrupt:  # a second Ctrl-C: at once, wherever it landed
+        print(f"jaxrl-lm {argv[0]}: stopped by a second Ctrl-C (exit status {SIGINT_STATUS}); "
+              f"a run continues from its last checkpoint with --resume", file=sys.stderr)
+        return SIGINT_STATUS
     except ValueError as e:  # an expected failure the command did not report itself
         if not _expected(e):
             raise

@@ -8,10 +8,12 @@ package instantiates instead of `argparse.ArgumentParser`:
 
     error: jaxrl-lm bench envs: argument --steps: invalid int value: 'x' (see jaxrl-lm bench envs --help)
 
-SIGTERM (a SLURM preemption, `kill`) during a command raises `Terminated`
-(`sigterm_unwinds`, set by `jaxrl_lm.cli.main`): the command's `finally`
-blocks run, so a run finishes its pending checkpoint, closes metrics.jsonl and
-releases its lock, and `jaxrl-lm` exits with status 143 (128 + 15).
+SIGTERM (a SLURM preemption, `kill`) or a first Ctrl-C during a command
+raises `Terminated` (`sigterm_unwinds`, set by `jaxrl_lm.cli.main`), in a
+training loop at the end of the current step (`sigterm_deferred`): the
+command's `finally` blocks run, so a run finishes its pending checkpoint,
+closes metrics.jsonl and releases its lock, and `jaxrl-lm` exits with status
+143 (128 + 15; 130 for Ctrl-C). A second Ctrl-C stops it at once.
 
 This module imports only the standard library: `bench sampler` parses its
 flags before JAX starts.
@@ -69,46 +71,60 @@ def int_list(text: str) -> str:
     return text
 
 
-# -- SIGTERM -----------------------------------------------------------------
+# -- SIGTERM and Ctrl-C ------------------------------------------------------
 
 SIGTERM_STATUS = 128 + signal.SIGTERM  # 143, what a shell reports for a SIGTERMed job
+SIGINT_STATUS = 128 + signal.SIGINT  # 130, Ctrl-C
 
 
 class Terminated(BaseException):
-    """SIGTERM arrived (SLURM preemption or time limit, `kill`, `scancel`).
-    Raised in the main thread wherever it is, a BaseException like
+    """SIGTERM (SLURM preemption or time limit, `kill`, `scancel`) or a first
+    Ctrl-C arrived. Raised in the main thread, a BaseException like
     KeyboardInterrupt, so `except Exception` does not catch it while every
-    `finally` and `with` on the way out runs."""
+    `finally` and `with` on the way out runs. `signum` is the signal."""
+
+    def __init__(self, signum: int):
+        super().__init__(f"signal {signum} ({signal.Signals(signum).name})")
+        self.signum = signum
+
+    @property
+    def status(self) -> int:
+        """The exit status a shell reports for a job ended by this signal."""
+        return 128 + self.signum
 
 
 _deferring = 0  # open `sigterm_deferred` blocks
-_pending = False  # a SIGTERM arrived inside one of them
+_pending: int | None = None  # the signal that arrived inside one of them
 
 
 @contextlib.contextmanager
 def sigterm_deferred() -> Iterator[None]:
-    """A block that SIGTERM does not interrupt: `Terminated` is raised when
-    it ends instead (taking or removing a lock is never left half done)."""
+    """A block that SIGTERM (or a first Ctrl-C) does not interrupt: `Terminated`
+    is raised when it ends instead. The training loops run each step in one,
+    so a run stops between steps, never inside a save or a logger's thread;
+    taking or removing a lock is never left half done."""
     global _deferring, _pending
     _deferring += 1
     try:
         yield
     finally:
         _deferring -= 1
-    if _pending and not _deferring:
-        _pending = False
-        raise Terminated(f"signal {signal.SIGTERM.value} (SIGTERM)")
+    if _pending is not None and not _deferring:
+        signum, _pending = _pending, None
+        raise Terminated(signum)
 
 
 @contextlib.contextmanager
 def sigterm_unwinds() -> Iterator[None]:
-    """Within the block, SIGTERM raises `Terminated` in the main thread
+    """Within the block, SIGTERM and a first Ctrl-C raise `Terminated` in the
+    main thread (at the end of the `sigterm_deferred` block they land in)
     instead of ending the process on the spot, so the job's cleanup runs: a
     pending asynchronous checkpoint is finished (`RunFiles` closes the
     checkpointer), metrics.jsonl is closed, the run directory's lock removed.
     Further SIGTERMs are ignored while that cleanup runs (SLURM follows with
-    SIGKILL after its KillWait). The previous handler is restored on exit. A
-    no-op outside the main thread, where Python cannot set handlers."""
+    SIGKILL after its KillWait); a second Ctrl-C is Python's KeyboardInterrupt,
+    at once. The previous handlers are restored on exit. A no-op outside the
+    main thread, where Python cannot set handlers."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -116,16 +132,18 @@ def sigterm_unwinds() -> Iterator[None]:
     def handler(signum, frame):
         global _pending
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         if _deferring:
-            _pending = True
+            _pending = signum
             return
-        raise Terminated(f"signal {signum} (SIGTERM)")
+        raise Terminated(signum)
 
     global _pending
-    _pending = False
-    previous = signal.signal(signal.SIGTERM, handler)
+    _pending = None
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
-        _pending = False
+        for s, h in previous.items():
+            signal.signal(s, signal.SIG_DFL if h is None else h)
+        _pending = None

@@ -175,6 +175,8 @@ CASES = [
      "bench grpo-step --group=1: GRPO needs >= 2 completions per prompt"),
     ("bench flag list", ["bench", "rollout", "--batches", "x"],
      "bench rollout --batches='x': must be comma-separated ints"),
+    ("bench chunk table size", ["bench", "logprobs-memory", "--chunk-table", "0,128"],
+     "bench logprobs-memory --chunk-table='0,128': every chunk must be >= 1"),
     ("plot without metrics", ["plot", "{d}"], "has no metrics.jsonl"),
     ("unknown command", ["fit"], "unknown command 'fit'; choose one of"),
 ]
@@ -244,6 +246,10 @@ USAGE_CASES = [
      U("bench sampler", "argument --batch: invalid int value: 'x'")),
     ("bench logprobs-memory non-numeric seq", ["bench", "logprobs-memory", "--seq", "x"],
      U("bench logprobs-memory", "argument --seq: invalid int value: 'x'")),
+    ("bench logprobs-memory non-numeric chunk table",
+     ["bench", "logprobs-memory", "--chunk-table", "x"],
+     U("bench logprobs-memory", "argument --chunk-table: invalid value 'x': expected "
+                                "comma-separated ints")),
     ("bench rollout non-numeric new", ["bench", "rollout", "--new", "x"],
      U("bench rollout", "argument --new: invalid int value: 'x'")),
     ("bench grpo-step non-numeric prompts", ["bench", "grpo-step", "--prompts", "x"],

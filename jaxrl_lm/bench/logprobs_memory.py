@@ -45,12 +45,17 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from jaxrl_lm.cli_args import ArgumentParser
+from jaxrl_lm.cli_args import ArgumentParser, int_list
 from jaxrl_lm.models import Decoder, ModelConfig
 from jaxrl_lm.sampling import token_logprobs, token_logprobs_from_hidden
 
 GIB = 2 ** 30
 LIMIT_GIB = 1.0
+
+
+def _chunk_table(text: str) -> str:
+    """--chunk-table: comma-separated ints, or '' for no table."""
+    return text if not text.strip() else int_list(text)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -66,7 +71,7 @@ def _parser() -> argparse.ArgumentParser:
     add("--intermediate", type=int, default=4864, help="decoder variant: MLP width")
     add("--chunk", type=int, default=256,
         help="rows per chunk (token_logprobs' own default is 512; see the chunk table)")
-    add("--chunk-table", default="128,256,512,1024,2048",
+    add("--chunk-table", default="128,256,512,1024,2048", type=_chunk_table,
         help="comma-separated chunk sizes for the temp-memory table ('' for none)")
     add("--run-seq", type=int, default=129,
         help="T of the program actually executed (0: execute nothing)")
@@ -81,12 +86,19 @@ def _check(args) -> None:
                  "chunk"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')}={getattr(args, name)}: must be >= 1")
+    for c in _chunks(args.chunk_table):
+        if c < 1:
+            raise ValueError(f"--chunk-table={args.chunk_table!r}: every chunk must be >= 1")
     if args.seq < 2 or args.run_seq == 1 or args.run_seq < 0:
         raise ValueError(f"--seq={args.seq} must be >= 2 and --run-seq={args.run_seq} "
                          "0 or >= 2 (position 0 has no prediction)")
     if args.heads % args.kv_heads or args.hidden % args.heads:
         raise ValueError(f"--kv-heads={args.kv_heads} must divide --heads={args.heads}, "
                          f"which must divide --hidden={args.hidden}")
+
+
+def _chunks(text: str) -> list[int]:
+    return [int(x) for x in text.split(",") if x.strip()]
 
 
 def _head_losses(chunk: int):
@@ -119,7 +131,7 @@ def head_memory(args) -> dict:
     grad = lambda f: jax.value_and_grad(f, argnums=(0, 1))  # noqa: E731
     chunked, naive = _head_losses(args.chunk)
     table = {}
-    for c in [int(x) for x in args.chunk_table.split(",") if x.strip()]:
+    for c in _chunks(args.chunk_table):
         table[c] = _memory(grad(_head_losses(c)[0]), *shapes)["temp_gib"]
     return dict(chunked_grad=_memory(grad(chunked), *shapes), chunked_fwd=_memory(chunked, *shapes),
                 naive_grad=_memory(grad(naive), *shapes), naive_fwd=_memory(naive, *shapes),

@@ -35,6 +35,7 @@ import optax
 from flax import nnx
 
 from jaxrl_lm import algorithms, reward_functions
+from jaxrl_lm.cli_args import sigterm_deferred
 from jaxrl_lm.algorithms import common
 from jaxrl_lm.config import Config
 from jaxrl_lm.evaluation.stats import episode_stats
@@ -298,16 +299,19 @@ class RLRunner:
         state, ref_params = self.init()
         row = {}
         with RunFiles(self.cfg, run_dir) as files:
-            state = files.begin(state, resume=resume, allow_config_change=allow_config_change)
+            with sigterm_deferred():
+                state = files.begin(state, resume=resume,
+                                    allow_config_change=allow_config_change)
             streak = SkipStreak(self.cfg.train.max_skipped_steps, int(state.skipped))
             for it in range(files.start, self.cfg.train.steps):
-                state, batch, stats, metrics = self.iteration(state, ref_params, it)
-                done = it + 1
-                if files.log_due(done):
-                    row = files.logger.log(done, {**jax.device_get(stats),
-                                                  **jax.device_get(metrics)},
-                                           tokens=int(batch["loss_mask"].sum()))
-                files.after_step(done, state, lambda n: {"iteration": n})
+                with sigterm_deferred():  # a SIGTERM stops the run between iterations
+                    state, batch, stats, metrics = self.iteration(state, ref_params, it)
+                    done = it + 1
+                    if files.log_due(done):
+                        row = files.logger.log(done, {**jax.device_get(stats),
+                                                      **jax.device_get(metrics)},
+                                               tokens=int(batch["loss_mask"].sum()))
+                    files.after_step(done, state, lambda n: {"iteration": n})
                 # NonFiniteError at the limit
                 streak.update(metrics, at=f"RL iteration {done}", steps=self.cfg.algo.epochs)
         return RunResult(state, self.engine, row, files.start)

@@ -26,6 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from jaxrl_lm.cli_args import sigterm_deferred
 from jaxrl_lm.config import Config
 from jaxrl_lm.models.tokenizer import encode
 from jaxrl_lm.train import mesh as mesh_lib
@@ -137,17 +138,20 @@ def train_sft(cfg: Config, run_dir: str, *, model: nnx.Module, data_fn: DataFn,
         ref_params = mesh_lib.place(ref_params, engine.param_sh)
     row, tokens = {}, 0
     with RunFiles(cfg, run_dir) as files:
-        state = files.begin(state, resume=resume, allow_config_change=allow_config_change)
+        with sigterm_deferred():
+            state = files.begin(state, resume=resume, allow_config_change=allow_config_change)
         streak = SkipStreak(t.max_skipped_steps, int(state.skipped))
         for step in range(files.start, t.steps):
-            key = jax.random.fold_in(state.rng, step)
-            batch = data_fn(step, key)
-            tokens += int(np.prod(np.shape(batch["tokens"]))) if "tokens" in batch else 0
-            state, metrics = engine.step(state, engine.place_batch(batch), ref_params)
-            done = step + 1
-            if files.log_due(done):
-                row = files.logger.log(done, jax.device_get(metrics), tokens=tokens or None)
-                tokens = 0
-            files.after_step(done, state, data_state_fn)
+            with sigterm_deferred():  # a SIGTERM stops the run between steps
+                key = jax.random.fold_in(state.rng, step)
+                batch = data_fn(step, key)
+                tokens += int(np.prod(np.shape(batch["tokens"]))) if "tokens" in batch else 0
+                state, metrics = engine.step(state, engine.place_batch(batch), ref_params)
+                done = step + 1
+                if files.log_due(done):
+                    row = files.logger.log(done, jax.device_get(metrics),
+                                           tokens=tokens or None)
+                    tokens = 0
+                files.after_step(done, state, data_state_fn)
             streak.update(metrics, at=f"step {done}")  # NonFiniteError at the limit
     return RunResult(state, engine, row, files.start)
