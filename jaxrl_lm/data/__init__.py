@@ -8,7 +8,8 @@ folder), rendered through the tokenizer's chat template and tokenized once.
 
 from jaxrl_lm.data.chat import PLAIN_TEMPLATE, conversation, render_chat
 from jaxrl_lm.data.files import read_rows
-from jaxrl_lm.data.prompts import PromptSet, batch_rows, build_prompts, split_rows
+from jaxrl_lm.data.prompts import (PromptSet, batch_rows, build_prompts, split_rows,
+                                   train_eval_rows)
 
 __all__ = ["PLAIN_TEMPLATE", "PromptSet", "batch_rows", "build_prompts", "conversation",
-           "read_rows", "render_chat", "split_rows"]
+           "read_rows", "render_chat", "split_rows", "train_eval_rows"]

@@ -110,6 +110,21 @@ def split_rows(rows: Sequence[dict], eval_fraction: float, *, seed: int = 0
     return [rows[i] for i in order[:cut]], [rows[i] for i in order[cut:]]
 
 
+def train_eval_rows(data: Any) -> tuple[list[dict], list[dict]]:
+    """(train rows, held-out rows) of a config's `data` section: `eval_path`'s
+    rows when it is set, else `eval_fraction` of `path`'s (`split_rows`, seed
+    0). A ValueError starts with "data: "."""
+    from jaxrl_lm.data.files import read_rows
+
+    try:
+        rows = read_rows(data.path, split=data.split)
+        if data.eval_path is not None:
+            return rows, read_rows(data.eval_path, split=data.eval_split)
+        return split_rows(rows, data.eval_fraction, seed=0)
+    except ValueError as e:
+        raise ValueError(f"data: {e}") from None
+
+
 def batch_rows(step: int, batch: int, n: int, *, seed: int = 0, shuffle: bool = True
                ) -> np.ndarray:
     """i32[batch]: the rows of step `step` when each epoch visits all `n` rows

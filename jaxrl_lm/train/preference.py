@@ -89,16 +89,9 @@ def load_pairs(cfg: Config, tokenizer: Any) -> tuple[PairSet, PairSet | None]:
 
 @functools.lru_cache(maxsize=4)
 def _load_pairs(data, max_len: int, tokenizer: Any):
-    from jaxrl_lm.data import read_rows, split_rows
+    from jaxrl_lm.data import train_eval_rows
 
-    try:
-        rows = read_rows(data.path, split=data.split)
-        if data.eval_path is not None:
-            train_rows, eval_rows = rows, read_rows(data.eval_path, split=data.eval_split)
-        else:
-            train_rows, eval_rows = split_rows(rows, data.eval_fraction, seed=0)
-    except ValueError as e:
-        raise ValueError(f"data: {e}") from None
+    train_rows, eval_rows = train_eval_rows(data)
 
     def build(part: list[dict], name: str) -> PairSet | None:
         if not part:

@@ -63,18 +63,11 @@ def make_task(cfg: Config, tokenizer: Any, *, held_out: bool = False, options: d
 @functools.lru_cache(maxsize=4)
 def _prompt_tasks(data, max_prompt_len: int, tokenizer: Any):
     """(train task, held-out task or None), built once per (data section, limit, tokenizer)."""
-    from jaxrl_lm.data import build_prompts, read_rows, split_rows
+    from jaxrl_lm.data import build_prompts, train_eval_rows
     from jaxrl_lm.data.task import PromptTask
     from jaxrl_lm.verifiers import Verifier, reference_table
 
-    try:
-        rows = read_rows(data.path, split=data.split)
-        if data.eval_path is not None:
-            train_rows, eval_rows = rows, read_rows(data.eval_path, split=data.eval_split)
-        else:
-            train_rows, eval_rows = split_rows(rows, data.eval_fraction, seed=0)
-    except ValueError as e:
-        raise ValueError(f"data: {e}") from None
+    train_rows, eval_rows = train_eval_rows(data)
     verifier = Verifier(tokenizer, marker=data.marker, mode=data.match, width=data.answer_width)
 
     def task(part: list[dict], name: str):
