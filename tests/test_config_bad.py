@@ -431,10 +431,17 @@ def test_memory_estimate_passes_the_presets_and_names_what_it_counts():
     mcfg = C.model_config(cfg)
     need = memory_check.check_memory(cfg, mcfg)
     assert 0 < need < 2**30  # the tiny preset needs well under a GiB
+    budget = (1024, "a test budget")
+    # the largest need is named: the preset's 512 evaluation episodes, else the rollout's 128
+    with pytest.raises(C.ConfigError, match=r"^eval.episodes=512, .*: the evaluation needs at "
+                                            r"least .* but the machine has 1\.0 KiB \(a test "
+                                            r"budget\); lower these sizes$"):
+        memory_check.check_memory(cfg, mcfg, available=budget)
+    cfg = C.load_config(TTT, ["--eval.episodes", "128"])
     with pytest.raises(C.ConfigError, match=r"^train.batch_size=128, .*: the rollout needs at "
                                             r"least .* but the machine has 1\.0 KiB \(a test "
                                             r"budget\); lower these sizes$"):
-        memory_check.check_memory(cfg, mcfg, available=(1024, "a test budget"))
+        memory_check.check_memory(cfg, mcfg, available=budget)
     assert memory_check.param_count(mcfg) == 1_000_576 - (2 * 4 + 1) * 128  # norms left out
 
 
