@@ -49,6 +49,28 @@ def test_sigterm_raises_terminated_once_and_the_handler_is_restored():
     assert signal.getsignal(signal.SIGTERM) is before
 
 
+def test_sigterm_inside_a_step_lets_that_step_finish_and_log(tmp_path, monkeypatch, capsys):
+    """The training loop runs each step in a deferred block: a SIGTERM in the
+    middle of step 3 stops the run after step 3 is logged, before step 4."""
+    from jaxrl_lm.train.engine import Engine
+
+    step, calls = Engine.step, []
+
+    def slow_step(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.2)  # an immediate raise would land here
+        return step(self, *args, **kwargs)
+
+    monkeypatch.setattr(Engine, "step", slow_step)
+    run = str(tmp_path / "run")
+    assert cli_main(["train", *TINY, "--train.steps", "6", "--out", run]) == 143
+    assert "stopped by SIGTERM" in capsys.readouterr().err
+    assert [m["step"] for m in read_metrics(run)] == [1, 2, 3] and len(calls) == 3
+    assert not os.path.exists(os.path.join(run, LOCK_NAME))
+
+
 def test_ctrl_c_unwinds_like_sigterm_and_a_second_one_interrupts_at_once():
     before = signal.getsignal(signal.SIGINT)
     with cli_args.sigterm_unwinds():
