@@ -20,6 +20,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from jaxrl_lm.data.chat import conversation, render_chat
+from jaxrl_lm.data.files import read_rows
 from jaxrl_lm.models.tokenizer import encode, pad_id
 
 OVERLONG = ("error", "drop")
@@ -114,8 +115,6 @@ def train_eval_rows(data: Any) -> tuple[list[dict], list[dict]]:
     """(train rows, held-out rows) of a config's `data` section: `eval_path`'s
     rows when it is set, else `eval_fraction` of `path`'s (`split_rows`, seed
     0). A ValueError starts with "data: "."""
-    from jaxrl_lm.data.files import read_rows
-
     try:
         rows = read_rows(data.path, split=data.split)
         if data.eval_path is not None:
