@@ -108,6 +108,14 @@ class Config:
             raise ConfigError(
                 f"train.max_len={t.max_len} is shorter than env.max_prompt_len + "
                 f"rollout.max_new_tokens = {self.env.max_prompt_len + r.max_new_tokens}")
+        e = self.eval
+        if e.keep == "best" and not e.every:
+            raise ConfigError("eval.keep='best' picks among the evaluations during training: "
+                              "set eval.every > 0 (RL iterations between them)")
+        if e.every and not (self.is_rl and self.data.path is None):
+            raise ConfigError(f"eval.every={e.every}: evaluations during training are for RL "
+                              f"runs on an env; prompt-dataset runs (data.path) and SFT or "
+                              f"preference runs have none (set eval.every 0)")
         try:  # the algorithm's own rules across sections (algorithms/<name>.py)
             algorithms.get(a.name).check_config(self)
         except ValueError as e:

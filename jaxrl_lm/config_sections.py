@@ -421,8 +421,11 @@ class EnvSection:
 
 @dataclasses.dataclass(frozen=True)
 class EvalSection:
-    episodes: int = 64  # episodes per evaluation
-    every: int = 0  # steps between evaluations; 0 = only at the end
+    episodes: int = 64  # episodes per evaluation (per variant)
+    every: int = 0  # RL runs on an env: also evaluate every N iterations and after the last,
+    #                 on episodes of their own (logged as eval/...); 0 = before and after only
+    keep: str = "last"  # the policy an RL run ends with (exported, evaluated after): last |
+    #                     best (the best mean return over the targets of those evaluations)
     greedy: bool = True  # argmax decoding during evaluation
     samples: int = 0  # data runs: sampled completions per held-out row for pass@k (0: greedy only)
     variants: dict = dataclasses.field(default_factory=dict)  # label -> env.options overrides,
@@ -431,6 +434,7 @@ class EvalSection:
     def __post_init__(self):
         _at_least(self, "episodes", 1)
         _at_least(self, "every", 0)
+        _choice(self, "keep", ("last", "best"))
         _at_least(self, "samples", 0)
         for label, opts in self.variants.items():
             if not isinstance(opts, dict):

@@ -14,7 +14,7 @@ metrics and UCB's and random play's (jaxrl_lm.evaluation.bandit).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import jax
 from flax import nnx
@@ -48,17 +48,42 @@ def evaluate_task(model: nnx.Module, tokenizer: Any, env: Any, text: Any, *,
     `evaluation.dataset.evaluate_prompts` adds pass@k and the format rate)."""
     rows = jax.numpy.arange(len(env)) if hasattr(env, "init_task") else None
     episodes = len(env) if rows is not None else episodes
+    play = make_task_eval(env, text, tokenizer, episodes=episodes, max_new_tokens=max_new_tokens,
+                          max_turns=max_turns, greedy=greedy, temperature=temperature,
+                          invalid_penalty=invalid_penalty, stop_at_newline=stop_at_newline,
+                          standin_reward=standin_reward, rows=rows)
+    return play(*nnx.split(model), jax.random.key(seed), seed)
+
+
+def make_task_eval(env: Any, text: Any, tokenizer: Any, *, episodes: int, max_new_tokens: int,
+                   max_turns: int | None = None, greedy: bool = True, temperature: float = 1.0,
+                   invalid_penalty: float = -5.0, stop_at_newline: bool = True,
+                   standin_reward: bool = True, rows: jax.Array | None = None
+                   ) -> Callable[..., dict[str, float]]:
+    """`evaluate_task`, compiled once: `fn(graphdef, params, key, seed=0) ->
+    results` (`seed`: the bandit report's UCB and random baselines). Call it
+    again with other params of the same shapes and it does not compile again:
+    the evaluations during training (`train/validation.py`) use it."""
     play = make_rollout(env, text, num_groups=episodes, group_size=1,
                         max_turns=max_turns or env.max_steps, max_new_tokens=max_new_tokens,
                         temperature=0.0 if greedy else temperature,
                         stop_tokens=stop_tokens(tokenizer, newline=stop_at_newline),
                         invalid_penalty=invalid_penalty, standin_reward=standin_reward)
-    graphdef, state = nnx.split(model)
-    traj = play(graphdef, state, jax.random.key(seed), rows)
-    check_prompt_fit(*prompt_cuts(traj), text.max_prompt_len,
-                     where=f"evaluating on {env.name}")
+
+    def run(graphdef: nnx.GraphDef, state: nnx.State, key: jax.Array, seed: int = 0
+            ) -> dict[str, float]:
+        traj = play(graphdef, state, key, rows)
+        check_prompt_fit(*prompt_cuts(traj), text.max_prompt_len,
+                         where=f"evaluating on {env.name}")
+        return _results(env, traj, episodes, seed, dataset=rows is not None)
+
+    return run
+
+
+def _results(env: Any, traj: Any, episodes: int, seed: int, *, dataset: bool
+             ) -> dict[str, float]:
     s = {k: float(v) for k, v in jax.device_get(episode_stats(traj)).items()}
-    if rows is not None:
+    if dataset:
         return {"pass@1": s["env_return"], "answered": 1.0 - s["invalid_rate"],
                 "completion_len": s["completion_len"], "episodes": episodes}
     out = {"return": s["env_return"], "shaped_return": s["reward"], "win": s["win_rate"],
@@ -76,11 +101,6 @@ def evaluate_config(model: nnx.Module, tokenizer: Any, cfg) -> dict[str, dict[st
     prompt dataset (data.path), {"held-out": results} on its held-out rows."""
     from jaxrl_lm.train import tasks
 
-    opts = dict(max_new_tokens=cfg.rollout.max_new_tokens, max_turns=tasks.max_turns(cfg),
-                greedy=cfg.eval.greedy, temperature=cfg.rollout.temperature,
-                invalid_penalty=cfg.shaping.invalid_penalty,
-                stop_at_newline=cfg.rollout.stop_at_newline,
-                standin_reward=cfg.shaping.standin_reward, seed=cfg.train.seed + 1)
     if tasks.is_dataset(cfg):
         from jaxrl_lm.evaluation.dataset import evaluate_prompts
 
@@ -92,14 +112,31 @@ def evaluate_config(model: nnx.Module, tokenizer: Any, cfg) -> dict[str, dict[st
             temperature=r.temperature, greedy=cfg.eval.greedy, grader=fn, grader_name=name,
             stop_at_newline=r.stop_at_newline, seed=cfg.train.seed + 1, top_k=r.top_k,
             top_p=r.top_p, min_p=r.min_p)}
+    return {label: evaluate_task(model, tokenizer, env, text, seed=cfg.train.seed + 1,
+                                 **eval_options(cfg))
+            for label, (env, text) in eval_targets(cfg, tokenizer).items()}
+
+
+def eval_targets(cfg, tokenizer: Any) -> dict[str, tuple[Any, Any]]:
+    """{label: (env, text)}: each `eval.variants` entry (env.options updated by
+    it), or {"train env": ...} when there are none. Env runs only."""
+    from jaxrl_lm.train import tasks
+
     base = dict(cfg.env.options)
     targets = {str(label): {**base, **o} for label, o in cfg.eval.variants.items()}
-    if not targets:
-        targets = {"train env": base}
-    return {label: evaluate_task(model, tokenizer,
-                                 *tasks.make_task(cfg, tokenizer, options=env_opts),
-                                 episodes=cfg.eval.episodes, **opts)
-            for label, env_opts in targets.items()}
+    return {label: tasks.make_task(cfg, tokenizer, options=opts)
+            for label, opts in (targets or {"train env": base}).items()}
+
+
+def eval_options(cfg) -> dict[str, Any]:
+    """`evaluate_task`'s keyword options (but the seed) from a run's config."""
+    from jaxrl_lm.train import tasks
+
+    return dict(episodes=cfg.eval.episodes, max_new_tokens=cfg.rollout.max_new_tokens,
+                max_turns=tasks.max_turns(cfg), greedy=cfg.eval.greedy,
+                temperature=cfg.rollout.temperature, invalid_penalty=cfg.shaping.invalid_penalty,
+                stop_at_newline=cfg.rollout.stop_at_newline,
+                standin_reward=cfg.shaping.standin_reward)
 
 
 def format_table(before: dict, after: dict) -> str:

@@ -50,6 +50,7 @@ from jaxrl_lm.train.engine import Engine, SkipStreak, TrainState
 from jaxrl_lm.train.mix import EnvMix
 from jaxrl_lm.train.optim import make_optimizer
 from jaxrl_lm.train.run_dir import RunFiles, RunResult
+from jaxrl_lm.train.validation import Validation
 
 
 def scale_first_moment(opt_state: Any, scale: jax.Array) -> Any:
@@ -297,21 +298,33 @@ class RLRunner:
         Raises NonFiniteError once `train.max_skipped_steps` optimizer steps in a
         row were skipped by the non-finite guard."""
         state, ref_params = self.init()
-        row = {}
+        row, kept = {}, None
+        val = Validation(self.cfg, self.tokenizer, self.engine.graphdef, run_dir) \
+            if self.cfg.eval.every else None
         with RunFiles(self.cfg, run_dir) as files:
             with sigterm_deferred():
                 state = files.begin(state, resume=resume,
                                     allow_config_change=allow_config_change)
             streak = SkipStreak(self.cfg.train.max_skipped_steps, int(state.skipped))
-            for it in range(files.start, self.cfg.train.steps):
-                with sigterm_deferred():  # a SIGTERM stops the run between iterations
-                    state, batch, stats, metrics = self.iteration(state, ref_params, it)
-                    done = it + 1
-                    if files.log_due(done):
-                        row = files.logger.log(done, {**jax.device_get(stats),
-                                                      **jax.device_get(metrics)},
-                                               tokens=int(batch["loss_mask"].sum()))
-                    files.after_step(done, state, lambda n: {"iteration": n})
-                # NonFiniteError at the limit
-                streak.update(metrics, at=f"RL iteration {done}", steps=self.cfg.algo.epochs)
-        return RunResult(state, self.engine, row, files.start)
+            try:
+                if val is not None:
+                    val.begin(resumed=files.start > 0)
+                for it in range(files.start, self.cfg.train.steps):
+                    with sigterm_deferred():  # a SIGTERM stops the run between iterations
+                        state, batch, stats, metrics = self.iteration(state, ref_params, it)
+                        done = it + 1
+                        evals = val(done, state.params, self.engine.rest) \
+                            if val is not None and val.due(done) else {}
+                        if files.log_due(done) or evals:
+                            row = files.logger.log(done, {**jax.device_get(stats),
+                                                          **jax.device_get(metrics), **evals},
+                                                   tokens=int(batch["loss_mask"].sum()))
+                        files.after_step(done, state, lambda n: {"iteration": n})
+                    # NonFiniteError at the limit
+                    streak.update(metrics, at=f"RL iteration {done}", steps=self.cfg.algo.epochs)
+                if val is not None:
+                    kept = val.kept(state.params)
+            finally:
+                if val is not None:
+                    val.close()
+        return RunResult(state, self.engine, row, files.start, kept)

@@ -4,6 +4,7 @@
     run_dir/metrics.jsonl    one JSON object per logged step (and events/ for TensorBoard)
     run_dir/checkpoints/     Orbax checkpoints: the train state and the data state
                              (a corrupt one moved aside to checkpoints/<step>.corrupt)
+    run_dir/best/            RL with eval.keep best: the best evaluated params (train/validation.py)
     run_dir/.lock            while a job writes here (`run_lock.RunLock`)
 
 `RunFiles` owns the checkpointer and the logger of one run; `RunResult` is
@@ -48,6 +49,8 @@ class RunResult:
     engine: Engine  # what compiled the step (mesh, shardings, graphdef)
     last_metrics: dict  # the last logged metrics row
     resumed_from: int  # the step restored at start (0 if fresh)
+    # eval.keep best: {"params", "iteration", "score"} of the policy the run ends with
+    kept: dict | None = None
 
 
 def _kill_point() -> int | None:

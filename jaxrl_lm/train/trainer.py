@@ -7,6 +7,8 @@ For an RL algorithm (`run_rl`):
     1. warm-up    SFT on a scripted player's moves (warmup section)   run_dir/warmup/
     2. evaluate   the warmed-up policy on every eval.variants entry
     3. RL         rollout -> advantages -> update (train/rl.py)        run_dir/
+                  (eval.every: evaluations during RL; eval.keep best:   run_dir/best/
+                  the best of them is the policy the run ends with, train/validation.py)
     4. evaluate   the same targets again; print the before/after table
     5. export     run_dir/hf/ (an HF folder) and run_dir/summary.json
 
@@ -131,7 +133,10 @@ def warmup_config(cfg: Config) -> Config:
                                 max_len=cfg.env.max_prompt_len + new_tokens)
     optim = dataclasses.replace(cfg.optim, lr=w.lr, schedule=w.schedule,
                                 warmup_steps=min(cfg.optim.warmup_steps, w.steps))
-    return dataclasses.replace(cfg, train=train, optim=optim, algo=AlgoSection(name="sft"))
+    # the evaluations during RL are RL's: the warm-up has none
+    ev = dataclasses.replace(cfg.eval, every=0, keep="last")
+    return dataclasses.replace(cfg, train=train, optim=optim, algo=AlgoSection(name="sft"),
+                               eval=ev)
 
 
 def run_warmup(cfg: Config, run_dir: str, model, tokenizer: Any, *, resume: bool,
@@ -173,17 +178,24 @@ def run_rl(cfg: Config, run_dir: str, model, tokenizer: Any, *, resume: bool = F
               f"{cfg.train.batch_size} episodes each", flush=True)
     result = RLRunner(cfg, model, tokenizer).train(run_dir, resume=resume,
                                                    allow_config_change=allow_config_change)
-    nnx.update(model, jax.device_get(result.state.params))
+    params = result.kept["params"] if result.kept else result.state.params
+    nnx.update(model, jax.device_get(params))
     after = evaluate_config(model, tokenizer, cfg)
-    export_hf(result.state.params, model, tokenizer, os.path.join(run_dir, "hf"))
+    export_hf(params, model, tokenizer, os.path.join(run_dir, "hf"))
     if main:
         table = format_table(before, after)
         what = (f"{next(iter(after.values()))['episodes']} held-out rows"
                  if cfg.data.path is not None else f"{cfg.eval.episodes} episodes")
+        if result.kept:
+            print(f"kept the policy of iteration {result.kept['iteration']} of "
+                  f"{cfg.train.steps}: the best of the evaluations during training (mean "
+                  f"return {result.kept['score']:.3f} on episodes of their own)", flush=True)
         print(f"[3/3] evaluation ({what}, {'greedy' if cfg.eval.greedy else 'sampled'}):"
               f"\n{table}", flush=True)
         summary = {"before": before, "after": after, "last_metrics": result.last_metrics,
                    "resumed_from": result.resumed_from,
+                   "kept": {k: v for k, v in (result.kept or {}).items() if k != "params"}
+                   or None,
                    "wall_s": round(time.perf_counter() - t0, 1)}
         with open(os.path.join(run_dir, "summary.json"), "w") as f:
             json.dump(summary, f, indent=2)
