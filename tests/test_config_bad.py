@@ -111,6 +111,10 @@ CASES = [
      "env.options.ships.1=inf: must be a finite number"),
     ("eval variant NaN", T("--config", TTT, "--eval.variants", "{noisy: {noise: .nan}}"),
      "eval.variants.noisy.noise=nan: must be a finite number"),
+    ("keep best without evaluations", T("--config", TTT, "--eval.keep", "best"),
+     "eval.keep='best' picks among the evaluations during training: set eval.every > 0"),
+    ("evaluations during SFT", T("--eval.every", "10"), "eval.every=10: evaluations during "
+     "training are for RL runs on an env"),
     ("unknown env option", T("--config", TTT, "--env.options", "{zzz: 1}"),
      "env.options: unknown option"),
     ("env options with a key twice", T("--env.options", "{noise: 0.1, noise: 0.2}"),
