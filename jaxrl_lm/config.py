@@ -263,6 +263,14 @@ def parse_overrides(args: list[str], depth: int = 2) -> dict:
     then coerced to the field's declared type when the config is built.
     """
     out: dict = {}
+    for key, parts, value in override_items(args, depth):
+        _set(out, key, parts, value)
+    return out
+
+
+def override_items(args: list[str], depth: int = 2) -> list[tuple[str, list[str], Any]]:
+    """[(key, its dotted parts, parsed value)] of `--a.b value` / `--a.b=value` args."""
+    out = []
     i = 0
     while i < len(args):
         arg = args[i]
@@ -276,7 +284,7 @@ def parse_overrides(args: list[str], depth: int = 2) -> dict:
         i += 1
         parts = key.split(".")
         if not 2 <= len(parts) <= depth or not all(parts):
-            form = "section.field" + ("[.field]" * (depth - 2))
+            form = "section.field" + {2: "", 3: "[.field]"}.get(depth, "[.key ...]")
             raise ConfigError(f"override --{key}: expected the form --{form}")
         try:
             value = parse_yaml(raw, f"override --{key}")
@@ -286,14 +294,48 @@ def parse_overrides(args: list[str], depth: int = 2) -> dict:
             value = float(value)  # YAML 1.1 reads "1e-3" as a string
         elif isinstance(value, str) and value.lower() == "none":
             value = None
-        node = out
-        for j, part in enumerate(parts[:-1]):
-            node = node.setdefault(part, {})
-            if not isinstance(node, dict):
-                raise ConfigError(f"override --{key}: {'.'.join(parts[:j + 1])} is not a "
-                                  f"section")
-        node[parts[-1]] = value
+        out.append((key, parts, value))
     return out
+
+
+def _set(node: dict, key: str, parts: list[str], value: Any) -> None:
+    """node[parts[0]]...[parts[-1]] = value, making the mappings on the way."""
+    for j, part in enumerate(parts[:-1]):
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"override --{key}: {'.'.join(parts[:j + 1])} is not a "
+                              f"section")
+    node[parts[-1]] = value
+
+
+def _mapping_fields() -> list[str]:
+    """`section.field` of every field that holds a mapping (env.options, ...)."""
+    out = []
+    for sec in dataclasses.fields(Config):
+        cls = sec.default_factory if sec.default_factory is not dataclasses.MISSING else None
+        if cls is None or not dataclasses.is_dataclass(cls):
+            continue
+        out += [f"{sec.name}.{f.name}" for f in dataclasses.fields(cls)
+                if f.default_factory is dict]
+    return out
+
+
+def _set_inside(data: dict, key: str, parts: list[str], value: Any) -> None:
+    """`--env.options.noise 0.7`: one key set inside a mapping field, the rest kept."""
+    field = ".".join(parts[:2])
+    mappings = _mapping_fields()
+    if field not in mappings:
+        raise ConfigError(f"override --{key}: {field} does not hold a mapping; only "
+                          f"{', '.join(mappings)} take a key after the field")
+    section = data.setdefault(parts[0], {})
+    if not isinstance(section, dict):
+        raise ConfigError(f"override --{key}: {parts[0]} is not a section")
+    if section.get(parts[1]) is None:
+        section[parts[1]] = {}
+    node = section[parts[1]]
+    if not isinstance(node, dict):
+        raise ConfigError(f"override --{key}: {field}={node!r} is not a mapping")
+    _set(node, key, parts[2:], value)
 
 
 def _looks_numeric(s: str) -> bool:
@@ -382,7 +424,15 @@ def load_config(path: str | None = None, overrides: list[str] | None = None,
         data = read_yaml(path) or {}
         if not isinstance(data, dict):
             raise ConfigError(f"config {path!r}: expected a mapping at the top level")
-    data = _merge(data, parse_overrides(list(overrides or [])))
+    items = override_items(list(overrides or []), depth=6)
+    flat = {}
+    for key, parts, value in items:  # whole fields first, as a preset's keys
+        if len(parts) == 2:
+            _set(flat, key, parts, value)
+    data = _merge(data, flat)
+    for key, parts, value in items:  # then keys inside a mapping: --env.options.noise 0.7
+        if len(parts) > 2:
+            _set_inside(data, key, parts, value)
     if imports:
         given = data.get("imports") or []
         data["imports"] = [*([given] if isinstance(given, str) else given), *imports]

@@ -120,6 +120,25 @@ def test_overrides_parse_and_coerce():
             C.parse_overrides(bad)
 
 
+def test_an_override_may_set_one_key_inside_a_mapping_field():
+    ttt = os.path.join(ROOT, "launch", "configs", "tictactoe.yaml")
+    preset = C.load_config(ttt)
+    cfg = C.load_config(ttt, ["--env.options.noise", "0.7", "--eval.variants.random.opponent",
+                              "noisy", "--eval.variants.mcts", "{opponent: mcts}"])
+    assert cfg.env.options == {**preset.env.options, "noise": 0.7}  # the other keys kept
+    assert cfg.eval.variants == {"random": {"opponent": "noisy", "illegal": "end"},
+                                 "minimax": preset.eval.variants["minimax"],
+                                 "mcts": {"opponent": "mcts"}}
+    # a whole mapping replaces the preset's; a key inside it is set after, in any order
+    cfg = C.load_config(ttt, ["--env.options.prompt", "short", "--env.options", "{noise: 0.1}"])
+    assert cfg.env.options == {"noise": 0.1, "prompt": "short"}
+    with pytest.raises(C.ConfigError, match=r"^override --train.steps.x: train.steps does not "
+                                            r"hold a mapping; only env.options, eval.variants"):
+        C.load_config(ttt, ["--train.steps.x", "1"])
+    with pytest.raises(C.ConfigError, match=r"env.options.noise=nan: must be a finite number"):
+        C.load_config(ttt, ["--env.options.noise", ".nan"])
+
+
 def test_presets_load_and_round_trip(tmp_path):
     # paprika.yaml drives `jaxrl-lm paprika` (its stages hold train configs): tests/test_paprika.py
     paths = sorted(p for p in glob.glob(os.path.join(ROOT, "launch", "configs", "*.yaml"))

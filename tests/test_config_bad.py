@@ -111,6 +111,8 @@ CASES = [
      "env.options.ships.1=inf: must be a finite number"),
     ("eval variant NaN", T("--config", TTT, "--eval.variants", "{noisy: {noise: .nan}}"),
      "eval.variants.noisy.noise=nan: must be a finite number"),
+    ("a key inside a non-mapping field", T("--train.steps.x", "1"),
+     "override --train.steps.x: train.steps does not hold a mapping"),
     ("keep best without evaluations", T("--config", TTT, "--eval.keep", "best"),
      "eval.keep='best' picks among the evaluations during training: set eval.every > 0"),
     ("evaluations during SFT", T("--eval.every", "10"), "eval.every=10: evaluations during "
@@ -200,7 +202,7 @@ USAGE_CASES = [
     ("train flag given a value", T("--resume=yes"),
      U("train", "argument --resume: ignored explicit argument 'yes'")),
     ("train unknown flag", T("--bogus", "1"), "error: override --bogus: expected the form "
-                                             "--section.field"),
+                                             "--section.field[.key ...]"),
     ("train non-numeric field", T("--train.steps", "x"),
      "error: train.steps='x': expected a value of type int"),
     ("eval without --env", ["eval", "--checkpoint", "{d}/base"],
@@ -230,7 +232,7 @@ USAGE_CASES = [
     ("plan non-numeric memory", ["plan", "--memory-gib", "lots"],
      U("plan", "argument --memory-gib: invalid float value: 'lots'")),
     ("plan unknown flag", ["plan", "--bogus", "1"],
-     "error: override --bogus: expected the form --section.field"),
+     "error: override --bogus: expected the form --section.field[.key ...]"),
     ("paprika without --config", ["paprika", "--out", "{run}"],
      U("paprika", "the following arguments are required: --config")),
     ("paprika flag given a value", ["paprika", "--config", "{d}/p.yaml", "--out", "{run}",

@@ -217,7 +217,7 @@ def test_fits_and_does_not_fit(capsys):
     (["--devices", "0"], "error: --devices=0: must be >= 1"),
     (["--memory-gib", "-1"], "error: --memory-gib=-1.0: must be a finite number > 0"),
     (["--memory-gib", "inf"], "error: --memory-gib=inf: must be a finite number > 0"),
-    (["--bogus", "1"], "error: override --bogus: expected the form --section.field"),
+    (["--bogus", "1"], "error: override --bogus: expected the form --section.field[.key ...]"),
 ])
 def test_bad_configs_are_one_error_line(capsys, argv, match):
     assert cli.main(["plan", "--config", REASONING, *argv]) == 2
