@@ -284,6 +284,8 @@ class ShapingSection:
     # instead of its sampled reward; the model still sees sampled rewards, eval reports them
     expected_reward: bool = False
     overlong_cache: int = 0  # DAPO soft overlong penalty window in tokens (0 = off)
+    turn_penalty: float = 0.0  # reward added to every turn played (<= 0): a cost per move,
+    #                            so that of two wins the shorter scores higher
     # Long-CoT: replace each turn's env reward by the cosine length reward of its
     # completion (correct = env reward > 0; rewards.cosine_length_reward's defaults)
     cosine_length: bool = False
@@ -299,6 +301,7 @@ class ShapingSection:
         _bounded(self, "repetition_penalty", hi=0.0)
         _at_least(self, "exploration_bonus", 0.0)
         _at_least(self, "overlong_cache", 0)
+        _bounded(self, "turn_penalty", -1.0, 0.0)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -159,7 +159,8 @@ def shape_rewards(shaping: ShapingSection, traj: Trajectory, *, max_new_tokens: 
     cosine_length: the turn's env reward replaced by `cosine_length_reward`
       (correct = env reward > 0; a completion that used the whole budget gets
       r_exceed, as one that never stopped);
-    repetition_ngram: `repetition_penalty` summed over the completion's tokens.
+    repetition_ngram: `repetition_penalty` summed over the completion's tokens;
+    turn_penalty: added to every active turn (a cost per move).
     """
     r = traj.reward
     if shaping.cosine_length:
@@ -190,4 +191,6 @@ def shape_rewards(shaping: ShapingSection, traj: Trajectory, *, max_new_tokens: 
         pen = overlong_penalty(traj.completion_len.reshape(-1), max_len=max_new_tokens,
                                cache_len=shaping.overlong_cache).reshape(r.shape)
         r = r + jnp.where(traj.active, pen, 0.0)
+    if shaping.turn_penalty:
+        r = r + jnp.where(traj.active, shaping.turn_penalty, 0.0)
     return traj._replace(reward=r)

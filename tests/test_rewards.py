@@ -158,6 +158,14 @@ def test_exploration_bonus_shaping_hand_worked():
     np.testing.assert_allclose(np.asarray(off), np.asarray(reward))
     with pytest.raises(ValueError, match="shaping.exploration_bonus"):
         ShapingSection(exploration_bonus=-1.0)
+    # turn_penalty: on every active turn, the invalid one's stand-in included
+    got = np.asarray(shape_rewards(ShapingSection(turn_penalty=-0.25), traj,
+                                   max_new_tokens=8).reward)
+    want = np.asarray([[0.25, 0.25], [0.25, 0.25], [0.25, 0.0], [0.25, 0.0], [0.25, 0.0]])
+    np.testing.assert_allclose(got, want)
+    for bad in (0.5, -2.0):
+        with pytest.raises(ValueError, match="shaping.turn_penalty"):
+            ShapingSection(turn_penalty=bad)
 
 
 def test_expected_reward_shaping_hand_worked():
