@@ -172,6 +172,8 @@ def test_the_run_ends_with_and_exports_the_best_policy(runs):
     k = int(np.argmax(scores)) + 1  # the earliest of equal scores
     assert summary["kept"] == {"iteration": k, "score": scores[k - 1]}
     assert os.listdir(os.path.join(best, "best")) == [str(k)]
+    for name in ("eval_score.png", "eval_random_return.png", "eval_minimax_return.png"):
+        assert os.path.exists(os.path.join(best, "plots", name)), name
     model, _ = load_hf(os.path.join(best, "hf"))
     exported = [np.asarray(x) for x in jax.tree.leaves(nnx.state(model, nnx.Param))]
     assert checksums(best, k, "best") == [

@@ -175,7 +175,9 @@ def plot_run(run_dir: str) -> list[str]:
 
     rows = read_metrics(run_dir)
     keys = [k for k in MAIN_CURVES if any(k in r for r in rows)]
-    keys += sorted({k for r in rows for k in r if ("reward" in k or "win" in k) and k not in keys})
+    keys += sorted({k for r in rows for k in r if k not in keys and (
+        "reward" in k or "win" in k or (k.startswith("eval/") and k.endswith(("/return",
+                                                                            "/score"))))})
     out_dir = os.path.join(run_dir, "plots")
     os.makedirs(out_dir, exist_ok=True)
     paths = []
