@@ -113,7 +113,7 @@ CASES = [
      "eval.variants.noisy.noise=nan: must be a finite number"),
     ("a key inside a non-mapping field", T("--train.steps.x", "1"),
      "override --train.steps.x: train.steps does not hold a mapping"),
-    ("keep best without evaluations", T("--config", TTT, "--eval.keep", "best"),
+    ("keep best without evaluations", T("--config", TTT, "--eval.every", "0"),
      "eval.keep='best' picks among the evaluations during training: set eval.every > 0"),
     ("evaluations during SFT", T("--eval.every", "10"), "eval.every=10: evaluations during "
      "training are for RL runs on an env"),

@@ -236,7 +236,7 @@ def test_grpo_with_lora_trains_the_adapters_against_the_base(tmp_path):
     adapters change, the checkpoints hold them (not the base), every KL
     reference log-prob is the base model's own, and the export holds the policy."""
     cfg = load_config(PRESET, [
-        "--lora.rank", "4", "--lora.alpha", "8", "--train.batch_size", "8",
+        "--lora.rank", "4", "--lora.alpha", "8", "--train.batch_size", "8", "--eval.episodes", "8",
         "--algo.group_size", "4", "--optim.warmup_steps", "0", "--optim.lr", "0.05",
         "--train.progress", "false", "--rollout.max_new_tokens", "6", "--env.max_turns", "4",
         "--train.micro_batches", "2", "--train.steps", "2", "--train.ckpt_every", "1",

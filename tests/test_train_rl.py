@@ -71,7 +71,8 @@ def test_resume_is_bit_identical(tmp_path):
     """A 2-iteration run that lost its last checkpoint (killed after iteration 1)
     resumes to the same params as the uninterrupted run. Same config on both
     sides: the learning-rate schedule depends on the run's length."""
-    base = ["--train.batch_size", "8", "--algo.group_size", "4", "--optim.warmup_steps", "0",
+    base = ["--eval.episodes", "8", "--train.batch_size", "8", "--algo.group_size", "4",
+            "--optim.warmup_steps", "0",
             "--train.progress", "false", "--rollout.max_new_tokens", "6", "--train.ckpt_every", "1",
             "--train.steps", "2", "--train.micro_batches", "1"]
 
@@ -96,7 +97,8 @@ def test_a_group_may_span_micro_batches(tmp_path):
     Adam's eps is set far above the gradient entries so that its step is linear
     in the gradient: with eps 1e-8 a coordinate whose gradient is ~1e-9 turns
     float rounding in the accumulation order into a visible step difference."""
-    base = ["--train.batch_size", "8", "--algo.group_size", "8", "--optim.warmup_steps", "0",
+    base = ["--eval.episodes", "8", "--train.batch_size", "8", "--algo.group_size", "8",
+            "--optim.warmup_steps", "0",
             "--train.progress", "false", "--rollout.max_new_tokens", "6", "--train.steps", "1",
             "--env.max_turns", "4", "--train.ckpt_every", "1", "--optim.eps", "1.0",
             "--optim.lr", "1.0", "--algo.epochs", "1"]
@@ -129,7 +131,8 @@ def test_update_move_bound_shrinks_the_step_along_itself(tmp_path):
     of (params, key)."""
     import optax
 
-    base = ["--train.batch_size", "8", "--algo.group_size", "4", "--optim.warmup_steps", "0",
+    base = ["--eval.episodes", "8", "--train.batch_size", "8", "--algo.group_size", "4",
+            "--optim.warmup_steps", "0",
             "--train.progress", "false", "--rollout.max_new_tokens", "6", "--train.steps", "1",
             "--env.max_turns", "4", "--train.ckpt_every", "1", "--train.micro_batches", "1"]
 
@@ -319,7 +322,8 @@ def test_skipped_steps_in_a_row_count_each_epoch(tmp_path):
     step non-finite. With 2 epochs per iteration, 2 iterations skip 4 steps in a
     row: a limit of 5 lets the run finish with the params it started from, a
     limit of 3 stops it after iteration 2, its metrics and checkpoints kept."""
-    base = ["--train.batch_size", "8", "--algo.group_size", "4", "--optim.warmup_steps", "0",
+    base = ["--eval.episodes", "8", "--train.batch_size", "8", "--algo.group_size", "4",
+            "--optim.warmup_steps", "0",
             "--train.progress", "false", "--rollout.max_new_tokens", "6", "--train.steps", "2",
             "--train.ckpt_every", "1", "--train.micro_batches", "1", "--env.max_turns", "3",
             "--train.max_skipped_steps", "5"]
