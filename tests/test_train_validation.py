@@ -121,7 +121,7 @@ def test_a_corrupt_best_policy_ends_the_run_with_its_last_policy(tiny, tmp_path)
 
 
 @pytest.mark.parametrize("extra, message", [
-    (["--eval.keep", "best"], "set eval.every > 0"),
+    (["--eval.every", "0", "--eval.keep", "best"], "set eval.every > 0"),
     (["--eval.keep", "first"], "eval.keep"),
     (["--eval.every", "2", "--algo.name", "sft"], "eval.every=2"),
     (["--eval.every", "-1"], "eval.every"),
