@@ -28,11 +28,14 @@ from typing import Any
 import yaml
 
 from jaxrl_lm import algorithms
+from jaxrl_lm.config_checks import (  # noqa: F401  (re-exported)
+    ConfigError, is_finite, non_finite, resolve_mesh_shape,
+)
 from jaxrl_lm.config_sections import (  # noqa: F401  (re-exported)
-    MAX_SEED, ConfigError, is_finite, non_finite, ModelSection, MeshSection, OptimSection,
+    MAX_SEED, ModelSection, MeshSection, OptimSection,
     AlgoSection, RolloutSection,
     ShapingSection, TrustRegionSection, WarmupSection, TrainSection, EnvSection, EvalSection,
-    DataSection, RewardSection, LoraSection, resolve_mesh_shape,
+    DataSection, RewardSection, LoraSection,
 )
 from jaxrl_lm.config_files import (  # noqa: F401  (re-exported)
     _merge, _set, override_items, parse_overrides, parse_yaml, read_yaml,

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from jaxrl_lm.config_sections import _SECTION_OF, _at_least, _fail
+from jaxrl_lm.config_checks import SECTION_OF, _at_least, _fail
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,5 +44,5 @@ class PreferenceSection:
             _fail(self, "reference", "must be 'policy' or the path of a local HF folder")
 
 
-# `_fail` names a section by this table (config_sections.py owns it)
-_SECTION_OF[PreferenceSection] = "preference"
+# `_fail` names a section by this table (config_checks.py owns it)
+SECTION_OF[PreferenceSection] = "preference"
