@@ -75,8 +75,8 @@ def test_verifier_grading_matches_decoding_by_hand(tmp_path, policy):
     model, tok = policy
     _, task = _task(tmp_path, tok, 6)
     res = evaluate_prompts(model, tok, task, max_new_tokens=6, chunk=4)
-    out = D._play_all(model, task, group_size=1, chunk=4, seed=0, max_new_tokens=6,
-                      temperature=0.0, stop_tokens=(tok.eos_token_id,))
+    out = D._Player(task, group_size=1, chunk=4, max_new_tokens=6, temperature=0.0,
+                    stop_tokens=(tok.eos_token_id,))(model, seed=0)
     texts = [tok.decode(out["completion"][b, : out["completion_len"][b]],
                         skip_special_tokens=True) for b in range(6)]
     found = ["####" in t and t.split("####")[-1].strip() != "" for t in texts]
@@ -84,6 +84,29 @@ def test_verifier_grading_matches_decoding_by_hand(tmp_path, policy):
     assert res["pass@1"] == pytest.approx(np.mean(
         [f and t.split("####")[-1].strip() == task.prompts.columns["answer"][out["row"][b]]
          for b, (t, f) in enumerate(zip(texts, found))]))
+
+
+def test_prompt_eval_compiles_once_for_many_policies(tmp_path, policy, monkeypatch):
+    """PromptEval built once and called on two policies traces each program
+    once, and gives what a fresh evaluate_prompts gives on each."""
+    from jaxrl_lm import sampling
+    from jaxrl_lm.evaluation.dataset import PromptEval
+    from jaxrl_lm.models import default_policy
+
+    model, tok = policy
+    other, _ = default_policy(1)
+    _, task = _task(tmp_path, tok, 6)
+    opts = dict(max_new_tokens=4, samples=2, grader=odd_rows, grader_name="odd_rows", chunk=4)
+    want = [evaluate_prompts(m, tok, task, **opts) for m in (model, other)]
+    traces = []
+    real = sampling.sample
+    monkeypatch.setattr(sampling, "sample", lambda *a, **k: traces.append(1) or real(*a, **k))
+    ev = PromptEval(tok, task, **opts)
+    got = [ev(model)]
+    first = len(traces)
+    got.append(ev(other))
+    assert first > 0 and len(traces) == first  # the second policy compiled nothing
+    assert got == want
 
 
 def test_demo_data_scores_the_demonstration_and_eos_only(tmp_path, policy):

@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import warnings
 
 import jax
 import numpy as np
@@ -52,6 +50,33 @@ def tiny():
     model, tok = build_policy(cfg)
     runner = RLRunner(cfg, model, tok)
     return cfg, tok, runner, runner.init()[0]
+
+
+def test_one_config_eval_compiles_once_before_during_and_after(tiny, tmp_path, monkeypatch):
+    """A train run evaluates before RL, every eval.every iterations and after
+    it with one ConfigEval: after its first call, neither the evaluations
+    during training nor the final one trace the rollout again, and each gives
+    what a fresh evaluate_config gives."""
+    from jaxrl_lm import sampling
+    from jaxrl_lm.evaluation import evaluate_config
+    from jaxrl_lm.evaluation.play import ConfigEval
+
+    cfg, tok, runner, state = tiny
+    model = nnx.merge(runner.engine.graphdef, state.params, runner.engine.rest)
+    want = evaluate_config(model, tok, cfg)
+    traces = []
+    real = sampling.sample
+    monkeypatch.setattr(sampling, "sample", lambda *a, **k: traces.append(1) or real(*a, **k))
+    ev = ConfigEval(cfg, tok)
+    assert ev(model) == want
+    first = len(traces)
+    val = Validation(cfg, tok, runner.engine.graphdef, str(tmp_path), evals=ev)
+    row = val(1, state.params, runner.engine.rest)
+    assert ev(model) == want
+    assert first > 0 and len(traces) == first
+    assert set(want) == {"random", "minimax"} and row["eval/score"] == pytest.approx(
+        (row["eval/random/return"] + row["eval/minimax/return"]) / 2)
+    val.close()
 
 
 def test_keep_best_keeps_the_earliest_best_score_and_reads_it_back(tiny, tmp_path):

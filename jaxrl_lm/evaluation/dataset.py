@@ -5,6 +5,8 @@ and pass@k sampled, with the jitted rollout.
     res["pass@1"]           # greedy: the share of rows answered right
     res["pass@8"]           # sampled: unbiased pass@k from 8 samples per row
     res["sampled_pass@1"]   # the mean correctness of those samples (pass@1 at T)
+    ev = PromptEval(tokenizer, task, max_new_tokens=64)   # compiled once, for many policies
+    ev(model_a), ev(model_b)
 
 A completion is right when the grader says so: the task's jitted verifier
 (the answer after `data.marker` against the answer column), or a host reward
@@ -16,7 +18,7 @@ unbiased estimator 1 - C(n - c, k) / C(n, k) per row (Chen et al. 2021),
 averaged over rows; k runs over 1, 2, 4, ... up to `samples`.
 
 Rows are played in chunks of `chunk` episodes (one compiled program; the last
-chunk is padded with repeats of row 0 that are dropped), so a large held-out
+chunk is padded with the first rows again, and those are dropped), so a large held-out
 split does not have to fit in one batch.
 """
 
@@ -54,35 +56,43 @@ def _ks(samples: int) -> list[int]:
     return ks + [samples]
 
 
-def _play_all(model, task, *, group_size: int, chunk: int, seed: int, **rollout_kw):
-    """Every row of `task` played `group_size` times: numpy dict of f32/i32[N, G]
-    (right, found, format, completion_len) and the decoded completions (or None)."""
-    n = len(task)
-    groups = max(1, min(n, chunk // group_size))
-    play = make_rollout(task, task, num_groups=groups, group_size=group_size, max_turns=1,
-                        standin_reward=False, **rollout_kw)
-    graphdef, state = nnx.split(model)
+class _Player:
+    """Every row of a task played `group_size` times, in chunks of `chunk`
+    episodes, by one jitted program built once: call it with any model of the
+    same structure and shapes and it does not compile again."""
 
-    @jax.jit
-    def run(state, key, rows):
-        traj = play(graphdef, state, key, rows)
-        fmt = jax.vmap(task.grader.format)(traj.completion[0], traj.completion_len[0])
-        cut, longest = prompt_cuts(traj)
-        return dict(right=traj.env_reward[0], found=traj.valid[0], format=fmt,
-                    completion_len=traj.completion_len[0], completion=traj.completion[0],
-                    row=traj.states.row[0]), cut, longest
+    def __init__(self, task, *, group_size: int, chunk: int, **rollout_kw):
+        self.task, self.group_size = task, group_size
+        self.groups = max(1, min(len(task), chunk // group_size))
+        play = make_rollout(task, task, num_groups=self.groups, group_size=group_size,
+                            max_turns=1, standin_reward=False, **rollout_kw)
 
-    parts = []
-    for i, start in enumerate(range(0, n, groups)):
-        rows = np.arange(start, start + groups) % n if start + groups > n else \
-            np.arange(start, start + groups)
-        out, cut, longest = run(state, jax.random.fold_in(jax.random.key(seed), i),
-                                jnp.asarray(rows, jnp.int32))
-        check_prompt_fit(cut, longest, task.max_prompt_len, where="evaluating prompts")
-        out = jax.device_get(out)
-        keep = min(groups, n - start) * group_size
-        parts.append({k: v[:keep] for k, v in out.items()})
-    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+        def run(graphdef, state, key, rows):
+            traj = play(graphdef, state, key, rows)
+            fmt = jax.vmap(task.grader.format)(traj.completion[0], traj.completion_len[0])
+            cut, longest = prompt_cuts(traj)
+            return dict(right=traj.env_reward[0], found=traj.valid[0], format=fmt,
+                        completion_len=traj.completion_len[0], completion=traj.completion[0],
+                        row=traj.states.row[0]), cut, longest
+
+        self.run = jax.jit(run, static_argnums=0)
+
+    def __call__(self, model: nnx.Module, seed: int) -> dict[str, np.ndarray]:
+        """numpy dict of f32/i32[N * G] (right, found, format, completion_len,
+        completion, row)."""
+        n, groups, task = len(self.task), self.groups, self.task
+        graphdef, state = nnx.split(model)
+        parts = []
+        for i, start in enumerate(range(0, n, groups)):
+            rows = np.arange(start, start + groups) % n  # the last chunk: repeats, dropped
+            out, cut, longest = self.run(graphdef, state,
+                                         jax.random.fold_in(jax.random.key(seed), i),
+                                         jnp.asarray(rows, jnp.int32))
+            check_prompt_fit(cut, longest, task.max_prompt_len, where="evaluating prompts")
+            out = jax.device_get(out)
+            keep = min(groups, n - start) * self.group_size
+            parts.append({k: v[:keep] for k, v in out.items()})
+        return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
 
 def _grade(task, tokenizer, out: dict, grader: Callable | None, name: str) -> np.ndarray:
@@ -100,35 +110,49 @@ def _grade(task, tokenizer, out: dict, grader: Callable | None, name: str) -> np
     return (values >= 1.0).astype(np.float64)
 
 
-def evaluate_prompts(model: nnx.Module, tokenizer: Any, task: Any, *, max_new_tokens: int,
-                     samples: int = 0, temperature: float = 1.0, greedy: bool = True,
-                     grader: Callable | None = None, grader_name: str = "verifier",
-                     stop_at_newline: bool = False, seed: int = 0, chunk: int = 256,
-                     top_k: int | None = None, top_p: float | None = None,
-                     min_p: float | None = None) -> dict[str, float]:
-    """The module doc's metrics on every row of `task` (a PromptTask)."""
-    if samples < 0:
-        raise ValueError(f"samples={samples}: must be >= 0 (0: greedy pass@1 only)")
-    if chunk < 1:
-        raise ValueError(f"chunk={chunk}: must be >= 1")
-    kw = dict(max_new_tokens=max_new_tokens, chunk=chunk, seed=seed,
-              stop_tokens=stop_tokens(tokenizer, newline=stop_at_newline))
-    n = len(task)
-    res: dict[str, float] = {}
-    out = _play_all(model, task, group_size=1, temperature=0.0 if greedy else temperature,
-                    **kw)
-    right = _grade(task, tokenizer, out, grader, grader_name)
-    res["pass@1"] = float(right.mean())
-    res["answered"] = float(out["found"].mean())
-    res["format"] = float(out["format"].mean())
-    res["completion_len"] = float(out["completion_len"].mean())
-    if samples:
-        s = _play_all(model, task, group_size=samples, temperature=temperature, top_k=top_k,
-                      top_p=top_p, min_p=min_p, **{**kw, "seed": seed + 1})
-        c = _grade(task, tokenizer, s, grader, grader_name).reshape(n, samples).sum(1)
-        res["sampled_pass@1"] = float(c.mean() / samples)
-        for k in _ks(samples)[1:]:  # pass@1 is the greedy one; sampled_pass@1 above
-            res[f"pass@{k}"] = float(pass_at_k(samples, c, k).mean())
-        res["sampled_completion_len"] = float(s["completion_len"].mean())
-    res["episodes"] = n
-    return res
+def evaluate_prompts(model: nnx.Module, tokenizer: Any, task: Any, **options) -> dict[str, float]:
+    """The module doc's metrics on every row of `task` (a PromptTask); the
+    keyword options are `PromptEval`'s. One call compiles its programs: to
+    evaluate several policies, build a `PromptEval` once and call it on each."""
+    return PromptEval(tokenizer, task, **options)(model)
+
+
+class PromptEval:
+    """`evaluate_prompts`, compiled once: `PromptEval(tokenizer, task, ...)(model)`
+    -> the module doc's metrics; call it again on other params of the same
+    shapes and it does not compile again."""
+
+    def __init__(self, tokenizer: Any, task: Any, *, max_new_tokens: int, samples: int = 0,
+                 temperature: float = 1.0, greedy: bool = True, grader: Callable | None = None,
+                 grader_name: str = "verifier", stop_at_newline: bool = False, seed: int = 0,
+                 chunk: int = 256, top_k: int | None = None, top_p: float | None = None,
+                 min_p: float | None = None):
+        if samples < 0:
+            raise ValueError(f"samples={samples}: must be >= 0 (0: greedy pass@1 only)")
+        if chunk < 1:
+            raise ValueError(f"chunk={chunk}: must be >= 1")
+        self.tokenizer, self.task, self.samples, self.seed = tokenizer, task, samples, seed
+        self.grader, self.grader_name = grader, grader_name
+        kw = dict(max_new_tokens=max_new_tokens, chunk=chunk,
+                  stop_tokens=stop_tokens(tokenizer, newline=stop_at_newline))
+        self.first = _Player(task, group_size=1, temperature=0.0 if greedy else temperature, **kw)
+        self.sampled = _Player(task, group_size=samples, temperature=temperature, top_k=top_k,
+                               top_p=top_p, min_p=min_p, **kw) if samples else None
+
+    def __call__(self, model: nnx.Module) -> dict[str, float]:
+        task, samples = self.task, self.samples
+        grade = lambda out: _grade(task, self.tokenizer, out, self.grader, self.grader_name)
+        out = self.first(model, self.seed)
+        right = grade(out)
+        res = {"pass@1": float(right.mean()), "answered": float(out["found"].mean()),
+               "format": float(out["format"].mean()),
+               "completion_len": float(out["completion_len"].mean())}
+        if samples:
+            s = self.sampled(model, self.seed + 1)
+            c = grade(s).reshape(len(task), samples).sum(1)
+            res["sampled_pass@1"] = float(c.mean() / samples)
+            for k in _ks(samples)[1:]:  # pass@1 is the greedy one; sampled_pass@1 above
+                res[f"pass@{k}"] = float(pass_at_k(samples, c, k).mean())
+            res["sampled_completion_len"] = float(s["completion_len"].mean())
+        res["episodes"] = len(task)
+        return res

@@ -98,23 +98,44 @@ def _results(env: Any, traj: Any, episodes: int, seed: int, *, dataset: bool
 def evaluate_config(model: nnx.Module, tokenizer: Any, cfg) -> dict[str, dict[str, float]]:
     """{label: results} for each `eval.variants` entry (env.options updated by
     the entry), or for the training env itself when there are none; for a
-    prompt dataset (data.path), {"held-out": results} on its held-out rows."""
-    from jaxrl_lm.train import tasks
+    prompt dataset (data.path), {"held-out": results} on its held-out rows.
+    To evaluate several policies, build a `ConfigEval` once and call it on each."""
+    return ConfigEval(cfg, tokenizer)(model)
 
-    if tasks.is_dataset(cfg):
-        from jaxrl_lm.evaluation.dataset import evaluate_prompts
 
-        task, _ = tasks.make_task(cfg, tokenizer, held_out=True)
-        name, fn = tasks.grader(cfg)
-        r = cfg.rollout
-        return {"held-out": evaluate_prompts(
-            model, tokenizer, task, max_new_tokens=r.max_new_tokens, samples=cfg.eval.samples,
-            temperature=r.temperature, greedy=cfg.eval.greedy, grader=fn, grader_name=name,
-            stop_at_newline=r.stop_at_newline, seed=cfg.train.seed + 1, top_k=r.top_k,
-            top_p=r.top_p, min_p=r.min_p)}
-    return {label: evaluate_task(model, tokenizer, env, text, seed=cfg.train.seed + 1,
-                                 **eval_options(cfg))
-            for label, (env, text) in eval_targets(cfg, tokenizer).items()}
+class ConfigEval:
+    """`evaluate_config`, compiled once: `ConfigEval(cfg, tokenizer)(model)`.
+    Called again on params of the same shapes it does not compile again; a
+    train run evaluates before RL, during it (`eval.every`) and after with one.
+    `programs` ({label: make_task_eval's fn}; env runs) play with any key."""
+
+    def __init__(self, cfg, tokenizer: Any):
+        from jaxrl_lm.train import tasks
+
+        self.seed = cfg.train.seed + 1
+        self.prompts, self.programs = None, {}
+        if tasks.is_dataset(cfg):
+            from jaxrl_lm.evaluation.dataset import PromptEval
+
+            task, _ = tasks.make_task(cfg, tokenizer, held_out=True)
+            name, fn = tasks.grader(cfg)
+            r = cfg.rollout
+            self.prompts = PromptEval(
+                tokenizer, task, max_new_tokens=r.max_new_tokens, samples=cfg.eval.samples,
+                temperature=r.temperature, greedy=cfg.eval.greedy, grader=fn, grader_name=name,
+                stop_at_newline=r.stop_at_newline, seed=self.seed, top_k=r.top_k,
+                top_p=r.top_p, min_p=r.min_p)
+        else:
+            opts = eval_options(cfg)
+            self.programs = {label: make_task_eval(env, text, tokenizer, **opts)
+                             for label, (env, text) in eval_targets(cfg, tokenizer).items()}
+
+    def __call__(self, model: nnx.Module) -> dict[str, dict[str, float]]:
+        if self.prompts is not None:
+            return {"held-out": self.prompts(model)}
+        graphdef, state = nnx.split(model)
+        key = jax.random.key(self.seed)
+        return {label: fn(graphdef, state, key, self.seed) for label, fn in self.programs.items()}
 
 
 def eval_targets(cfg, tokenizer: Any) -> dict[str, tuple[Any, Any]]:

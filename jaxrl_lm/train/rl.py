@@ -292,14 +292,16 @@ class RLRunner:
             metrics = {**metrics, **guard}
         return state, batch, stats, metrics
 
-    def train(self, run_dir: str, *, resume: bool = False,
-              allow_config_change: bool = False) -> RunResult:
-        """`train.steps` iterations into run_dir (logs, checkpoints, resume).
+    def train(self, run_dir: str, *, resume: bool = False, allow_config_change: bool = False,
+              evals: Any = None) -> RunResult:
+        """`train.steps` iterations into run_dir (logs, checkpoints, resume);
+        `evals` (an `evaluation.play.ConfigEval`): the evaluations during training
+        play its compiled programs.
         Raises NonFiniteError once `train.max_skipped_steps` optimizer steps in a
         row were skipped by the non-finite guard."""
         state, ref_params = self.init()
         row, kept = {}, None
-        val = Validation(self.cfg, self.tokenizer, self.engine.graphdef, run_dir) \
+        val = Validation(self.cfg, self.tokenizer, self.engine.graphdef, run_dir, evals) \
             if self.cfg.eval.every else None
         with RunFiles(self.cfg, run_dir) as files:
             with sigterm_deferred():

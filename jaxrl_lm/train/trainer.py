@@ -160,7 +160,8 @@ def run_rl(cfg: Config, run_dir: str, model, tokenizer: Any, *, resume: bool = F
     import jax
     from flax import nnx
 
-    from jaxrl_lm.evaluation import evaluate_config, format_table
+    from jaxrl_lm.evaluation import format_table
+    from jaxrl_lm.evaluation.play import ConfigEval
     from jaxrl_lm.train.rl import RLRunner
 
     t0 = time.perf_counter()
@@ -172,15 +173,17 @@ def run_rl(cfg: Config, run_dir: str, model, tokenizer: Any, *, resume: bool = F
             print(f"[1/3] warm-up: {cfg.warmup.steps} SFT steps on {source}", flush=True)
         run_warmup(cfg, run_dir, model, tokenizer, resume=resume,
                    allow_config_change=allow_config_change)
-    before = evaluate_config(model, tokenizer, cfg)
+    evaluate = ConfigEval(cfg, tokenizer)  # compiled once: before, during and after RL
+    before = evaluate(model)
     if main:
         print(f"[2/3] RL: {cfg.train.steps} iterations of {cfg.algo.name}, "
               f"{cfg.train.batch_size} episodes each", flush=True)
     result = RLRunner(cfg, model, tokenizer).train(run_dir, resume=resume,
-                                                   allow_config_change=allow_config_change)
+                                                   allow_config_change=allow_config_change,
+                                                   evals=evaluate)
     params = result.kept["params"] if result.kept else result.state.params
     nnx.update(model, jax.device_get(params))
-    after = evaluate_config(model, tokenizer, cfg)
+    after = evaluate(model)
     export_hf(params, model, tokenizer, os.path.join(run_dir, "hf"))
     if main:
         table = format_table(before, after)

@@ -7,7 +7,8 @@ is off. Its episodes are its own: the env's and the opponent's randomness come
 from a key the final evaluation never uses, so the final evaluation is not the
 one the best policy was picked on. It is the same key at every evaluation, so
 successive policies meet the same draws and their scores compare on equal
-terms. Each program compiles once (`evaluation.play.make_task_eval`).
+terms. Each program compiles once (`evaluation.play.make_task_eval`); given
+the run's `ConfigEval`, it plays the programs the final evaluation plays.
 
 The results are logged with that iteration's metrics as
 `eval/<target>/<metric>`, plus `eval/score`: the mean `return` over the
@@ -34,7 +35,7 @@ import jax
 from flax import nnx
 
 from jaxrl_lm.config import Config, to_dict
-from jaxrl_lm.evaluation.play import eval_options, eval_targets, make_task_eval
+from jaxrl_lm.evaluation.play import ConfigEval
 from jaxrl_lm.train.checkpoint import Checkpointer
 
 # folded into the final evaluation's key: the evaluations during training draw other episodes
@@ -44,11 +45,10 @@ _STREAM = 1
 class Validation:
     """`eval.every`'s evaluations of one RL run writing to `run_dir`."""
 
-    def __init__(self, cfg: Config, tokenizer: Any, graphdef: nnx.GraphDef, run_dir: str):
+    def __init__(self, cfg: Config, tokenizer: Any, graphdef: nnx.GraphDef, run_dir: str,
+                 evals: ConfigEval | None = None):
         self.cfg, self.graphdef, self.every = cfg, graphdef, cfg.eval.every
-        opts = eval_options(cfg)
-        self.fns = {label: make_task_eval(env, text, tokenizer, **opts)
-                    for label, (env, text) in eval_targets(cfg, tokenizer).items()}
+        self.fns = (evals or ConfigEval(cfg, tokenizer)).programs
         self.seed = cfg.train.seed + 1
         self.key = jax.random.fold_in(jax.random.key(self.seed), _STREAM)
         self.keep_best = cfg.eval.keep == "best"
