@@ -48,8 +48,9 @@ class Validation:
     def __init__(self, cfg: Config, tokenizer: Any, graphdef: nnx.GraphDef, run_dir: str,
                  evals: ConfigEval | None = None):
         self.cfg, self.graphdef, self.every = cfg, graphdef, cfg.eval.every
-        self.fns = (evals or ConfigEval(cfg, tokenizer)).programs
-        self.seed = cfg.train.seed + 1
+        evals = evals or ConfigEval(cfg, tokenizer)
+        self.fns = evals.programs
+        self.seed = evals.seed  # the final evaluation's seed; its own key stream below
         self.key = jax.random.fold_in(jax.random.key(self.seed), _STREAM)
         self.keep_best = cfg.eval.keep == "best"
         self.best = Checkpointer(os.path.join(run_dir, "best"), keep=1) \
