@@ -1,20 +1,17 @@
-"""Bad configs, flags and files at every `jaxrl-lm` entry point (issue 27: nothing
-lost, nothing silent): exit status 2, exactly one stderr line `error: ...` that
-names the field, flag or file, no traceback, no run directory; a malformed
-command line (unknown flag, missing flag, a word for a number) at every
-command and benchmark likewise (`USAGE_CASES`). The table runs
-in-process through `jaxrl_lm.cli.main`; a few cases go through the real entry
-points in subprocesses. Every float field of every config section is checked
-for NaN and inf by enumeration, so a field added later cannot miss it."""
+"""Bad configs, values and files at every `jaxrl-lm` entry point (issue 27:
+nothing lost, nothing silent): exit status 2, exactly one stderr line
+`error: ...` that names the field, flag or file, no traceback, no run
+directory. The table runs in-process through `jaxrl_lm.cli.main`; a few cases
+go through the real entry points in subprocesses. Every float field of every
+config section is checked for NaN and inf by enumeration, so a field added
+later cannot miss it. Malformed command lines: tests/test_cli_usage.py."""
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 import pathlib
-import shutil
 import subprocess
 import sys
 import typing
@@ -23,24 +20,7 @@ import pytest
 
 from jaxrl_lm import config as C
 from jaxrl_lm.cli import main
-
-ROOT = pathlib.Path(__file__).resolve().parent.parent
-TTT = str(ROOT / "launch" / "configs" / "tictactoe.yaml")  # an RL preset on an env
-
-
-def T(*args: str) -> list[str]:
-    """`jaxrl-lm train` into the test's run directory."""
-    return ["train", "--out", "{run}", *args]
-
-
-def H(folder: str) -> list[str]:
-    """`jaxrl-lm train` on an HF folder of the fixture."""
-    return T("--model.source", "hf", "--model.path", "{d}/" + folder)
-
-
-def E(*args: str) -> list[str]:
-    """`jaxrl-lm eval` of the fixture's good HF folder."""
-    return ["eval", "--checkpoint", "{d}/base", "--env", "tictactoe", *args]
+from tests.bad_input import TTT, E, H, T, files, one_error_line  # noqa: F401 - files: a fixture
 
 
 # (kind, argv, a substring of the error line); {d}: the fixture folder, {run}: --out
@@ -188,208 +168,19 @@ CASES = [
 ]
 
 
-def U(prog: str, message: str) -> str:
-    """The one line of argparse's usage errors (`cli_args.ArgumentParser`)."""
-    return f"error: jaxrl-lm {prog}: {message} (see jaxrl-lm {prog} --help)"
-
-
-# The command line itself, at every command: an unknown flag, a missing required
-# flag or argument, a value that is not a number (or not a choice). (kind, argv,
-# the whole error line); run in the test's folder, where nothing may appear.
-USAGE_CASES = [
-    ("train without --out", ["train", "--train.steps", "3"],
-     U("train", "the following arguments are required: --out")),
-    ("train flag given a value", T("--resume=yes"),
-     U("train", "argument --resume: ignored explicit argument 'yes'")),
-    ("train unknown flag", T("--bogus", "1"), "error: override --bogus: expected the form "
-                                             "--section.field[.key ...]"),
-    ("train non-numeric field", T("--train.steps", "x"),
-     "error: train.steps='x': expected a value of type int"),
-    ("eval without --env", ["eval", "--checkpoint", "{d}/base"],
-     U("eval", "the following arguments are required: --env")),
-    ("eval unknown flag", E("--bogus"), U("eval", "unrecognized arguments: --bogus")),
-    ("eval non-numeric episodes", E("--episodes", "x"),
-     U("eval", "argument --episodes: invalid int value: 'x'")),
-    ("eval data without --checkpoint", ["eval", "--data", "held-out"],
-     U("eval --data", "the following arguments are required: --checkpoint")),
-    ("eval data non-numeric samples", ["eval", "--checkpoint", "{d}/base", "--data", "held-out",
-                                       "--samples", "x"],
-     U("eval --data", "argument --samples: invalid int value: 'x'")),
-    ("eval data unknown flag", ["eval", "--checkpoint", "{d}/base", "--data", "held-out",
-                                "--bogus"], U("eval --data", "unrecognized arguments: --bogus")),
-    ("plot without a run", ["plot"], U("plot", "the following arguments are required: run_dir")),
-    ("plot unknown flag", ["plot", "{run}", "--bogus"], U("plot", "unrecognized arguments: --bogus")),
-    ("data without task and --out", ["data"],
-     U("data", "the following arguments are required: task, --out")),
-    ("data unknown task", ["data", "nosuch", "--out", "{run}/x.jsonl"],
-     U("data", "argument task: invalid choice: 'nosuch' (choose from 'addition', 'countdown')")),
-    ("data non-numeric rows", ["data", "addition", "--out", "{run}/x.jsonl", "--rows", "x"],
-     U("data", "argument --rows: invalid int value: 'x'")),
-    ("data unknown flag", ["data", "addition", "--out", "{run}/x.jsonl", "--bogus"],
-     U("data", "unrecognized arguments: --bogus")),
-    ("plan non-numeric devices", ["plan", "--devices", "x"],
-     U("plan", "argument --devices: invalid int value: 'x'")),
-    ("plan non-numeric memory", ["plan", "--memory-gib", "lots"],
-     U("plan", "argument --memory-gib: invalid float value: 'lots'")),
-    ("plan unknown flag", ["plan", "--bogus", "1"],
-     "error: override --bogus: expected the form --section.field[.key ...]"),
-    ("paprika without --config", ["paprika", "--out", "{run}"],
-     U("paprika", "the following arguments are required: --config")),
-    ("paprika flag given a value", ["paprika", "--config", "{d}/p.yaml", "--out", "{run}",
-                                    "--resume=yes"],
-     U("paprika", "argument --resume: ignored explicit argument 'yes'")),
-    ("bench envs non-numeric batch", ["bench", "envs", "--batch", "x"],
-     U("bench envs", "argument --batch: invalid value 'x': expected comma-separated ints")),
-    ("bench envs batch list with a word", ["bench", "envs", "--batch", "1,two"],
-     U("bench envs", "argument --batch: invalid value '1,two': expected comma-separated ints")),
-    ("bench envs non-numeric steps", ["bench", "envs", "--steps", "x"],
-     U("bench envs", "argument --steps: invalid int value: 'x'")),
-    ("bench envs unknown flag", ["bench", "envs", "--bogus"],
-     U("bench envs", "unrecognized arguments: --bogus")),
-    ("bench envs unknown choice", ["bench", "envs", "--rng", "nope"],
-     U("bench envs", "argument --rng: invalid choice: 'nope' (choose from 'hash', 'threefry')")),
-    ("bench sampler non-numeric batch", ["bench", "sampler", "--batch", "x"],
-     U("bench sampler", "argument --batch: invalid int value: 'x'")),
-    ("bench logprobs-memory non-numeric seq", ["bench", "logprobs-memory", "--seq", "x"],
-     U("bench logprobs-memory", "argument --seq: invalid int value: 'x'")),
-    ("bench logprobs-memory non-numeric chunk table",
-     ["bench", "logprobs-memory", "--chunk-table", "x"],
-     U("bench logprobs-memory", "argument --chunk-table: invalid value 'x': expected "
-                                "comma-separated ints")),
-    ("bench rollout non-numeric new", ["bench", "rollout", "--new", "x"],
-     U("bench rollout", "argument --new: invalid int value: 'x'")),
-    ("bench grpo-step non-numeric prompts", ["bench", "grpo-step", "--prompts", "x"],
-     U("bench grpo-step", "argument --prompts: invalid int value: 'x'")),
-    ("bench data-grpo non-numeric lr", ["bench", "data-grpo", "--lr", "fast"],
-     U("bench data-grpo", "argument --lr: invalid float value: 'fast'")),
-    ("bench lora-memory non-numeric rank", ["bench", "lora-memory", "--rank", "x"],
-     U("bench lora-memory", "argument --rank: invalid int value: 'x'")),
-    ("bench lora-memory unknown flag", ["bench", "lora-memory", "--bogus"],
-     U("bench lora-memory", "unrecognized arguments: --bogus")),
-    ("bench paprika-generate unknown flag", ["bench", "paprika-generate", "--bogus"],
-     U("bench paprika-generate", "unrecognized arguments: --bogus")),
-]
-
-def _edit_json(folder: pathlib.Path, **changes) -> None:
-    cfg = json.loads((folder / "config.json").read_text())
-    cfg.update({k: v for k, v in changes.items() if v is not None})
-    for k in [k for k, v in changes.items() if v is None]:
-        del cfg[k]
-    (folder / "config.json").write_text(json.dumps(cfg))
-
-
-def _edit_tensors(folder: pathlib.Path, fn) -> None:
-    from safetensors.numpy import load_file, save_file
-
-    tensors = load_file(str(folder / "model.safetensors"))
-    fn(tensors)
-    save_file(tensors, str(folder / "model.safetensors"))
-
-
-def _write_folders(d: pathlib.Path) -> None:
-    """The bad files and folders the table names, each one thing wrong."""
-    from jaxrl_lm.models import default_policy, save_hf
-
-    model, tok = default_policy(0)
-    base = d / "base"
-    save_hf(model, tok, base)
-
-    def variant(name: str) -> pathlib.Path:
-        shutil.copytree(base, d / name)
-        return d / name
-
-    (variant("no_config") / "config.json").unlink()
-    (variant("bad_json") / "config.json").write_text('{"model_type": "llama",')
-    (variant("latin1_json") / "config.json").write_bytes('{"model_type": "café"}'.encode("latin-1"))
-    (variant("list_json") / "config.json").write_text("[1, 2]")
-    _edit_json(variant("phi3"), model_type="phi3")
-    _edit_json(variant("no_vocab"), vocab_size=None)
-    _edit_json(variant("str_hidden"), hidden_size="128")
-    (variant("no_weights") / "model.safetensors").unlink()
-    weights = (base / "model.safetensors").read_bytes()
-    (variant("truncated") / "model.safetensors").write_bytes(weights[: len(weights) // 2])
-    (variant("garbage") / "model.safetensors").write_bytes(b"\x10\x00 not a header")
-    key = "model.layers.1.mlp.up_proj.weight"
-    _edit_tensors(variant("wrong_shape"), lambda t: t.update({key: t[key].T.copy()}))
-    _edit_tensors(variant("missing_tensor"), lambda t: t.pop("model.norm.weight"))
-    _edit_tensors(variant("extra_tensor"), lambda t: t.update(extra=t["model.norm.weight"]))
-    no_tokenizer = variant("no_tokenizer")
-    for f in ("tokenizer.json", "tokenizer_config.json"):
-        (no_tokenizer / f).unlink()
-    (variant("bad_index") / "model.safetensors.index.json").write_text("{bad")
-    shard = variant("missing_shard")
-    (shard / "model.safetensors").rename(shard / "model-00001-of-00002.safetensors")
-    (shard / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {
-        "model.embed_tokens.weight": "model-00001-of-00002.safetensors",
-        "model.norm.weight": "model-00002-of-00002.safetensors"}}))
-    (variant("bad_tokenizer") / "tokenizer.json").write_text('{"version": ')
-    run = d / "latin1_run"
-    shutil.copytree(base, run / "hf")
-    (run / "config.yaml").write_bytes("env:\n  name: café\n".encode("latin-1"))
-    (d / "dup.yaml").write_text("optim:\n  lr: 0.001\n  lr: 0.002\n")
-    (d / "dup_section.yaml").write_text("train:\n  steps: 3\ntrain:\n  steps: 4\n")
-    (d / "latin1.yaml").write_bytes("env:\n  name: café\n".encode("latin-1"))
-    (d / "broken.yaml").write_text("optim: {lr: 0.1\n")
-    (d / "list.yaml").write_text("- optim\n- train\n")
-
-
-@pytest.fixture(scope="module")
-def files(tmp_path_factory) -> pathlib.Path:
-    d = tmp_path_factory.mktemp("bad")
-    _write_folders(d)
-    return d
-
-
-def _one_error_line(err: str, message: str) -> str:
-    lines = err.strip().splitlines()
-    assert "Traceback" not in err, err
-    assert len(lines) == 1 and lines[0].startswith("error: "), err
-    assert message in lines[0], lines[0]
-    return lines[0]
-
-
 def test_the_table_has_forty_kinds_or_more():
     kinds = [k for k, _, _ in CASES]
     assert len(kinds) == len(set(kinds)) and len(kinds) >= 40
 
 
 @pytest.mark.parametrize("kind,argv,message", CASES, ids=[k for k, _, _ in CASES])
-def test_bad_input_is_one_error_line(files, tmp_path, capsys, kind, argv, message):
+def test_bad_input_isone_error_line(files, tmp_path, capsys, kind, argv, message):
     run = tmp_path / "run"
     fill = lambda s: s.replace("{d}", str(files)).replace("{run}", str(run))  # noqa: E731
     assert main([fill(a) for a in argv]) == 2
-    _one_error_line(capsys.readouterr().err, fill(message))
+    one_error_line(capsys.readouterr().err, fill(message))
     assert not run.exists()
 
-
-def test_the_usage_table_covers_every_command():
-    from jaxrl_lm.cli import BENCHES, COMMANDS
-
-    kinds = [k for k, _, _ in USAGE_CASES]
-    assert len(kinds) == len(set(kinds)) and not set(kinds) & {k for k, _, _ in CASES}
-    assert {a[0] for _, a, _ in USAGE_CASES} == set(COMMANDS)
-    assert {a[1] for _, a, _ in USAGE_CASES if a[0] == "bench"} == set(BENCHES)
-
-
-@pytest.mark.parametrize("kind,argv,line", USAGE_CASES, ids=[k for k, _, _ in USAGE_CASES])
-def test_usage_error_is_one_error_line(files, tmp_path, monkeypatch, capsys, kind, argv, line):
-    """Exit status 2 and only `error: ...` on stderr, naming the flag or value (no
-    usage text, no traceback), and nothing written: the test's folder stays empty."""
-    monkeypatch.chdir(tmp_path)
-    fill = lambda s: s.replace("{d}", str(files)).replace("{run}", str(tmp_path / "run"))  # noqa: E731
-    assert main([fill(a) for a in argv]) == 2
-    out, err = capsys.readouterr()
-    assert _one_error_line(err, "") == fill(line) and out == ""
-    assert os.listdir(tmp_path) == []
-
-
-def test_every_parser_of_the_package_prints_one_error_line():
-    """Every argparse parser in jaxrl_lm is `cli_args.ArgumentParser` (a new
-    command's parser cannot fall back to argparse's usage text)."""
-    plain = [f"{path.relative_to(ROOT)}:{n}" for path in sorted((ROOT / "jaxrl_lm").rglob("*.py"))
-             for n, text in enumerate(path.read_text().splitlines(), 1)
-             if "argparse.ArgumentParser(" in text]
-    assert plain == []
 
 def _float_fields() -> list[tuple[str, str]]:
     """(section, field) of every float (or float | None) field of every section."""
@@ -458,7 +249,7 @@ def _subprocess(argv: list[str], tmp_path: pathlib.Path) -> subprocess.Popen:
 
 
 @pytest.mark.slow  # four interpreters start (~25 s on 2 cores)
-def test_real_entry_points_print_one_error_line(files, tmp_path):
+def test_real_entry_points_printone_error_line(files, tmp_path):
     """`python -m jaxrl_lm.cli` and the installed `jaxrl-lm` script, side by side."""
     script = pathlib.Path(sys.executable).parent / "jaxrl-lm"
     module = [sys.executable, "-m", "jaxrl_lm.cli"]
@@ -479,5 +270,5 @@ def test_real_entry_points_print_one_error_line(files, tmp_path):
     for proc, (_, message) in zip(procs, cases):
         _, err = proc.communicate(timeout=180)
         assert proc.returncode == 2, err
-        _one_error_line(err, message)
+        one_error_line(err, message)
     assert not run.exists()

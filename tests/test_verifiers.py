@@ -1,133 +1,22 @@
 """jaxrl_lm/verifiers.py: answer extraction, normalisation, matching and the
-format reward on token ids, in jit, against plain-Python references written
-here (extraction, format) and the host `normalize_answer`, with the embedded
-character tokenizer and a byte-level BPE trained here (multi-character tokens,
-and tokens holding part of a UTF-8 character)."""
+format reward on token ids, in jit, on hand-worked cases with the embedded
+character tokenizer and a byte-level BPE trained here. Generated strings
+against plain-Python references: tests/test_verifiers_property.py."""
 
 from __future__ import annotations
 
 import functools
-import re
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from jaxrl_lm.models.tokenizer import encode
-from jaxrl_lm.verifiers import (MARKERS, MODES, ByteTable, Verifier, answer_match,
-                                extract_answer, format_reward, normalize_answer,
-                                normalize_bytes, reference_table)
-
-jit = functools.partial(jax.jit, compiler_options={"xla_backend_optimization_level": 0})
-
-WS = b" \t\n\r\x0b\x0c"
-T = 192          # completion tokens
-WINDOW = 12      # extraction width
-REF_WIDTH = 12
-PIECES = ["####", "#", "\\boxed{", "\\boxed", "{", "}", "\\frac", "<answer>", "</answer>",
-          "<answer", "answer>", "<think>", "</think>", " ", "  ", "\n", "\t", "0", "00", "1",
-          "7", "42", "-", "+", ".", ",", "$", "x", "ab", "é", "π", "\\", "/"]
-# What follows `length` in a row: markers that must all be ignored.
-GARBAGE = "}</answer>#### 9<answer>1</answer></think> {"
-
-
-# --- plain-Python references ----------------------------------------------------
-
-def py_extract(text: str, marker: str, width: int) -> bytes | None:
-    """The extracted answer bytes, or None when not found."""
-    b = text.encode("utf-8")
-    if marker == "####":
-        i = b.rfind(b"####")
-        if i < 0:
-            return None
-        rest = b[i + 4:].lstrip(WS)
-        j = 0
-        while j < len(rest) and rest[j] not in WS:
-            j += 1
-        ans = rest[:j]
-    elif marker == "boxed":
-        i = b.rfind(b"\\boxed{")
-        if i < 0:
-            return None
-        j, depth = i + 7, 0
-        while j < len(b):
-            if b[j] == ord("{"):
-                depth += 1
-            elif b[j] == ord("}"):
-                if depth == 0:
-                    break
-                depth -= 1
-            j += 1
-        else:
-            return None
-        ans = b[i + 7: j].strip(WS)
-    else:
-        i = b.rfind(b"<answer>")
-        if i < 0:
-            return None
-        j = b.find(b"</answer>", i + 8)
-        if j < 0:
-            return None
-        ans = b[i + 8: j].strip(WS)
-    if not ans or len(ans) > width:
-        return None
-    return ans
-
-
-FORMAT_RE = re.compile(rb"<think>.*</think>[ \t\n\r\x0b\x0c]*<answer>.*</answer>", re.DOTALL)
-
-
-def py_format(text: str) -> float:
-    return 1.0 if FORMAT_RE.search(text.encode("utf-8")) else 0.0
-
-
-# --- tokenizers -------------------------------------------------------------------
-
-@functools.cache
-def char_tok():
-    # The tokenizer `default_policy` returns, without initialising the model.
-    from jaxrl_lm.models import hf
-    from jaxrl_lm.models.tokenizer import DEFAULT_DIR
-
-    return hf.load_tokenizer(DEFAULT_DIR)
-
-
-@functools.cache
-def bpe_tok():
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=360, special_tokens=["<pad>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    corpus = ["<think>2 + 2 = 4, so</think>\n<answer> 42 </answer>",
-              "The answer is #### 1,234.50 and \\boxed{\\frac{1}{2}} or \\boxed{7}.",
-              "héllo <answer>$1,000</answer> #### -0.5 {{}} ##### 00"] * 20
-    tok.train_from_iterator(corpus, trainer)
-    return tok
-
-
-TOKENIZERS = {"char": char_tok, "bpe": bpe_tok}
-
-
-@functools.cache
-def table_of(name: str) -> ByteTable:
-    return ByteTable(TOKENIZERS[name]())
-
-
-def to_ids(tok, text: str, t: int = T) -> tuple[np.ndarray, int]:
-    ids = encode(tok, text)
-    assert len(ids) <= t, len(ids)
-    garbage = encode(tok, GARBAGE) * (t // 4 + 1)
-    return np.asarray(ids + garbage[: t - len(ids)], np.int32), len(ids)
-
-
-def host_text(tok, ids, length) -> str:
-    return tok.decode([int(i) for i in ids[:length]])
-
+from jaxrl_lm.verifiers import (Verifier, answer_match, extract_answer, normalize_answer,
+                                reference_table)
+from tests.verifier_refs import (TOKENIZERS, bpe_tok, char_tok, jit, normalize_jit, py_format,
+                                 table_of, to_ids)
 
 # --- hand-worked cases --------------------------------------------------------------
 
@@ -206,11 +95,6 @@ def test_byte_stream_ignores_unknown_ids():
     assert not np.asarray(stream)[2:].any()
 
 
-@functools.cache
-def _normalize_jit(mode):
-    return jit(functools.partial(normalize_bytes, mode=mode))
-
-
 @pytest.mark.parametrize("s,expected", [
     ("$1,234.50", "1234.5"), ("+007.", "7"), ("-0.00", "0"), ("-0", "0"), ("1/2", "1/2"),
     ("1e3", "1e3"), ("-.5", "-.5"), (".5", ".5"), ("12..", "12."), ("0", "0"), ("000", "0"),
@@ -220,7 +104,7 @@ def _normalize_jit(mode):
 def test_normalize_number_hand(s, expected):
     assert normalize_answer(s, "number") == expected
     b = s.encode()
-    buf, n = _normalize_jit("number")(
+    buf, n = normalize_jit("number")(
         jnp.asarray(list(b) + [0] * (32 - len(b)), jnp.uint8), jnp.int32(len(b)))
     assert bytes(np.asarray(buf)[: int(n)]) == expected.encode()
     assert not np.asarray(buf)[int(n):].any()
@@ -364,116 +248,3 @@ def test_bpe_has_split_characters():
     assert max(int(n) for n in np.asarray(table.token_nbytes)) >= 4
     stream, total = table.byte_stream(jnp.asarray(ids), jnp.int32(2))
     assert bytes(np.asarray(stream)[: int(total)]) == "π".encode()
-
-
-# --- property tests: jitted vs the Python references ------------------------------
-
-@functools.cache
-def checker(tok_name: str):
-    tok, table = TOKENIZERS[tok_name](), table_of(tok_name)
-    combos = [(marker, mode) for marker in MARKERS for mode in MODES]
-    verifiers = [Verifier(tok, marker=marker, mode=mode, width=REF_WIDTH, window=WINDOW,
-                          table=table) for marker, mode in combos]
-
-    def run(ids, length, refs, ref_lens):
-        stream, total = table.byte_stream(ids, length)
-        raw = {m: extract_answer(stream, total, marker=m, width=WINDOW) for m in MARKERS}
-        out = []
-        for (marker, mode), v, ref, ref_len in zip(combos, verifiers, refs, ref_lens):
-            buf, n, found = raw[marker]
-            norm, norm_n = normalize_bytes(buf, n, mode=mode)
-            reward, found_v = v(ids, length, ref, ref_len)
-            out.append((buf, n, found, norm, norm_n, reward, found_v))
-        return stream, total, out, format_reward(stream, total)
-
-    return tok, combos, jit(run)
-
-
-def check_text(tok_name: str, text: str, alt: str):
-    tok, combos, run = checker(tok_name)
-    ids, length = to_ids(tok, text)
-    decoded = host_text(tok, ids, length)  # what the ids say (char: <unk> for non-ASCII)
-    expected = {}
-    refs = np.zeros((len(combos), REF_WIDTH), np.uint8)
-    ref_lens = np.zeros((len(combos),), np.int32)
-    for i, (marker, mode) in enumerate(combos):
-        ans = py_extract(decoded, marker, WINDOW)
-        norm = None if ans is None else normalize_answer(ans.decode("utf-8"), mode).encode()
-        # The reference: the right answer when there is one, else `alt`.
-        ref_text = norm.decode() if norm else alt
-        r, rl = reference_table([ref_text], mode, REF_WIDTH)
-        refs[i], ref_lens[i] = r[0], rl[0]
-        expected[marker, mode] = (ans, norm, ans is not None and norm == r[0, : rl[0]].tobytes())
-    stream, total, out, fmt = run(jnp.asarray(ids), jnp.int32(length), jnp.asarray(refs),
-                                  jnp.asarray(ref_lens))
-    stream = np.asarray(stream)
-    assert bytes(stream[: int(total)]) == decoded.encode("utf-8")
-    assert not stream[int(total):].any()
-    assert float(fmt) == py_format(decoded), decoded
-    for (marker, mode), (buf, n, found, norm, norm_n, reward, found_v) in zip(combos, out):
-        ans, want_norm, want_correct = expected[marker, mode]
-        ctx = (decoded, marker, mode)
-        assert bool(found) == (ans is not None) == bool(found_v), ctx
-        buf, norm = np.asarray(buf), np.asarray(norm)
-        if ans is None:
-            assert int(n) == 0 and not buf.any(), ctx
-            assert float(reward) == 0.0, ctx
-            continue
-        assert bytes(buf[: int(n)]) == ans and not buf[int(n):].any(), ctx
-        assert bytes(norm[: int(norm_n)]) == want_norm and not norm[int(norm_n):].any(), ctx
-        assert float(reward) == float(want_correct), ctx
-
-
-def templated(parts) -> str:
-    """A completion in the <think>/<answer> layout, possibly spoilt by `sep`."""
-    think, sep, answer, tail = parts
-    return f"<think>{think}</think>{sep}<answer>{answer}</answer>{tail}"
-
-
-SEPS = ["", " ", "\n \t", " x"]
-short = st.lists(st.sampled_from(PIECES), max_size=5).map("".join)
-texts = st.one_of(st.lists(st.sampled_from(PIECES), max_size=18).map("".join),
-                  st.tuples(short, st.sampled_from(SEPS), short, short).map(templated))
-alts = st.sampled_from(["42", "-3", "1234", "x", "\\frac{1}{2}", "7", "0"])
-
-
-@pytest.mark.parametrize("tok_name", ["char", "bpe"])
-@settings(max_examples=200, derandomize=True, deadline=None)
-@given(text=texts, alt=alts)
-def test_jitted_matches_python_reference(tok_name, text, alt):
-    check_text(tok_name, text, alt)
-
-
-def test_reference_sees_every_outcome():
-    """The property test's strings reach found and not found, right and wrong,
-    for every marker (checked on a fixed sample, so the test cannot pass
-    vacuously)."""
-    rng = np.random.default_rng(0)
-    seen = set()
-    def pieces(k):
-        return "".join(rng.choice(PIECES, size=rng.integers(0, k + 1)))
-
-    for i in range(600):
-        if i % 2:
-            text = pieces(18)
-        else:
-            text = templated((pieces(5), SEPS[rng.integers(len(SEPS))], pieces(5), pieces(5)))
-        for marker in MARKERS:
-            ans = py_extract(text, marker, WINDOW)
-            seen.add((marker, ans is not None))
-        seen.add(("format", py_format(text)))
-    assert seen >= {(m, f) for m in MARKERS for f in (True, False)} | {
-        ("format", 1.0), ("format", 0.0)}
-
-
-@settings(max_examples=300, derandomize=True, deadline=None)
-@given(s=st.text(alphabet="0123456789-+.,$ \t\nxé/", max_size=14),
-       mode=st.sampled_from(MODES))
-def test_normalize_bytes_matches_host(s, mode):
-    b = s.encode()
-    width = 32
-    buf, n = _normalize_jit(mode)(jnp.asarray(list(b) + [0] * (width - len(b)), jnp.uint8),
-                                  jnp.int32(len(b)))
-    buf = np.asarray(buf)
-    assert bytes(buf[: int(n)]) == normalize_answer(s, mode).encode(), s
-    assert not buf[int(n):].any()
