@@ -40,7 +40,20 @@ def test_cli_pipeline_and_eval(tmp_path, capsys):
     assert [r["step"] for r in rows] == [1, 2]
     assert all(np.isfinite(r["loss"]) and r["finite"] == 1.0 for r in rows)
     assert os.path.exists(os.path.join(out, "warmup", "metrics.jsonl"))
-    assert "evaluation" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "evaluation" in printed
+    # where the time went: each iteration's phases, their totals, the printed line
+    phases = ("rollout", "update", "trust_region")
+    assert all(r[f"time/{p}_s"] > 0 for r in rows for p in phases)
+    assert "time/eval_s" not in rows[0] and rows[1]["time/eval_s"] > 0  # eval.every: the last
+    t = summary["time_s"]
+    for p in phases:
+        assert t[f"rl_{p}"] == pytest.approx(sum(r[f"time/{p}_s"] for r in rows), abs=0.051)
+    assert t["rl_eval"] == pytest.approx(rows[1]["time/eval_s"], abs=0.051)
+    assert sum(t[f"rl_{p}"] for p in (*phases, "eval")) <= t["rl"] + 0.2
+    assert sum(t[k] for k in ("warmup", "eval_before", "rl", "eval_after")) <= \
+        summary["wall_s"] + 0.2
+    assert f"time: warm-up {t['warmup']:.1f} s, evaluation before" in printed
     # the exported policy plays through `jaxrl-lm eval`
     # the run's own env options apply first (its prompt), then the ones given
     trained = load_config(PRESET).env.options

@@ -35,6 +35,12 @@ MAIN_CURVES = ("loss", "reward", "env_return", "action_coverage", "invalid_rate"
                "tokens_per_s", "kl", "entropy", "skipped")
 
 
+def is_timing(key: str) -> bool:
+    """A wall-clock metric (`tokens_per_s`, `time/<phase>_s`): the only kind that
+    differs between two runs that train the same."""
+    return key == "tokens_per_s" or key.startswith("time/")
+
+
 def _scalar(v: Any) -> float | int | None:
     """A one-element value as a Python number (bools as 0/1); None otherwise."""
     a = np.asarray(v)

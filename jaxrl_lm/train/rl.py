@@ -18,6 +18,12 @@ fact, `bound_move`; the optimizer's step count and second moment are kept,
 its first moment too unless `trust_region.scale_momentum` scales it by the
 same factor).
 
+Each iteration's wall time is split into its phases, logged as
+`time/rollout_s` (the `collect` program: rollout, rewards, advantages,
+reference log-probs), `time/update_s` (the optimizer steps),
+`time/trust_region_s` (`bound_move`) and `time/eval_s` (the evaluations during
+training, when due); their totals over the run end in `RunResult.times`.
+
 Everything random comes from `fold_in(rng, iteration)`, and a rollout is a
 pure function of (params, key), so a killed run resumed from its last
 checkpoint replays exactly what it lost, like the supervised loop.
@@ -26,6 +32,7 @@ checkpoint replays exactly what it lost, like the supervised loop.
 from __future__ import annotations
 
 import math
+import time
 from typing import Any, Callable
 
 import jax
@@ -268,6 +275,7 @@ class RLRunner:
         """One RL iteration: (new state, its training batch, rollout stats, step
         metrics). `state` is donated: use the returned one."""
         eng, bounded = self.engine, self.cfg.trust_region.max_update_move > 0
+        t0 = time.perf_counter()
         key = jax.random.fold_in(state.rng, it)
         rows = self.rows_of(it)
         if self.host_fns:  # rollout, rewards on the host, then the rest in one program
@@ -283,14 +291,20 @@ class RLRunner:
         check_prompt_fit(stats["prompt_cut"], stats["prompt_len_max"],
                          self.cfg.env.max_prompt_len, where=f"in RL iteration {it}")
         batch = eng.place_batch(batch)
+        t1 = time.perf_counter()
         # eng.step donates its state: keep the step's start for bound_move
         before = jax.tree.map(jnp.copy, state.params) if bounded else None
         for _ in range(self.cfg.algo.epochs):
             state, metrics = eng.step(state, batch)
+        jax.block_until_ready(state.params)
+        t2 = time.perf_counter()
         if bounded:
             state, guard = self.bound_move(state, before, batch)
             metrics = {**metrics, **guard}
-        return state, batch, stats, metrics
+        times = {"time/rollout_s": t1 - t0, "time/update_s": t2 - t1}
+        if bounded:
+            times["time/trust_region_s"] = time.perf_counter() - t2
+        return state, batch, stats, {**metrics, **times}
 
     def train(self, run_dir: str, *, resume: bool = False, allow_config_change: bool = False,
               evals: Any = None) -> RunResult:
@@ -300,7 +314,7 @@ class RLRunner:
         Raises NonFiniteError once `train.max_skipped_steps` optimizer steps in a
         row were skipped by the non-finite guard."""
         state, ref_params = self.init()
-        row, kept = {}, None
+        row, kept, totals = {}, None, {}
         val = Validation(self.cfg, self.tokenizer, self.engine.graphdef, run_dir, evals) \
             if self.cfg.eval.every else None
         with RunFiles(self.cfg, run_dir) as files:
@@ -315,8 +329,15 @@ class RLRunner:
                     with sigterm_deferred():  # a SIGTERM stops the run between iterations
                         state, batch, stats, metrics = self.iteration(state, ref_params, it)
                         done = it + 1
-                        evals = val(done, state.params, self.engine.rest) \
-                            if val is not None and val.due(done) else {}
+                        if val is not None and val.due(done):
+                            t = time.perf_counter()
+                            evals = val(done, state.params, self.engine.rest)
+                            metrics = {**metrics, "time/eval_s": time.perf_counter() - t}
+                        else:
+                            evals = {}
+                        for k, v in metrics.items():
+                            if k.startswith("time/"):
+                                totals[k] = totals.get(k, 0.0) + v
                         if files.log_due(done) or evals:
                             row = files.logger.log(done, {**jax.device_get(stats),
                                                           **jax.device_get(metrics), **evals},
@@ -329,4 +350,5 @@ class RLRunner:
             finally:
                 if val is not None:
                     val.close()
-        return RunResult(state, self.engine, row, files.start, kept)
+        times = {k[len("time/"):-len("_s")]: round(v, 1) for k, v in totals.items()}
+        return RunResult(state, self.engine, row, files.start, kept, times)

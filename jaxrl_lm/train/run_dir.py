@@ -51,6 +51,9 @@ class RunResult:
     resumed_from: int  # the step restored at start (0 if fresh)
     # eval.keep best: {"params", "iteration", "score"} of the policy the run ends with
     kept: dict | None = None
+    # seconds spent in each phase of the iterations this process ran (RL: rollout,
+    # update, trust_region, eval); a resumed run counts only its own
+    times: dict | None = None
 
 
 def _kill_point() -> int | None:

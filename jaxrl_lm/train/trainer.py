@@ -173,17 +173,24 @@ def run_rl(cfg: Config, run_dir: str, model, tokenizer: Any, *, resume: bool = F
             print(f"[1/3] warm-up: {cfg.warmup.steps} SFT steps on {source}", flush=True)
         run_warmup(cfg, run_dir, model, tokenizer, resume=resume,
                    allow_config_change=allow_config_change)
+    times = {"warmup": time.perf_counter() - t0} if cfg.warmup.steps else {}
+    t = time.perf_counter()
     evaluate = ConfigEval(cfg, tokenizer)  # compiled once: before, during and after RL
     before = evaluate(model)
+    times["eval_before"] = time.perf_counter() - t
     if main:
         print(f"[2/3] RL: {cfg.train.steps} iterations of {cfg.algo.name}, "
               f"{cfg.train.batch_size} episodes each", flush=True)
+    t = time.perf_counter()
     result = RLRunner(cfg, model, tokenizer).train(run_dir, resume=resume,
                                                    allow_config_change=allow_config_change,
                                                    evals=evaluate)
+    times["rl"] = time.perf_counter() - t
+    t = time.perf_counter()
     params = result.kept["params"] if result.kept else result.state.params
     nnx.update(model, jax.device_get(params))
     after = evaluate(model)
+    times["eval_after"] = time.perf_counter() - t
     export_hf(params, model, tokenizer, os.path.join(run_dir, "hf"))
     if main:
         table = format_table(before, after)
@@ -199,11 +206,27 @@ def run_rl(cfg: Config, run_dir: str, model, tokenizer: Any, *, resume: bool = F
                    "resumed_from": result.resumed_from,
                    "kept": {k: v for k, v in (result.kept or {}).items() if k != "params"}
                    or None,
-                   "wall_s": round(time.perf_counter() - t0, 1)}
+                   "wall_s": round(time.perf_counter() - t0, 1),
+                   "time_s": {**{k: round(v, 1) for k, v in times.items()},
+                              **{f"rl_{k}": v for k, v in (result.times or {}).items()}}}
         with open(os.path.join(run_dir, "summary.json"), "w") as f:
             json.dump(summary, f, indent=2)
+        print(f"time: {time_line(summary['time_s'])}")
         print(f"run directory: {run_dir}  ({summary['wall_s']} s)")
     return 0
+
+
+def time_line(t: dict) -> str:
+    """`warm-up 36.6 s, evaluation 9.0 s, RL 470.2 s (rollouts 105.9, ...), ...` from
+    summary.json's `time_s` (the parts that are there)."""
+    rl = [(f"rl_{k}", name) for k, name in (("rollout", "rollouts"), ("update", "updates"),
+                                             ("trust_region", "trust region"),
+                                             ("eval", "evaluations"))]
+    inner = ", ".join(f"{name} {t[k]:.1f}" for k, name in rl if k in t)
+    parts = [("warmup", "warm-up"), ("eval_before", "evaluation before"), ("rl", "RL"),
+             ("eval_after", "evaluation after")]
+    return ", ".join(f"{name} {t[k]:.1f} s" + (f" ({inner})" if k == "rl" and inner else "")
+                     for k, name in parts if k in t)
 
 
 def run_sft(cfg: Config, run_dir: str, model, tokenizer: Any, data_fn, *,
