@@ -19,10 +19,11 @@ its first moment too unless `trust_region.scale_momentum` scales it by the
 same factor).
 
 Each iteration's wall time is split into its phases, logged as
-`time/rollout_s` (the `collect` program: rollout, rewards, advantages,
-reference log-probs), `time/update_s` (the optimizer steps),
-`time/trust_region_s` (`bound_move`) and `time/eval_s` (the evaluations during
-training, when due); their totals over the run end in `RunResult.times`.
+`time/rollout_s` (the rollout, rewards, advantages and reference log-probs:
+`collect`, and `reward.functions` on the host when there are any),
+`time/update_s` (the optimizer steps), `time/trust_region_s` (`bound_move`)
+and `time/eval_s` (the evaluations during training, when due); their totals
+over the run end in `RunResult.times`.
 
 Everything random comes from `fold_in(rng, iteration)`, and a rollout is a
 pure function of (params, key), so a killed run resumed from its last
