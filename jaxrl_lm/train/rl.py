@@ -299,13 +299,11 @@ class RLRunner:
             state, metrics = eng.step(state, batch)
         jax.block_until_ready(state.params)
         t2 = time.perf_counter()
+        metrics = {**metrics, "time/rollout_s": t1 - t0, "time/update_s": t2 - t1}
         if bounded:
             state, guard = self.bound_move(state, before, batch)
-            metrics = {**metrics, **guard}
-        times = {"time/rollout_s": t1 - t0, "time/update_s": t2 - t1}
-        if bounded:
-            times["time/trust_region_s"] = time.perf_counter() - t2
-        return state, batch, stats, {**metrics, **times}
+            metrics = {**metrics, **guard, "time/trust_region_s": time.perf_counter() - t2}
+        return state, batch, stats, metrics
 
     def train(self, run_dir: str, *, resume: bool = False, allow_config_change: bool = False,
               evals: Any = None) -> RunResult:
