@@ -7,6 +7,7 @@ the field and what is allowed). `jaxrl_lm.config` composes them into
 from __future__ import annotations
 
 import dataclasses
+import re
 
 from jaxrl_lm import algorithms
 from jaxrl_lm.advantages import GRPO_SCALES
@@ -29,6 +30,7 @@ from jaxrl_lm.verifiers import MARKERS, MODES
 MODEL_SOURCES = ("default", "hf")  # the embedded tiny policy | a local HF folder
 DATA_SOURCES = ("sorting", "env")  # train.data for sft: synthetic sorting | scripted env play
 MAX_LR = 10.0  # optim.lr and warmup.lr above this are typos (1e30), not learning rates
+LABEL = re.compile(r"[A-Za-z0-9_-]+")  # env.mix labels: metric-key prefixes
 MAX_SEED = 2**32 - 1  # PRNG keys hold 32 bits of seed: 2**32 would run as seed 0
 
 
@@ -300,10 +302,12 @@ class EnvSection:
     options: dict = dataclasses.field(default_factory=dict)  # passed to envs.make
     max_prompt_len: int = 32  # fixed length of rendered prompts, in tokens
     max_turns: int = 9  # turns per episode in a rollout
-    # RL on a mixture of envs: [{name, weight, options}], each group's share of
-    # train.batch_size in proportion to its weight (jaxrl_lm/train/mix.py). It
-    # replaces env.name for the RL rollout (env.options must then stay empty);
-    # env.name still names the warm-up's and the evaluation's env
+    # RL on a mixture of envs: [{name, weight, options, label}], each group's share
+    # of train.batch_size in proportion to its weight (jaxrl_lm/train/mix.py). It
+    # replaces env.name for the RL rollout only: env.name and env.options still
+    # make the warm-up's and the evaluation's env, and each entry plays its own
+    # options. `label` (default: the name) prefixes the group's metrics; labels
+    # are unique, so one env can appear twice with different options
     mix: tuple[dict, ...] = ()
 
     def __post_init__(self):
@@ -314,31 +318,33 @@ class EnvSection:
             self._check_mix()
 
     def _check_mix(self) -> None:
-        """env.mix: dicts of a registered name, a finite weight > 0 and options
-        envs.make accepts; names unique; env.options empty."""
+        """env.mix: dicts of a registered name, a finite weight > 0, options
+        envs.make accepts and an optional label; labels (default: the name)
+        unique."""
         from jaxrl_lm import envs  # lazily: importing every env costs time
 
-        if self.options:
-            _fail(self, "options", "must be empty when env.mix is set (each mix entry "
-                                   "carries its own options)")
         seen = set()
         for i, entry in enumerate(self.mix):
             where = f"env.mix.{i}"
             if not isinstance(entry, dict):
                 raise ConfigError(f"{where}={entry!r}: expected {{name, weight, options}}")
-            unknown = sorted(set(entry) - {"name", "weight", "options"})
+            unknown = sorted(set(entry) - {"name", "weight", "options", "label"})
             if unknown:
                 raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}; allowed: "
-                                  f"name, weight, options")
+                                  f"name, weight, options, label")
             name, weight = entry.get("name"), entry.get("weight", 1.0)
             options = entry.get("options") or {}
             if name not in envs.registered():
                 raise ConfigError(f"{where}.name={name!r}: unknown env; choose one of "
                                   f"{', '.join(envs.registered())}")
-            if name in seen:
-                raise ConfigError(f"{where}.name={name!r}: named twice; each group's metrics "
-                                  f"are prefixed by its name")
-            seen.add(name)
+            label = entry.get("label", name)
+            if not isinstance(label, str) or not LABEL.fullmatch(label):
+                raise ConfigError(f"{where}.label={label!r}: must be letters, digits, '_' or "
+                                  f"'-' (it prefixes the group's metrics)")
+            if label in seen:
+                raise ConfigError(f"{where}: label {label!r} used twice (an entry's label "
+                                  f"defaults to its name); give each entry its own label")
+            seen.add(label)
             if not is_finite(weight) or weight <= 0:
                 raise ConfigError(f"{where}.weight={weight!r}: must be > 0 and finite")
             if not isinstance(options, dict):

@@ -44,13 +44,40 @@ def test_split_groups_needs_a_group_each():
     ({"mix": [{"name": "best_arm", "weight": 0}]}, "env.mix.0.weight=0: must be > 0"),
     ({"mix": [{"name": "best_arm", "weight": float("nan")}]}, "must be > 0 and finite"),
     ({"mix": [{"name": "best_arm", "options": {"k": 1}}]}, "env.mix.0.options: BestArm.k=1"),
-    ({"mix": [{"name": "best_arm"}, {"name": "best_arm"}]}, "named twice"),
+    ({"mix": [{"name": "best_arm"}, {"name": "best_arm"}]}, "label 'best_arm' used twice"),
+    ({"mix": [{"name": "best_arm", "label": "a"}, {"name": "bandit", "label": "a"}]},
+     "env.mix.1: label 'a' used twice"),
+    ({"mix": [{"name": "best_arm", "label": "a/b"}]}, "env.mix.0.label='a/b': must be letters"),
+    ({"mix": [{"name": "best_arm", "label": ""}]}, "env.mix.0.label='': must be letters"),
+    ({"mix": [{"name": "best_arm", "label": 3}]}, "env.mix.0.label=3: must be letters"),
     ({"mix": [{"name": "best_arm", "opts": {}}]}, "unknown key"),
-    ({"mix": [{"name": "best_arm"}], "options": {"k": 3}}, "must be empty when env.mix"),
 ])
 def test_bad_mix_is_a_config_error(env, message):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(".", r"\.")):
         from_dict({"env": {"name": "bandit", **env}})
+
+
+def test_one_env_twice_under_two_labels():
+    """Tic-tac-toe against two opponents: each entry plays its own options
+    under its label, and env.options still make the warm-up's and the
+    evaluation's env (the board prompt here), not the groups'."""
+    from jaxrl_lm.envs import tictactoe
+    from jaxrl_lm.train.tasks import make_task
+
+    mix = [{"name": "tictactoe", "label": "noisy",
+            "options": {"opponent": "noisy", "noise": 0.5, "prompt": "board"}},
+           {"name": "tictactoe", "label": "random", "weight": 1.0,
+            "options": {"opponent": "random", "prompt": "board"}}]
+    cfg = from_dict({**tiny(mix=mix, name="tictactoe", options={"prompt": "board"}),
+                     "rollout": {"max_new_tokens": 4}})
+    assert cfg.env.options == {"prompt": "board"}
+    tokenizer = build_policy(cfg)[1]
+    groups = EnvMix.from_config(cfg, tokenizer).groups
+    assert [(g.name, g.start, g.batch) for g in groups] == [("noisy", 0, 4), ("random", 4, 4)]
+    assert [(g.env.opponent, g.env.noise, g.env.prompt) for g in groups] == [
+        ("noisy", 0.5, "board"), ("random", tictactoe.TicTacToe.noise, "board")]
+    env, _ = make_task(cfg, tokenizer)
+    assert (env.opponent, env.prompt) == (tictactoe.TicTacToe.opponent, "board")
 
 
 @pytest.mark.slow

@@ -1,8 +1,8 @@
-"""RL on a mixture of envs (`env.mix: [{name, weight, options}]`).
+"""RL on a mixture of envs (`env.mix: [{name, weight, options, label}]`).
 
     mix = EnvMix.from_config(cfg, tokenizer)
     traj = mix.play(graphdef, params, key)     # one Trajectory over every group
-    stats = mix.group_stats(traj)              # "<name>/win_rate", ...
+    stats = mix.group_stats(traj)              # "<label>/win_rate", ...
 
 Each entry is a group of the batch: `split_groups` gives it a whole number
 of `algo.group_size` blocks, in proportion to its weight (largest
@@ -19,6 +19,10 @@ Envs differ in their state pytrees, so the concatenated trajectory's
 `states` keep only the fields every env shares (`envs.core.State`), with the
 legal-action masks padded with False to the largest action space: what the
 shared statistics, shaping and faults read.
+
+An entry's `label` (default: its env's name) prefixes its metrics, so one
+env can be played twice with different options (tic-tac-toe against a noisy
+minimax and against a random opponent, say).
 """
 
 from __future__ import annotations
@@ -72,7 +76,7 @@ def concat_trajectories(trajs: list[Trajectory]) -> Trajectory:
 
 @dataclasses.dataclass(frozen=True)
 class MixGroup:
-    name: str  # the env's registered name; its metrics' prefix
+    name: str  # the entry's label (default: its env's name); its metrics' prefix
     env: Any  # the env built from the entry's options
     text: Any  # its TextInterface
     num_groups: int  # blocks of algo.group_size episodes (each block one task)
@@ -121,7 +125,7 @@ class EnvMix:
                                  pad_id=pad_id(tokenizer))
             play = make_rollout(env, text, num_groups=n, group_size=g,
                                 max_turns=cfg.env.max_turns, **options)
-            groups.append(MixGroup(e["name"], env, text, n, start, n * g, play))
+            groups.append(MixGroup(e.get("label", e["name"]), env, text, n, start, n * g, play))
             start += n * g
         return cls(groups)
 
@@ -141,7 +145,7 @@ class EnvMix:
         return jax.tree.map(lambda x: x[:, group.start: group.stop], traj)
 
     def group_stats(self, traj: Trajectory) -> dict[str, jax.Array]:
-        """`episode_stats` of each group's episodes, keys prefixed `<name>/`."""
+        """`episode_stats` of each group's episodes, keys prefixed `<label>/`."""
         out = {}
         for g in self.groups:
             for k, v in episode_stats(self.part(traj, g)).items():
