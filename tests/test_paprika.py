@@ -133,6 +133,8 @@ def test_generate_section_checks_the_groups():
         GenerateSection(groups=({"name": "nope"},))
     with pytest.raises(ConfigError, match="generate.trajectories=0"):
         GenerateSection(groups=({"name": "best_arm"},), trajectories=0)
+    with pytest.raises(ConfigError, match="generate.groups.1.name='best_arm': named twice"):
+        GenerateSection(groups=({"name": "best_arm"}, {"name": "best_arm", "options": {"k": 2}}))
 
 
 def tiny_config(tmp_path, **changes) -> str:

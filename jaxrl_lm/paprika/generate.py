@@ -56,9 +56,15 @@ class GenerateSection:
             raise ConfigError(f"generate.min_p={self.min_p!r}: must lie in [0, 1)")
         if not self.temperature > 0:
             raise ConfigError(f"generate.temperature={self.temperature!r}: must be > 0")
-        # names registered, unique, options accepted by envs.make: env.mix's checks
+        # names registered, options accepted by envs.make: env.mix's checks; names
+        # unique (a group is known by its env's name: generate.groups has no labels)
         entries = tuple({"name": g.get("name"), "options": g.get("options") or {}}
                         if isinstance(g, dict) else g for g in self.groups)
+        names = [e.get("name") for e in entries if isinstance(e, dict)]
+        for i, name in enumerate(names):
+            if name in names[:i]:
+                raise ConfigError(f"generate.groups.{i}.name={name!r}: named twice; each "
+                                  f"group is known by its env's name")
         try:
             EnvSection(name="bandit", mix=entries)
         except ConfigError as e:
