@@ -155,7 +155,7 @@ class RLRunner:
             batch["ref_logp"] = common.ref_logprobs(ref, batch, chunks=cfg.train.micro_batches,
                                                     temperature=temperature)
         stats = {**episode_stats(traj), **parts}
-        if self.mix is not None:  # env.mix: each group's statistics, "<name>/..."
+        if self.mix is not None:  # env.mix: each group's statistics, "<label>/..."
             stats.update(self.mix.group_stats(traj))
         if self.traj_stats is not None:
             stats.update(self.traj_stats(traj))
