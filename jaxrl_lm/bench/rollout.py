@@ -7,7 +7,10 @@ prompts padded to the same fixed length so neither recompiles). Two settings:
   main       the main job's own (launch/configs/tictactoe.yaml, read at run time):
              env options (noisy minimax, the 20-character `board` prompt),
              max_prompt_len, max_turns, max_new_tokens, temperature, newline/EOS
-             stops and train.batch_size episodes. The primary row.
+             stops and train.batch_size episodes. The primary row. (The job's
+             RL plays those options in three quarters of its groups and a
+             random opponent in the rest, `env.mix`: the same env, prompt and
+             model work per turn, so one rollout of the batch stands for it.)
   full       the env's default prompt (rules, board, legal-move list, 136
              tokens), opponent random, 10 new tokens, EOS stop, B = 64 and 256:
              about 3x the model work per turn of `main`.
