@@ -85,6 +85,11 @@ class Config:
         if t.batch_size % a.group_size:
             raise ConfigError(f"algo.group_size={a.group_size} must divide "
                               f"train.batch_size={t.batch_size}")
+        groups, entries = t.batch_size // a.group_size, len(self.env.mix)
+        if groups < entries:  # train/mix.py gives each entry one group at least
+            raise ConfigError(f"env.mix has {entries} entries, each needing a group of "
+                              f"algo.group_size={a.group_size} episodes at least; "
+                              f"train.batch_size={t.batch_size} gives {groups}")
         # no group constraint per micro-batch: advantages are computed over the whole
         # batch before the update, and micro-batches cut its turn rows, not its groups
         if o.warmup_steps > t.steps:

@@ -80,6 +80,9 @@ CASES = [
     ("unknown optimizer", T("--optim.name", "sgd"), "optim.name='sgd': must be one of"),
     ("unknown dtype", T("--model.dtype", "float8"), "model.dtype='float8': must be one of"),
     ("unknown env", T("--config", TTT, "--env.name", "chess"), "env.name='chess': unknown env"),
+    ("mix without a group per entry", T("--config", TTT, "--train.batch_size", "8"),
+     "env.mix has 2 entries, each needing a group of algo.group_size=8 episodes at least; "
+     "train.batch_size=8 gives 1"),
     ("unknown field", T("--optim.learning_rate", "0.1"), "unknown key(s) optim.learning_rate"),
     ("unknown section", T("--trainer.steps", "3"), "unknown key(s) trainer"),
     ("override without a value", T("--optim.lr"), "override --optim.lr: missing a value"),

@@ -57,6 +57,12 @@ def test_bad_mix_is_a_config_error(env, message):
         from_dict({"env": {"name": "bandit", **env}})
 
 
+def test_mix_needs_a_group_per_entry():
+    with pytest.raises(ConfigError, match=r"env\.mix has 2 entries, each needing a group of "
+                                          r"algo\.group_size=8 .*train\.batch_size=8 gives 1"):
+        from_dict({**tiny(mix=MIX), "algo": {"name": "grpo", "group_size": 8}})
+
+
 def test_one_env_twice_under_two_labels():
     """Tic-tac-toe against two opponents: each entry plays its own options
     under its label, and env.options still make the warm-up's and the

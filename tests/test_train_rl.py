@@ -109,8 +109,10 @@ def test_a_group_may_span_micro_batches(tmp_path):
     8 episodes cut into 4 micro-batches of turn rows gives the update of 1.
     Adam's eps is set far above the gradient entries so that its step is linear
     in the gradient: with eps 1e-8 a coordinate whose gradient is ~1e-9 turns
-    float rounding in the accumulation order into a visible step difference."""
+    float rounding in the accumulation order into a visible step difference.
+    One group: the preset's env.mix (two entries, a group each at least) is off."""
     base = ["--eval.episodes", "8", "--train.batch_size", "8", "--algo.group_size", "8",
+            "--env.mix", "[]",
             "--optim.warmup_steps", "0",
             "--train.progress", "false", "--rollout.max_new_tokens", "6", "--train.steps", "1",
             "--env.max_turns", "4", "--train.ckpt_every", "1", "--optim.eps", "1.0",
