@@ -31,6 +31,7 @@ MODEL_SOURCES = ("default", "hf")  # the embedded tiny policy | a local HF folde
 DATA_SOURCES = ("sorting", "env")  # train.data for sft: synthetic sorting | scripted env play
 MAX_LR = 10.0  # optim.lr and warmup.lr above this are typos (1e30), not learning rates
 LABEL = re.compile(r"[A-Za-z0-9_-]+")  # env.mix labels: metric-key prefixes
+RESERVED = ("eval", "time")  # prefixes the run's own metrics use (eval/..., time/...)
 MAX_SEED = 2**32 - 1  # PRNG keys hold 32 bits of seed: 2**32 would run as seed 0
 
 
@@ -338,9 +339,10 @@ class EnvSection:
                 raise ConfigError(f"{where}.name={name!r}: unknown env; choose one of "
                                   f"{', '.join(envs.registered())}")
             label = entry.get("label", name)
-            if not isinstance(label, str) or not LABEL.fullmatch(label):
+            if not isinstance(label, str) or not LABEL.fullmatch(label) or label in RESERVED:
                 raise ConfigError(f"{where}.label={label!r}: must be letters, digits, '_' or "
-                                  f"'-' (it prefixes the group's metrics)")
+                                  f"'-', not {' or '.join(RESERVED)} (it prefixes the group's "
+                                  f"metrics)")
             if label in seen:
                 raise ConfigError(f"{where}: label {label!r} used twice (an entry's label "
                                   f"defaults to its name); give each entry its own label")

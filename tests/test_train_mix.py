@@ -50,6 +50,7 @@ def test_split_groups_needs_a_group_each():
     ({"mix": [{"name": "best_arm", "label": "a/b"}]}, "env.mix.0.label='a/b': must be letters"),
     ({"mix": [{"name": "best_arm", "label": ""}]}, "env.mix.0.label='': must be letters"),
     ({"mix": [{"name": "best_arm", "label": 3}]}, "env.mix.0.label=3: must be letters"),
+    ({"mix": [{"name": "best_arm", "label": "time"}]}, "not eval or time"),
     ({"mix": [{"name": "best_arm", "opts": {}}]}, "unknown key"),
 ])
 def test_bad_mix_is_a_config_error(env, message):

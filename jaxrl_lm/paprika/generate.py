@@ -60,9 +60,9 @@ class GenerateSection:
         # unique (a group is known by its env's name: generate.groups has no labels)
         entries = tuple({"name": g.get("name"), "options": g.get("options") or {}}
                         if isinstance(g, dict) else g for g in self.groups)
-        names = [e.get("name") for e in entries if isinstance(e, dict)]
+        names = [e.get("name") if isinstance(e, dict) else None for e in entries]
         for i, name in enumerate(names):
-            if name in names[:i]:
+            if name is not None and name in names[:i]:
                 raise ConfigError(f"generate.groups.{i}.name={name!r}: named twice; each "
                                   f"group is known by its env's name")
         try:
